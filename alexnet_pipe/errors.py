@@ -1,0 +1,5 @@
+"""Errors that carry one sentence for the user; the CLI prints them without a traceback."""
+
+
+class UserError(Exception):
+    """A problem with the user's input or data dir, said in one sentence."""

@@ -1,0 +1,357 @@
+"""The shard format: Caffe ``Datum`` records in LMDB environments, plus the manifest.
+
+Caffe's ``Datum`` is a protobuf message; we need five of its fields, so the wire format
+is written by hand here instead of pulling in protobuf (the codec is ~40 lines and
+tested against a reference encoding).  Field numbers are Caffe's (caffe.proto):
+
+    message Datum { int32 channels = 1; int32 height = 2; int32 width = 3;
+                    bytes data = 4; int32 label = 5; repeated float float_data = 6;
+                    bool encoded = 7; }
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+from .errors import UserError
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val")
+SHARD_STATS = "stats.npz"  # per-shard sufficient statistics, inside the shard dir
+SHARD_META = "meta.json"  # per-shard record count, bytes, checksum, rejects
+MAP_SIZE = 1 << 40  # address space only; LMDB files grow as written
+
+
+class ShardFormatError(UserError):
+    """A record or file that is not what the shard format says."""
+
+
+# --- protobuf wire format -------------------------------------------------------------
+
+def _varint(value: int) -> bytes:
+    if value < 0:  # int32 negatives are sign-extended to 10 bytes on the wire
+        value += 1 << 64
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise ShardFormatError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ShardFormatError("varint too long")
+
+
+def _signed32(value: int) -> int:
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def iter_fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
+    """Yield (field number, wire type, value) of a protobuf message."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _read_varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _read_varint(buf, pos)
+        elif wire == 2:
+            length, pos = _read_varint(buf, pos)
+            if pos + length > len(buf):
+                raise ShardFormatError("truncated length-delimited field")
+            value, pos = buf[pos:pos + length], pos + length
+        elif wire == 5:
+            value, pos = buf[pos:pos + 4], pos + 4
+        elif wire == 1:
+            value, pos = buf[pos:pos + 8], pos + 8
+        else:
+            raise ShardFormatError(f"unsupported wire type {wire}")
+        yield number, wire, value
+
+
+def encode_field_varint(number: int, value: int) -> bytes:
+    return _varint(number << 3) + _varint(value)
+
+
+def encode_field_bytes(number: int, value: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(value)) + value
+
+
+@dataclasses.dataclass(frozen=True)
+class Datum:
+    data: bytes
+    label: int
+    encoded: bool
+    channels: int = 3
+    height: int = 0
+    width: int = 0
+
+    def to_bytes(self) -> bytes:
+        parts = [encode_field_varint(1, self.channels), encode_field_varint(2, self.height),
+                 encode_field_varint(3, self.width), encode_field_bytes(4, self.data),
+                 encode_field_varint(5, self.label)]
+        if self.encoded:
+            parts.append(encode_field_varint(7, 1))
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, buf: bytes) -> "Datum":
+        fields = {1: 0, 2: 0, 3: 0, 4: b"", 5: 0, 7: 0}
+        for number, _wire, value in iter_fields(buf):
+            if number in fields:
+                fields[number] = value
+        return cls(data=bytes(fields[4]), label=_signed32(fields[5]), encoded=bool(fields[7]),
+                   channels=_signed32(fields[1]), height=_signed32(fields[2]),
+                   width=_signed32(fields[3]))
+
+
+# --- keys, names, checksums -----------------------------------------------------------
+
+def record_key(index: int, relpath: str) -> bytes:
+    """Caffe's key convention: the record's place in the split's shuffle, then its path."""
+    return f"{index:08d}_{relpath}".encode()
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+class RecordChecksum:
+    """sha256 over (key, value) pairs in key order: independent of LMDB's page layout."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+
+    def update(self, key: bytes, value: bytes) -> None:
+        for part in (key, value):
+            self._h.update(len(part).to_bytes(8, "little"))
+            self._h.update(part)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+# --- LMDB access ----------------------------------------------------------------------
+
+def open_reader(path: Path | str):
+    import lmdb
+    return lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True,
+                     max_readers=512)
+
+
+def iter_records(path: Path | str) -> Iterator[tuple[bytes, bytes]]:
+    """Yield (key, value) of one shard in key order."""
+    env = open_reader(path)
+    try:
+        with env.begin(buffers=False) as txn:
+            yield from txn.cursor()
+    finally:
+        env.close()
+
+
+def shard_checksum(path: Path | str) -> tuple[str, int, int]:
+    """(checksum, record count, value bytes) recomputed from the records of one shard."""
+    check, count, nbytes = RecordChecksum(), 0, 0
+    for key, value in iter_records(path):
+        check.update(key, value)
+        count += 1
+        nbytes += len(value)
+    return check.hexdigest(), count, nbytes
+
+
+# --- manifest -------------------------------------------------------------------------
+
+MANIFEST = "manifest.json"
+
+
+def read_manifest(data_dir: Path) -> dict:
+    path = Path(data_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ShardFormatError(f"no {MANIFEST} in {data_dir}: run `alexnet-pipe prepare` first") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ShardFormatError(f"{path} is unreadable ({exc}); run `alexnet-pipe prepare` again") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ShardFormatError(f"{path} has format version {manifest.get('format_version')}, "
+                               f"this alexnet-pipe reads {FORMAT_VERSION}")
+    return manifest
+
+
+def shard_dirs(data_dir: Path, split: str, manifest: dict | None = None) -> list[Path]:
+    """The LMDB directories of one split, in shard order, as the manifest lists them."""
+    manifest = manifest or read_manifest(data_dir)
+    if split not in manifest["splits"]:
+        raise ShardFormatError(f"{data_dir} has no '{split}' split")
+    return [Path(data_dir) / split / s["name"] for s in manifest["splits"][split]["shards"]]
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON so that readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- per-shard sufficient statistics --------------------------------------------------
+
+@dataclasses.dataclass
+class ShardStats:
+    """Exact integer sums over the pixels of a set of records, as stored (decoded).
+
+    pixel_sum[h, w, c]: sum over images of the pixel value (RGB) at each position;
+    rgb_outer[i, j]: sum over every pixel of every image of x_i * x_j (RGB);
+    count: number of images.  Merging is integer addition, so any shard order gives
+    the same totals.
+    """
+    pixel_sum: "np.ndarray"
+    rgb_outer: "np.ndarray"
+    count: int = 0
+
+    @classmethod
+    def zeros(cls, size: int) -> "ShardStats":
+        import numpy as np
+        return cls(np.zeros((size, size, 3), np.int64), np.zeros((3, 3), np.int64), 0)
+
+    def add_image(self, rgb: "np.ndarray") -> None:
+        import numpy as np
+        self.pixel_sum += rgb
+        x = rgb.reshape(-1, 3).astype(np.float64)
+        # float64 products and sums stay exact below 2**53: 65536 px * 255**2 per image
+        self.rgb_outer += np.rint(x.T @ x).astype(np.int64)
+        self.count += 1
+
+    def merge(self, other: "ShardStats") -> None:
+        self.pixel_sum += other.pixel_sum
+        self.rgb_outer += other.rgb_outer
+        self.count += other.count
+
+    def save(self, path: Path) -> None:
+        import numpy as np
+        with open(path, "wb") as f:
+            np.savez(f, pixel_sum=self.pixel_sum, rgb_outer=self.rgb_outer,
+                     count=np.int64(self.count))
+            f.flush()
+            os.fsync(f.fileno())
+
+    @classmethod
+    def load(cls, path: Path) -> "ShardStats":
+        import numpy as np
+        try:
+            with np.load(path) as z:
+                stats = cls(z["pixel_sum"].astype(np.int64), z["rgb_outer"].astype(np.int64),
+                            int(z["count"]))
+        except FileNotFoundError:
+            raise ShardFormatError(f"{path} is missing") from None
+        except (OSError, KeyError, ValueError) as exc:
+            raise ShardFormatError(f"{path} is damaged ({exc})") from None
+        if stats.pixel_sum.ndim != 3 or stats.pixel_sum.shape[2] != 3 or stats.rgb_outer.shape != (3, 3):
+            raise ShardFormatError(f"{path} has arrays of the wrong shape")
+        return stats
+
+
+# --- writing a shard ------------------------------------------------------------------
+
+class ShardWriter:
+    """Writes one shard to a hidden temp dir and renames it into place on commit.
+
+    A shard dir under its final name is therefore always complete and synced: a run
+    killed at any moment leaves at most a `.shard-NNNNN.tmp-PID` dir, which the next
+    run deletes.  Records must come in increasing key order (the checksum relies on it).
+    """
+    TXN_RECORDS = 256
+
+    def __init__(self, final_dir: Path, size: int):
+        import lmdb
+        self.final_dir = Path(final_dir)
+        self.tmp_dir = self.final_dir.with_name(f".{self.final_dir.name}.tmp-{os.getpid()}")
+        self.tmp_dir.mkdir(parents=True)
+        self.env = lmdb.open(str(self.tmp_dir), map_size=MAP_SIZE, subdir=True, sync=False,
+                             metasync=False, lock=True)
+        self.txn = self.env.begin(write=True)
+        self.pending = 0
+        self.stats = ShardStats.zeros(size)
+        self.checksum = RecordChecksum()
+        self.records = 0
+        self.bytes = 0
+        self._last_key = b""
+
+    def put(self, key: bytes, value: bytes) -> None:
+        if key <= self._last_key:
+            raise ValueError(f"keys must increase: {key!r} after {self._last_key!r}")
+        self._last_key = key
+        self.txn.put(key, value, overwrite=False)
+        self.checksum.update(key, value)
+        self.records += 1
+        self.bytes += len(value)
+        self.pending += 1
+        if self.pending >= self.TXN_RECORDS:
+            self.txn.commit()
+            self.txn = self.env.begin(write=True)
+            self.pending = 0
+
+    def commit(self, extra_meta: dict | None = None) -> dict:
+        """Sync everything, then make the shard visible under its final name."""
+        self.txn.commit()
+        self.env.sync(True)
+        self.env.close()
+        self.stats.save(self.tmp_dir / SHARD_STATS)
+        meta = {"name": self.final_dir.name, "records": self.records, "bytes": self.bytes,
+                "checksum": self.checksum.hexdigest(), **(extra_meta or {})}
+        write_json_atomic(self.tmp_dir / SHARD_META, meta)
+        for name in ("data.mdb",):
+            fd = os.open(self.tmp_dir / name, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+        os.replace(self.tmp_dir, self.final_dir)
+        fsync_dir(self.final_dir.parent)
+        return meta
+
+    def abort(self) -> None:
+        import shutil
+        try:
+            self.txn.abort()
+            self.env.close()
+        finally:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+
+def read_shard_meta(shard_dir: Path) -> dict | None:
+    """The meta of a committed shard, or None where the shard is absent or incomplete."""
+    try:
+        return json.loads((Path(shard_dir) / SHARD_META).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None

@@ -1,0 +1,65 @@
+"""The `alexnet-pipe` command group.
+
+Subcommands are imported only when they run, so `alexnet-pipe --help` does not pay for
+torch or DALI, and `prepare` works on a machine without torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from alexnet_pipe import __version__
+from alexnet_pipe.errors import UserError
+
+# name -> "module:attribute"; the module is imported only when the command runs.
+COMMANDS = {
+    "sample-data": ("alexnet_pipe_cli.sample_data:sample_data", "Write the built-in synthetic ImageNet-layout tree."),
+    "prepare": ("alexnet_pipe_cli.prepare:prepare", "Raw ImageNet -> sharded Caffe-compatible LMDB."),
+    "info": ("alexnet_pipe_cli.prepare:info", "Print what a data dir holds."),
+    "verify": ("alexnet_pipe_cli.prepare:verify", "Decode every record and check counts and checksums."),
+    "stats": ("alexnet_pipe_cli.stats:stats", "Mean image and RGB PCA eigenpairs of the training set."),
+    "train": ("alexnet_pipe_cli.train:train", "Train AlexNet (DDP, DALI or torch loader)."),
+    "evaluate": ("alexnet_pipe_cli.evaluate:evaluate", "Top-1/top-5 error of one or more checkpoints."),
+    "bench": ("alexnet_pipe_cli.bench:bench", "Benchmarks: prepare, loader, train step."),
+    "viz": ("alexnet_pipe_cli.viz:viz", "Pictures: augment, filters, neighbors, curves."),
+    "demo": ("alexnet_pipe_cli.demo:demo", "The whole job on the built-in sample data."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are loaded on first use, and whose UserErrors become one line."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name][0].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx, formatter):
+        # short help from the table above: listing must not import every command module
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="alexnet-pipe")
+def cli():
+    """AlexNet (NIPS 2012) from the raw ImageNet download to a trained model.
+
+    \b
+    alexnet-pipe sample-data ./sample     # small synthetic ImageNet-layout tree
+    alexnet-pipe prepare ./sample         # -> ./alexnet-data (shards + manifest)
+    alexnet-pipe stats --pca              # mean image + RGB PCA eigenpairs
+    alexnet-pipe train --gpus 2           # DALI + DDP
+    """
