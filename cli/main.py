@@ -28,20 +28,27 @@ COMMANDS = {
 
 
 class LazyGroup(click.Group):
-    """A group whose subcommands are loaded on first use, and whose UserErrors become one line."""
+    """A group whose subcommands are loaded on first use, and whose UserErrors become one line.
+
+    `lazy_commands` maps name -> ("module:attribute", short help).
+    """
+
+    def __init__(self, *args, lazy_commands: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = lazy_commands if lazy_commands is not None else COMMANDS
 
     def list_commands(self, ctx):
-        return sorted(COMMANDS)
+        return sorted(self.lazy_commands)
 
     def get_command(self, ctx, name):
-        if name not in COMMANDS:
+        if name not in self.lazy_commands:
             return None
-        module, attr = COMMANDS[name][0].split(":")
+        module, attr = self.lazy_commands[name][0].split(":")
         return getattr(importlib.import_module(module), attr)
 
     def format_commands(self, ctx, formatter):
-        # short help from the table above: listing must not import every command module
-        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        # short help from the table: listing must not import every command module
+        rows = [(name, self.lazy_commands[name][1]) for name in self.list_commands(ctx)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
