@@ -1,0 +1,318 @@
+"""Finding the inputs: every ImageNet layout users have, turned into one list of items per split.
+
+An item is where an image's bytes are (a file, or a byte range inside an uncompressed tar),
+the relative path its record key will carry, and its label.  Archives are never extracted:
+their members are located once by reading the tar headers, then read in place by offset,
+which also lets many workers read one archive in parallel.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import tarfile
+from pathlib import Path
+
+from .errors import UserError
+
+TRAIN_TAR = "ILSVRC2012_img_train.tar"
+VAL_TAR = "ILSVRC2012_img_val.tar"
+DEVKIT_TAR = "ILSVRC2012_devkit_t12.tar.gz"
+DEVKIT_DIR = "ILSVRC2012_devkit_t12"
+KAGGLE_CSV = "LOC_val_solution.csv"
+SYNSET_MAPPING = "LOC_synset_mapping.txt"
+NESTINGS = (".", "ILSVRC/Data/CLS-LOC", "Data/CLS-LOC", "CLS-LOC")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Item:
+    relpath: str      # train/<wnid>/<file> or val/<file>: the key's path part
+    label: int
+    path: str         # the file, or the archive holding it
+    offset: int = 0   # start of the member's bytes inside the archive
+    size: int = -1    # -1: the whole file
+
+
+def read_bytes(item: Item) -> bytes:
+    with open(item.path, "rb") as f:
+        if item.size < 0:
+            return f.read()
+        f.seek(item.offset)
+        return f.read(item.size)
+
+
+@dataclasses.dataclass
+class Inventory:
+    layout: str                              # "folders" | "archives"
+    classes: list[tuple[str, str]]           # (wnid, name), label order
+    splits: dict[str, list[Item]]
+    rejects: list[dict]                      # inputs refused before decoding: {"path", "split", "reason"}
+    val_labels_from: str | None = None
+
+
+@dataclasses.dataclass
+class ValLabels:
+    by_stem: dict[str, str]                  # "ILSVRC2012_val_00000001" -> wnid
+    names: dict[str, str]                    # wnid -> words (may be empty)
+    source: str
+
+
+# --- label files ------------------------------------------------------------------------
+
+def read_kaggle_csv(path: Path) -> ValLabels:
+    by_stem = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                by_stem[row["ImageId"].strip()] = row["PredictionString"].split()[0]
+            except (KeyError, IndexError, AttributeError):
+                raise UserError(f"{path} is not a Kaggle {KAGGLE_CSV} (expected columns ImageId,PredictionString)") from None
+    return ValLabels(by_stem, {}, str(path))
+
+
+def read_synset_mapping(path: Path) -> dict[str, str]:
+    names = {}
+    for line in Path(path).read_text().splitlines():
+        wnid, _, words = line.strip().partition(" ")
+        if wnid:
+            names[wnid] = words.strip()
+    return names
+
+
+def _parse_meta(meta_bytes: bytes, where: str) -> tuple[dict[int, str], dict[str, str]]:
+    """ILSVRC2012_ID -> wnid, and wnid -> words, for the 1000 leaf synsets of meta.mat."""
+    import scipy.io
+    try:
+        synsets = scipy.io.loadmat(io.BytesIO(meta_bytes), squeeze_me=True)["synsets"]
+        rows = [(int(s["ILSVRC2012_ID"]), str(s["WNID"]), str(s["words"]), int(s["num_children"]))
+                for s in synsets]
+    except Exception as exc:  # scipy raises several types for a bad .mat; all mean the same to the user
+        raise UserError(f"{where} is not a readable devkit meta.mat ({exc})") from None
+    leaves = [r for r in rows if r[3] == 0]
+    return {r[0]: r[1] for r in leaves}, {r[1]: r[2] for r in leaves}
+
+
+def _labels_from_devkit(meta_bytes: bytes, truth_text: str, where: str) -> ValLabels:
+    id_to_wnid, names = _parse_meta(meta_bytes, where)
+    by_stem = {}
+    for i, line in enumerate(truth_text.split(), start=1):
+        try:
+            by_stem[f"ILSVRC2012_val_{i:08d}"] = id_to_wnid[int(line)]
+        except (ValueError, KeyError):
+            raise UserError(f"{where}: ground-truth line {i} ({line!r}) is not an ILSVRC2012_ID of meta.mat") from None
+    return ValLabels(by_stem, names, where)
+
+
+def read_devkit_archive(path: Path) -> ValLabels:
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+            meta = tar.extractfile(members["meta.mat"]).read()
+            truth = tar.extractfile(members["ILSVRC2012_validation_ground_truth.txt"]).read().decode()
+    except KeyError as exc:
+        raise UserError(f"{path} has no {exc.args[0]}: is it the ILSVRC2012 devkit?") from None
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise UserError(f"{path} is not a readable devkit archive ({exc})") from None
+    return _labels_from_devkit(meta, truth, str(path))
+
+
+def read_devkit_files(truth: Path) -> ValLabels:
+    meta = truth.parent / "meta.mat"
+    if not meta.is_file():
+        raise UserError(f"{truth} needs the devkit's meta.mat beside it to map its IDs to wnids")
+    return _labels_from_devkit(meta.read_bytes(), truth.read_text(), str(truth))
+
+
+def read_val_labels(path: Path) -> ValLabels:
+    """Any supported label file: Kaggle csv, devkit archive, devkit dir, or ground-truth txt."""
+    path = Path(path)
+    if path.is_dir():
+        return read_devkit_files(path / "data" / "ILSVRC2012_validation_ground_truth.txt")
+    if path.suffix == ".csv":
+        return read_kaggle_csv(path)
+    if path.name.endswith((".tar.gz", ".tgz", ".tar")):
+        return read_devkit_archive(path)
+    if path.suffix == ".txt":
+        return read_devkit_files(path)
+    raise UserError(f"{path}: val labels must be a {KAGGLE_CSV}, the devkit archive or dir, or its ground-truth .txt")
+
+
+def _upwards(root: Path, src: Path) -> list[Path]:
+    """root and its parents up to src's parent: where label files sit in the known layouts."""
+    out, cur = [], root.resolve()
+    stop = src.resolve().parent
+    while cur != stop and cur != cur.parent:
+        out.append(cur)
+        cur = cur.parent
+    return out or [root]
+
+
+def find_val_labels(root: Path, src: Path) -> ValLabels | None:
+    for folder in _upwards(root, src):
+        for name, reader in ((KAGGLE_CSV, read_kaggle_csv), (DEVKIT_TAR, read_devkit_archive)):
+            if (folder / name).is_file():
+                return reader(folder / name)
+        if (folder / DEVKIT_DIR).is_dir():
+            return read_val_labels(folder / DEVKIT_DIR)
+    return None
+
+
+def find_class_names(root: Path, src: Path) -> dict[str, str]:
+    for folder in _upwards(root, src):
+        if (folder / SYNSET_MAPPING).is_file():
+            return read_synset_mapping(folder / SYNSET_MAPPING)
+    return {}
+
+
+# --- listing the images -----------------------------------------------------------------
+
+def _files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def _reject(rejects: list[dict], path, split: str, reason: str) -> None:
+    rejects.append({"path": str(path), "split": split, "reason": reason})
+
+
+def list_train_folder(train: Path, rejects: list[dict]) -> tuple[list[str], list[tuple[str, Path]]]:
+    """(sorted class names, [(class, file)]); files outside a class folder are rejected."""
+    classes = sorted(p.name for p in train.iterdir() if p.is_dir())
+    files = []
+    for path in sorted(train.iterdir()):
+        if not path.is_dir():
+            _reject(rejects, path, "train", "not inside a class folder")
+    for wnid in classes:
+        files.extend((wnid, f) for f in _files_under(train / wnid))
+    return classes, files
+
+
+def _val_folder_items(val: Path, index: dict[str, int], labels: ValLabels | None,
+                      rejects: list[dict]) -> list[Item]:
+    items = []
+    sorted_into_classes = any(p.is_dir() for p in val.iterdir())
+    for path in _files_under(val):
+        rel = path.relative_to(val)
+        if sorted_into_classes:
+            wnid = rel.parts[0] if len(rel.parts) > 1 else None
+            why = "not inside a class folder" if wnid is None else f"class folder {wnid} is not a train class"
+        else:
+            wnid = labels.by_stem.get(path.name.split(".")[0]) if labels else None
+            why = (f"no label for it in {labels.source}" if labels else
+                   "flat val folder without labels (give --val-labels)")
+            if wnid is not None and wnid not in index:
+                why, wnid = f"its label {wnid} is not a train class", None
+        if wnid is None or wnid not in index:
+            _reject(rejects, path, "val", why)
+            continue
+        items.append(Item(f"val/{path.name}", index[wnid], str(path)))
+    return items
+
+
+def _open_tar(path: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(path, "r:")  # uncompressed: members keep their byte offsets
+    except (tarfile.TarError, OSError) as exc:
+        raise UserError(f"{path} is not a readable uncompressed tar ({exc})") from None
+
+
+def list_train_archive(path: Path, rejects: list[dict]) -> tuple[list[str], list[tuple[str, str, int, int]]]:
+    """The official train tar: one inner tar per class. Returns classes and (wnid, name, offset, size)."""
+    members = []
+    with _open_tar(path) as outer:
+        for m in outer:
+            if not m.isfile():
+                continue
+            if not m.name.endswith(".tar"):
+                _reject(rejects, f"{path}!{m.name}", "train", "not a per-class tar")
+                continue
+            wnid = Path(m.name).name[:-4]
+            try:
+                with tarfile.open(fileobj=outer.extractfile(m), mode="r:") as inner:
+                    members.extend((wnid, Path(im.name).name, m.offset_data + im.offset_data, im.size)
+                                   for im in inner if im.isfile())
+            except tarfile.TarError as exc:
+                _reject(rejects, f"{path}!{m.name}", "train", f"unreadable per-class tar ({exc})")
+    classes = sorted({w for w, *_ in members})
+    return classes, sorted(members)
+
+
+def list_val_archive(path: Path) -> list[tuple[str, int, int]]:
+    with _open_tar(path) as tar:
+        return sorted((Path(m.name).name, m.offset_data, m.size) for m in tar if m.isfile())
+
+
+def find_root(src: Path) -> Path | None:
+    for nest in NESTINGS:
+        cand = src / nest
+        if (cand / "train").is_dir() or (cand / "val").is_dir():
+            return cand
+    return None
+
+
+def _class_list(train_classes: list[str], names: dict[str, str], labels: ValLabels | None) -> list[str]:
+    """Labels are indexes into the sorted wnids of train; without train, of the label files."""
+    if train_classes:
+        return train_classes
+    return sorted(names) if names else sorted(set(labels.by_stem.values())) if labels else []
+
+
+def _labels_for(val_labels: Path | None, root: Path, src: Path, needed: bool) -> ValLabels | None:
+    if val_labels is not None:
+        return read_val_labels(val_labels)
+    return find_val_labels(root, src) if needed else None
+
+
+def discover_folders(src: Path, root: Path, val_labels: Path | None) -> Inventory:
+    rejects: list[dict] = []
+    train_dir, val_dir = root / "train", root / "val"
+    train_classes, train_files = list_train_folder(train_dir, rejects) if train_dir.is_dir() else ([], [])
+    flat_val = val_dir.is_dir() and not any(p.is_dir() for p in val_dir.iterdir())
+    labels = _labels_for(val_labels, root, src, needed=flat_val or not train_classes)
+    names = find_class_names(root, src) or (labels.names if labels else {})
+    wnids = _class_list(train_classes, names, labels)
+    index = {w: i for i, w in enumerate(wnids)}
+    train = [Item(f"train/{w}/{f.relative_to(train_dir / w).as_posix()}", index[w], str(f))
+             for w, f in train_files]
+    val = _val_folder_items(val_dir, index, labels, rejects) if val_dir.is_dir() else []
+    return Inventory("folders", [(w, names.get(w, w)) for w in wnids], {"train": train, "val": val},
+                     rejects, labels.source if labels else None)
+
+
+def discover_archives(src: Path, val_labels: Path | None) -> Inventory:
+    rejects: list[dict] = []
+    train_tar, val_tar = src / TRAIN_TAR, src / VAL_TAR
+    classes, members = list_train_archive(train_tar, rejects) if train_tar.is_file() else ([], [])
+    labels = _labels_for(val_labels, src, src, needed=val_tar.is_file() or not classes)
+    names = find_class_names(src, src) or (labels.names if labels else {})
+    wnids = _class_list(classes, names, labels)
+    index = {w: i for i, w in enumerate(wnids)}
+    train = [Item(f"train/{w}/{name}", index[w], str(train_tar), off, size) for w, name, off, size in members]
+    val = []
+    for name, off, size in (list_val_archive(val_tar) if val_tar.is_file() else []):
+        wnid = labels.by_stem.get(name.split(".")[0]) if labels else None
+        if wnid in index:
+            val.append(Item(f"val/{name}", index[wnid], str(val_tar), off, size))
+        else:
+            why = ("no val labels found (give --val-labels)" if labels is None else
+                   f"no label for it in {labels.source}" if wnid is None else f"its label {wnid} is not a train class")
+            _reject(rejects, f"{val_tar}!{name}", "val", why)
+    return Inventory("archives", [(w, names.get(w, w)) for w in wnids], {"train": train, "val": val},
+                     rejects, labels.source if labels else None)
+
+
+def discover(src: Path, val_labels: Path | None = None) -> Inventory:
+    """Auto-detect the layout under src and list every input, each either an item or a reject."""
+    src = Path(src)
+    if not src.is_dir():
+        raise UserError(f"{src} is not a directory")
+    root = find_root(src)
+    if root is not None:
+        inv = discover_folders(src, root, val_labels)
+    elif (src / TRAIN_TAR).is_file() or (src / VAL_TAR).is_file():
+        inv = discover_archives(src, val_labels)
+    else:
+        raise UserError(f"found no ImageNet layout under {src}: expected train/ and val/ folders, "
+                        f"ILSVRC/Data/CLS-LOC/, or {TRAIN_TAR} / {VAL_TAR}")
+    if not any(inv.splits.values()):
+        raise UserError(f"found no images under {src} ({len(inv.rejects)} files refused)")
+    return inv

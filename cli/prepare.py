@@ -1,0 +1,128 @@
+"""prepare, info, verify."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from alexnet_pipe_cli.common import data_option, print_settings
+
+RESIZES = ["area", "linear", "cubic", "lanczos"]
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _shard_range(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        a, b = (int(x) for x in value.split(":"))
+    except ValueError:
+        raise click.BadParameter("expected A:B, e.g. 0:16 (shards A to B-1 of each split)") from None
+    if not 0 <= a < b:
+        raise click.BadParameter("expected 0 <= A < B")
+    return a, b
+
+
+@click.command()
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@data_option
+@click.option("--size", type=click.IntRange(16, 4096), default=256, show_default=True,
+              help="Shorter side after rescaling; the central size x size square is kept.")
+@click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True, help="JPEG quality.")
+@click.option("--encoding", type=click.Choice(["jpeg", "raw"]), default="jpeg", show_default=True,
+              help="jpeg: encoded Datums; raw: HWC RGB bytes (encoded=false), ~5x larger, no decode cost.")
+@click.option("--resize", type=click.Choice(RESIZES), default="area", show_default=True,
+              help="Downscaling filter (enlarging always uses cubic).")
+@click.option("--reduce/--no-reduce", default=True, show_default=True,
+              help="Let JPEGs of shorter side >= 2*size decode at 1/2, 1/4, 1/8 scale (DCT domain).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the global shuffle.")
+@click.option("--shards", type=click.IntRange(min=1), default=None, help="Shards per split [default: records / shard-size].")
+@click.option("--shard-size", type=click.IntRange(min=1), default=10000, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=_cores, show_default="all cores")
+@click.option("--val-labels", type=click.Path(exists=True, path_type=Path), default=None,
+              help="LOC_val_solution.csv, the devkit (.tar.gz or dir) or its ground-truth .txt.")
+@click.option("--only-shards", callback=_shard_range, default=None, metavar="A:B",
+              help="Write only shards A..B-1 of each split (cluster use); a last plain run finalises.")
+@click.option("--overwrite", is_flag=True, help="Replace what the data dir holds.")
+@click.option("--dry-run", is_flag=True, help="Find the inputs and print the plan; write nothing.")
+def prepare(source, data, dry_run, **options):
+    """Turn an ImageNet download (folders, Kaggle, or the official tars) into shards.
+
+    \b
+    alexnet-pipe prepare /data/imagenet --data /fast/alexnet-data
+    alexnet-pipe prepare ./sample --size 128 --workers 2
+    """
+    from alexnet_pipe.prepare import PrepareSettings, make_plan, run
+    from alexnet_pipe.sources import discover
+    settings = PrepareSettings(source=source, data=data, **options)
+    print_settings("prepare", settings)
+    if dry_run:
+        inv = discover(source, settings.val_labels)
+        for split, plans in make_plan(inv, settings).items():
+            click.echo(f"{split}: {len(inv.splits[split])} images -> {len(plans)} shards")
+        click.echo(f"{len(inv.classes)} classes; {len(inv.rejects)} files refused before decoding")
+        return
+    summary = run(settings, echo=click.echo)
+    _print_summary(summary, data)
+
+
+def _print_summary(summary: dict, data: Path) -> None:
+    click.echo(f"wrote {summary['written_now']} images in {summary['seconds']:.1f} s "
+               f"({summary['images_per_sec']:.0f} img/s, {summary['shards_written_now']} shards)")
+    manifest = summary["manifest"]
+    if manifest is None:
+        click.echo("these shards are done; run prepare without --only-shards once all parts are written")
+        return
+    click.echo(f"{'split':<6} {'records':>9} {'rejected':>9} {'shards':>7} {'MB':>9}")
+    for split, s in manifest["splits"].items():
+        mb = sum(e["bytes"] for e in s["shards"]) / 1e6
+        click.echo(f"{split:<6} {s['count']:>9} {s['rejects']:>9} {len(s['shards']):>7} {mb:>9.1f}")
+    click.echo(f"manifest: {data / 'manifest.json'}; rejected inputs and reasons: {data / 'rejects.jsonl'}")
+
+
+@click.command()
+@data_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def info(data, as_json):
+    """Print what a data dir holds.
+
+    \b
+    alexnet-pipe info --data ./alexnet-data
+    """
+    from alexnet_pipe.verify import info as read_info
+    out = read_info(data)
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo(f"data dir {out['data']}: {out['classes']} classes, settings {json.dumps(out['settings'])}")
+    for split, s in out["splits"].items():
+        click.echo(f"  {split}: {s['records']} records in {s['shards']} shards "
+                   f"({s['bytes'] / 1e6:.1f} MB), {s['rejects']} inputs rejected")
+    click.echo(f"  stats: {', '.join(out['stats']) or 'none (run alexnet-pipe stats --pca)'}")
+    click.echo(f"  runs: {', '.join(out['runs']) or 'none'}")
+
+
+@click.command()
+@data_option
+@click.option("--workers", type=click.IntRange(min=1), default=_cores, show_default="all cores")
+def verify(data, workers):
+    """Decode every record; check counts and checksums against the manifest.
+
+    \b
+    alexnet-pipe verify --data ./alexnet-data
+    """
+    from alexnet_pipe.verify import verify as run_verify
+    reports = run_verify(data, workers)
+    damaged = [r for r in reports if r.problems]
+    for r in damaged:
+        click.echo(f"DAMAGED {r.split}/{r.name}: " + "; ".join(r.problems[:3]), err=True)
+    total = sum(r.records for r in reports)
+    if damaged:
+        raise click.ClickException(f"{len(damaged)} of {len(reports)} shards damaged: "
+                                   + ", ".join(f"{r.split}/{r.name}" for r in damaged))
+    click.echo(f"ok: {total} records in {len(reports)} shards decode, counts and checksums match")
