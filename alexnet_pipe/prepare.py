@@ -77,6 +77,8 @@ def shard_count(n: int, settings: PrepareSettings) -> int:
 
 def plan_split(split: str, items: list[Item], seed: int, count: int) -> list[ShardPlan]:
     """Seeded global shuffle of the split, cut into `count` contiguous shards."""
+    if count == 0:
+        return []
     ordered = sorted(items, key=lambda it: it.relpath)
     perm = np.random.default_rng([seed, SPLIT_STREAMS[split]]).permutation(len(ordered))
     shuffled = [ordered[i] for i in perm]
@@ -85,8 +87,9 @@ def plan_split(split: str, items: list[Item], seed: int, count: int) -> list[Sha
 
 
 def make_plan(inv: Inventory, settings: PrepareSettings) -> dict[str, list[ShardPlan]]:
+    # every split is listed, an empty one too, so the manifest says "val: 0" rather than nothing
     return {split: plan_split(split, items, settings.seed, shard_count(len(items), settings))
-            for split, items in inv.splits.items() if items}
+            for split, items in inv.splits.items()}
 
 
 # --- the worker side -------------------------------------------------------------------

@@ -1,0 +1,224 @@
+"""One pass over the decoded records of a list of shards, in key order, each record exactly once.
+
+DALI reads and decodes when it is importable (``fn.readers.caffe`` + ``fn.decoders.image``, on the
+CPU or, with ``device="gpu"``, the "mixed" GPU decoder); otherwise OpenCV decodes what
+``shards.iter_records`` reads.  Both yield the same thing: batches of ``(B, H, W, 3)`` uint8 RGB
+images and ``(B,)`` int64 labels.  ``stats --recompute`` and the loader benchmark's decode-only
+figure use it.
+
+Raw (non-encoded) records are this project's layout, HWC RGB (docs/format.md), unless
+``raw_layout="chw_bgr"``: Caffe's own ``convert_imageset`` without ``--encoded`` writes planar BGR.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .errors import UserError
+from .shards import Datum, iter_records
+
+DEVICES = ("cpu", "gpu", "mixed")
+RAW_LAYOUTS = ("hwc_rgb", "chw_bgr")
+READER_NAME = "Reader"
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardProbe:
+    """What the first record of the first shard says about all of them."""
+    encoded: bool
+    height: int
+    width: int
+
+
+def probe(shard_dirs: Sequence[Path]) -> ShardProbe:
+    """Read the first record: encoded or raw, and the stored size."""
+    for shard in shard_dirs:
+        for _key, value in iter_records(shard):
+            datum = Datum.from_bytes(value)
+            return ShardProbe(datum.encoded, datum.height, datum.width)
+    raise UserError(f"the shards {', '.join(str(s) for s in shard_dirs[:3])} hold no records")
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def iter_decoded(shard_dirs: Sequence[Path], *, batch_size: int = 64, device: str = "cpu",
+                 limit: int | None = None, backend: str = "auto", raw_layout: str = "hwc_rgb",
+                 num_threads: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (images uint8 (B,H,W,3) RGB, labels int64 (B,)) over the records in key order.
+
+    The shards are read in the order given; `limit` stops after that many records (the first
+    ones in key order).  backend: "auto" (DALI if importable), "dali" or "opencv".
+    """
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
+    if raw_layout not in RAW_LAYOUTS:
+        raise ValueError(f"raw_layout must be one of {RAW_LAYOUTS}, not {raw_layout!r}")
+    shard_dirs = [Path(s) for s in shard_dirs]
+    if limit is not None and limit <= 0:
+        return
+    use_dali = backend == "dali" or (backend == "auto" and dali_available())
+    if use_dali:
+        yield from _iter_dali(shard_dirs, batch_size, device, limit, raw_layout, num_threads)
+    elif backend in ("auto", "opencv"):
+        yield from _iter_opencv(shard_dirs, batch_size, limit, raw_layout)
+    else:
+        raise ValueError(f"backend must be auto, dali or opencv, not {backend!r}")
+
+
+# --- DALI -----------------------------------------------------------------------------
+
+def dali_reader(shard_dirs: Sequence[Path]):
+    """The reader half: encoded bytes (or flat raw pixels) and labels, in key order, no shuffle.
+
+    pad_last_batch repeats the last record to fill the last batch; the consumer drops the
+    repeats using the reader's epoch size, so nothing is doubled.
+    """
+    from nvidia.dali import fn
+    return fn.readers.caffe(path=[str(s) for s in shard_dirs], random_shuffle=False,
+                            pad_last_batch=True, name=READER_NAME)
+
+
+def dali_decode(data, *, encoded: bool, device: str):
+    """The processing half: JPEG/PNG bytes -> HWC RGB uint8 (raw records pass through)."""
+    if not encoded:
+        return data
+    from nvidia.dali import fn, types
+    return fn.decoders.image(data, device="cpu" if device == "cpu" else "mixed",
+                             output_type=types.RGB)
+
+
+def build_decode_pipeline(shard_dirs: Sequence[Path], *, batch_size: int, device: str,
+                          encoded: bool, num_threads: int | None = None):
+    """A built DALI pipeline whose outputs are (decoded images, labels)."""
+    from nvidia.dali import pipeline_def
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads or min(4, os.cpu_count() or 1),
+                  device_id=None if device == "cpu" else 0, prefetch_queue_depth=2)
+    def decode_pipeline():
+        data, labels = dali_reader(shard_dirs)
+        return dali_decode(data, encoded=encoded, device=device), labels
+
+    pipe = decode_pipeline()
+    pipe.build()
+    return pipe
+
+
+def _iter_dali(shard_dirs, batch_size, device, limit, raw_layout, num_threads):
+    info = probe(shard_dirs)
+    if limit is not None:
+        batch_size = max(1, min(batch_size, limit))
+    pipe = build_decode_pipeline(shard_dirs, batch_size=batch_size, device=device,
+                                 encoded=info.encoded, num_threads=num_threads)
+    try:
+        remaining = pipe.epoch_size(READER_NAME)
+        if limit is not None:
+            remaining = min(remaining, limit)
+        while remaining > 0:
+            images, labels = pipe.run()
+            take = min(remaining, batch_size)
+            batch = _to_numpy(images, take, info, raw_layout)
+            yield batch, np.array([int(np.asarray(labels[i]).ravel()[0]) for i in range(take)], np.int64)
+            remaining -= take
+    finally:
+        del pipe
+
+
+def _to_numpy(tensors, take: int, info: ShardProbe, raw_layout: str) -> np.ndarray:
+    if hasattr(tensors, "as_cpu"):
+        tensors = tensors.as_cpu()
+    arrays = [np.asarray(tensors[i]) for i in range(take)]
+    if info.encoded:
+        return np.stack([_check_shape(a, info) for a in arrays])
+    return np.stack([_raw_pixels(a, info, raw_layout) for a in arrays])
+
+
+# --- OpenCV fallback ------------------------------------------------------------------
+
+def _iter_opencv(shard_dirs, batch_size, limit, raw_layout):
+    info = probe(shard_dirs)
+    images, labels, seen = [], [], 0
+    for shard in shard_dirs:
+        for _key, value in iter_records(shard):
+            datum = Datum.from_bytes(value)
+            images.append(_decode_datum(datum, info, raw_layout))
+            labels.append(datum.label)
+            seen += 1
+            if len(images) == batch_size or seen == limit:
+                yield np.stack(images), np.array(labels, np.int64)
+                images, labels = [], []
+            if seen == limit:
+                return
+    if images:
+        yield np.stack(images), np.array(labels, np.int64)
+
+
+def _decode_datum(datum: Datum, info: ShardProbe, raw_layout: str) -> np.ndarray:
+    if not datum.encoded:
+        return _raw_pixels(np.frombuffer(datum.data, np.uint8), info, raw_layout)
+    import cv2
+    bgr = cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise UserError(f"a record of {info.height}x{info.width} images does not decode")
+    return _check_shape(np.ascontiguousarray(bgr[..., ::-1]), info)
+
+
+# --- shared ---------------------------------------------------------------------------
+
+def _raw_pixels(flat: np.ndarray, info: ShardProbe, raw_layout: str) -> np.ndarray:
+    h, w = info.height, info.width
+    if flat.size != h * w * 3:
+        raise UserError(f"a raw record holds {flat.size} bytes, not {h}x{w}x3 as the first record says")
+    if raw_layout == "chw_bgr":
+        return np.ascontiguousarray(flat.reshape(3, h, w).transpose(1, 2, 0)[..., ::-1])
+    return flat.reshape(h, w, 3)
+
+
+def _check_shape(image: np.ndarray, info: ShardProbe) -> np.ndarray:
+    if image.shape != (info.height, info.width, 3):
+        raise UserError(f"a record decodes to {image.shape}, not ({info.height}, {info.width}, 3) "
+                        "as the first record says: the images must all have one size")
+    return image
+
+
+class Progress:
+    """A progress line on stderr: redrawn in place on a tty, else a plain line every `every` s."""
+
+    def __init__(self, total: int, label: str, every: float = 10.0, stream=None):
+        self.total, self.label, self.every = total, label, every
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.done = 0
+        self.start = self.last = time.monotonic()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.tty and now - self.last >= 0.2:
+            self.stream.write(f"\r{self._line(now)}")
+            self.stream.flush()
+            self.last = now
+        elif not self.tty and now - self.last >= self.every:
+            self.stream.write(self._line(now) + "\n")
+            self.last = now
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write(f"\r{self._line(time.monotonic())}\n")
+            self.stream.flush()
+
+    def _line(self, now: float) -> str:
+        rate = self.done / max(now - self.start, 1e-9)
+        pct = 100.0 * self.done / max(self.total, 1)
+        return f"{self.label}: {self.done}/{self.total} images ({pct:.0f}%), {rate:.0f} img/s"
