@@ -1,0 +1,40 @@
+"""`alexnet-pipe bench prepare`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from alexnet_pipe_cli.common import print_settings
+
+
+@click.command("prepare")
+@click.option("--source", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="A folder tree (train/<class>/...) to measure on [default: generate --images JPEGs].")
+@click.option("--images", type=click.IntRange(min=8), default=400, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--size", type=click.IntRange(16, 4096), default=256, show_default=True)
+@click.option("--resize", type=click.Choice(["area", "linear", "cubic", "lanczos"]), default="area", show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True, help="Best of N per contender.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_prepare(as_json, **options):
+    """prepare vs the one-process PIL script and bare decode, on the same files in one run.
+
+    \b
+    alexnet-pipe bench prepare --images 400 --workers 2
+    """
+    from alexnet_pipe.bench_prepare import BenchPrepareSettings, run
+    settings = BenchPrepareSettings(**options)
+    if not as_json:
+        print_settings("bench prepare", settings)
+    out = run(settings)
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    click.echo(f"{out['images']} images, prepare --workers {out['workers']}:")
+    click.echo(f"  bare decode, 1 core      {out['bare_decode_images_per_sec_one_core']:8.1f} img/s")
+    click.echo(f"  PIL script, 1 process    {out['pil_baseline_images_per_sec']:8.1f} img/s")
+    click.echo(f"  prepare                  {out['prepare_images_per_sec']:8.1f} img/s")
+    click.echo(f"  prepare / PIL script     {out['ratio_vs_pil_baseline']:8.2f}x   (goal >= 2)")
+    click.echo(f"  per core / bare decode   {out['per_core_ratio_vs_bare_decode']:8.2f}    (goal >= 0.70)")

@@ -1,0 +1,80 @@
+"""Decoding by content and the centre-square resize, against numpy/PIL references."""
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet_pipe import images
+
+
+def smooth(h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    return cv2.resize(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def jpeg(rgb, **kw):
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=95, **kw)
+    return buf.getvalue()
+
+
+def test_16bit_png_rgba_and_gray_become_rgb8():
+    rgb = smooth(20, 30)
+    wide = rgb.astype(np.uint16) * 257 + np.uint16(100)
+    ok, png16 = cv2.imencode(".png", wide[..., ::-1])
+    ref = ((wide.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    assert (images.decode_rgb(png16.tobytes()) == ref).all()
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])
+    ok, png4 = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    assert (images.decode_rgb(png4.tobytes()) == rgb).all()
+    ok, gray = cv2.imencode(".png", rgb[..., 0])
+    assert (images.decode_rgb(gray.tobytes()) == np.repeat(rgb[..., :1], 3, 2)).all()
+
+
+def test_cmyk_jpeg_matches_pil():
+    rgb = smooth(40, 50)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).convert("CMYK").save(buf, "JPEG", quality=95)
+    ref = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")).astype(int)
+    assert np.abs(images.decode_rgb(buf.getvalue()).astype(int) - ref).max() <= 1
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_truncation_is_caught_before_libjpeg_fills_grey(progressive):
+    data = jpeg(smooth(64, 80), progressive=progressive)
+    assert images.jpeg_info(data) == (64, 80, 3, True)
+    for cut in (0.3, 0.6, 0.95):
+        with pytest.raises(images.Reject, match="truncated"):
+            images.decode_rgb(data[:int(len(data) * cut)])
+    trailing = data + b"\x00" * 10  # bytes after EOI are harmless
+    assert images.decode_rgb(trailing).shape == (64, 80, 3)
+
+
+@pytest.mark.parametrize("data,reason", [(b"", "empty"), (b"hello world", "not an image"),
+                                         (b"\xff\xd8\xff\xe0garbage", "corrupt JPEG"),
+                                         (b"\x89PNG\r\n\x1a\n" + bytes(40), "truncated PNG")])
+def test_rejects(data, reason):
+    with pytest.raises(images.Reject, match=reason):
+        images.decode_rgb(data)
+
+
+def test_dct_reduction_keeps_shorter_side_at_least_min_side():
+    data = jpeg(smooth(1536, 2048))
+    assert images.decode_rgb(data, 256).shape == (384, 512, 3)  # 1/4; 1/8 would give 192 < 256
+    assert images.decode_rgb(data, 0).shape == (1536, 2048, 3)
+    assert images.decode_rgb(jpeg(smooth(300, 400)), 256).shape == (300, 400, 3)
+
+
+def test_center_square_is_the_central_patch():
+    img = smooth(60, 100)
+    assert (images.center_square(img, 60) == img[:, 20:80]).all()  # no resize needed: exact crop
+    tall = smooth(90, 50)
+    out = images.center_square(tall, 25)
+    ref = cv2.resize(tall[20:70], (25, 25), interpolation=cv2.INTER_AREA)
+    assert (out == ref).all()
+    up = images.center_square(smooth(20, 30), 40)  # enlarging: cubic
+    assert up.shape == (40, 40, 3)
