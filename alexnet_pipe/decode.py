@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
-import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -191,34 +189,3 @@ def _check_shape(image: np.ndarray, info: ShardProbe) -> np.ndarray:
                         "as the first record says: the images must all have one size")
     return image
 
-
-class Progress:
-    """A progress line on stderr: redrawn in place on a tty, else a plain line every `every` s."""
-
-    def __init__(self, total: int, label: str, every: float = 10.0, stream=None):
-        self.total, self.label, self.every = total, label, every
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.done = 0
-        self.start = self.last = time.monotonic()
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if self.tty and now - self.last >= 0.2:
-            self.stream.write(f"\r{self._line(now)}")
-            self.stream.flush()
-            self.last = now
-        elif not self.tty and now - self.last >= self.every:
-            self.stream.write(self._line(now) + "\n")
-            self.last = now
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write(f"\r{self._line(time.monotonic())}\n")
-            self.stream.flush()
-
-    def _line(self, now: float) -> str:
-        rate = self.done / max(now - self.start, 1e-9)
-        pct = 100.0 * self.done / max(self.total, 1)
-        return f"{self.label}: {self.done}/{self.total} images ({pct:.0f}%), {rate:.0f} img/s"

@@ -32,7 +32,7 @@ class ShardFormatError(UserError):
 
 # --- protobuf wire format -------------------------------------------------------------
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
     if value < 0:  # int32 negatives are sign-extended to 10 bytes on the wire
         value += 1 << 64
     out = bytearray()
@@ -89,11 +89,11 @@ def iter_fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
 
 
 def encode_field_varint(number: int, value: int) -> bytes:
-    return _varint(number << 3) + _varint(value)
+    return varint(number << 3) + varint(value)
 
 
 def encode_field_bytes(number: int, value: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(value)) + value
+    return varint(number << 3 | 2) + varint(len(value)) + value
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,7 +29,7 @@ import numpy as np
 
 from .datadir import DataDir
 from .errors import UserError
-from .shards import (MANIFEST, SHARD_META, SHARD_STATS, ShardFormatError, ShardStats, _varint,
+from .shards import (MANIFEST, SHARD_META, SHARD_STATS, ShardFormatError, ShardStats, varint,
                      encode_field_bytes, encode_field_varint, open_reader, read_manifest,
                      read_shard_meta, shard_dirs, write_json_atomic)
 
@@ -218,7 +218,8 @@ def accumulate(batches: Iterable[tuple[np.ndarray, np.ndarray]], counts: Sequenc
 def recompute(shards: Sequence[Path], *, device: str, limit: int | None, raw_layout: str,
               backend: str = "auto") -> tuple[ShardStats, list[ShardStats | None]]:
     """One decoding pass: (total sums, per-shard sums; None for shards the pass did not reach)."""
-    from .decode import Progress, iter_decoded
+    from .decode import iter_decoded
+    from .progress import Progress
     counts = shard_record_counts(shards)
     total_records = sum(counts) if limit is None else min(limit, sum(counts))
     progress = Progress(total_records, "decoding the train records")
@@ -271,7 +272,7 @@ def encode_blobproto(mean_rgb_hwc: np.ndarray) -> bytes:
     """Caffe BlobProto of a mean image: legacy num/channels/height/width and shape, BGR CHW floats."""
     h, w, c = mean_rgb_hwc.shape
     chw_bgr = np.ascontiguousarray(mean_rgb_hwc[..., ::-1].transpose(2, 0, 1), dtype="<f4")
-    shape = encode_field_bytes(1, b"".join(_varint(d) for d in (1, c, h, w)))  # packed int64 dims
+    shape = encode_field_bytes(1, b"".join(varint(d) for d in (1, c, h, w)))  # packed int64 dims
     return b"".join([encode_field_varint(1, 1), encode_field_varint(2, c), encode_field_varint(3, h),
                      encode_field_varint(4, w), encode_field_bytes(5, chw_bgr.tobytes()),
                      encode_field_bytes(7, shape)])
