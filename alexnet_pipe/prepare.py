@@ -140,6 +140,7 @@ def to_record(job: ImageJob, index: int, item: Item) -> tuple[bytes, bytes, np.n
 def process_chunk(task: tuple[ImageJob, str, list[tuple[int, Item]]]) -> ChunkResult:
     job, split, pairs = task
     result = ChunkResult([], [], shards.ShardStats.zeros(job.size))
+    stored_images = []
     for index, item in pairs:
         try:
             key, value, stored = to_record(job, index, item)
@@ -148,7 +149,9 @@ def process_chunk(task: tuple[ImageJob, str, list[tuple[int, Item]]]) -> ChunkRe
             result.rejects.append({"path": where, "split": split, "reason": str(why), "key_index": index})
             continue
         result.records.append((key, value))
-        result.stats.add_image(stored)
+        stored_images.append(stored)
+    if stored_images:
+        result.stats.add_batch(np.stack(stored_images))
     return result
 
 

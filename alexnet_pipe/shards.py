@@ -247,12 +247,17 @@ class ShardStats:
         return cls(np.zeros((size, size, 3), np.int64), np.zeros((3, 3), np.int64), 0)
 
     def add_image(self, rgb: "np.ndarray") -> None:
+        self.add_batch(rgb[None])
+
+    def add_batch(self, batch: "np.ndarray") -> None:
+        """Add uint8 images (B, S, S, 3) RGB; exact, and ~1.5x faster than one at a time."""
         import numpy as np
-        self.pixel_sum += rgb
-        x = rgb.reshape(-1, 3).astype(np.float64)
-        # float64 products and sums stay exact below 2**53: 65536 px * 255**2 per image
-        self.rgb_outer += np.rint(x.T @ x).astype(np.int64)
-        self.count += 1
+        if len(batch) == 0:
+            return
+        # uint8 sums of up to 2**23 images fit int32; the int64 total is kept across batches
+        self.pixel_sum += batch.sum(axis=0, dtype=np.int32 if len(batch) < 1 << 23 else np.int64)
+        self.rgb_outer += _outer_exact(batch.reshape(-1, 3))
+        self.count += len(batch)
 
     def merge(self, other: "ShardStats") -> None:
         self.pixel_sum += other.pixel_sum
@@ -281,6 +286,22 @@ class ShardStats:
         if stats.pixel_sum.ndim != 3 or stats.pixel_sum.shape[2] != 3 or stats.rgb_outer.shape != (3, 3):
             raise ShardFormatError(f"{path} has arrays of the wrong shape")
         return stats
+
+
+def _outer_exact(x: "np.ndarray") -> "np.ndarray":
+    """sum over rows of x x^T for uint8 x (N, 3), exactly, with float32 BLAS.
+
+    In blocks of 256 pixels every partial sum is an integer below 256 * 255**2 < 2**24,
+    which float32 represents exactly in any summation order; blocks are then added in
+    float64, exact below 2**53.
+    """
+    import numpy as np
+    pad = -len(x) % 256
+    if pad:
+        x = np.concatenate([x, np.zeros((pad, 3), x.dtype)])
+    blocks = x.reshape(-1, 256, 3).astype(np.float32)
+    partial = np.matmul(blocks.transpose(0, 2, 1), blocks)
+    return np.rint(partial.sum(axis=0, dtype=np.float64)).astype(np.int64)
 
 
 # --- writing a shard ------------------------------------------------------------------

@@ -53,3 +53,16 @@ def test_writer_refuses_unordered_keys_and_abort_leaves_nothing(tmp_path):
         w.put(b"00000001_x", b"v")
     w.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("n,size", [(1, 16), (3, 17), (5, 40)])
+def test_batched_stats_are_exact_for_any_size(n, size):
+    """Worst case for the float32 blocks: many pixels at 255 (partial sums at the 2**24 edge)."""
+    rng = np.random.default_rng(n)
+    imgs = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    imgs[0, : size // 2] = 255
+    stats = shards.ShardStats.zeros(size)
+    stats.add_batch(imgs)
+    x = imgs.reshape(-1, 3).astype(np.int64)
+    assert (stats.rgb_outer == x.T @ x).all()
+    assert (stats.pixel_sum == imgs.astype(np.int64).sum(0)).all() and stats.count == n

@@ -1,0 +1,451 @@
+"""The training/eval data pipeline: shards -> augmented (images, labels) batches for the trainer.
+
+Two halves, as the trainer never sees shards:
+
+* the reader: which records a rank reads at which step, and with which augmentation
+  parameters.  All of it comes from ``augment.train_plan(seed, epoch)`` (an explicit permutation
+  of the split plus per-position crop/flip/alpha), split over ranks and steps by
+  ``augment.StepLayout``.  The DALI graph is fed the record bytes and these parameters through
+  ``fn.external_source``; ``docs/pipeline.md`` says why this, and not ``fn.readers.caffe``'s
+  shuffle buffer, is the default (exact per-epoch coverage, resume at any step, equal step
+  counts), and ``reader="caffe"`` keeps the native reader for comparison.
+* the processing, written once with the device as a parameter ("cpu": ``device_id=None``;
+  "gpu": the mixed nvJPEG decoder): ROI decode of exactly the crop window, the mean image
+  sliced at the same offsets and subtracted, then one ``crop_mirror_normalize`` fusing the
+  lighting offset (as a per-sample mean), the flip, the cast and the CHW/HWC layout.
+
+``make_loader(LoaderSettings(...))`` picks this or the torch fallback (``torch_loader.py``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from . import augment
+from .errors import UserError
+from .shards import Datum, open_reader, read_manifest, shard_dirs
+
+LOADERS = ("dali", "torch")
+DEVICES = ("cpu", "gpu")
+DTYPES = ("float32", "bfloat16", "float16")
+READERS = ("external", "caffe")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderSettings:
+    data: Path  # data dir
+    split: str = "train"
+    train: bool = True  # True: random crop + flip + lighting; False: eval views
+    batch_size: int = 128  # per process
+    crop: int = 224
+    loader: str = "dali"  # "dali" | "torch"
+    device: str = "cpu"  # "cpu" | "gpu"
+    lighting: float = 0.1  # sigma of alpha; 0 switches it off
+    lighting_scale: str = "convnet2"  # | "fbresnet"
+    normalize: str = "mean-image"  # | "channel" (per-channel mean/std)
+    views: str = "center"  # eval only: "center" | "ten-crop"
+    dtype: str = "float32"  # | "bfloat16" | "float16"
+    channels_last: bool = False
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    num_threads: int = 2  # DALI threads / torch DataLoader workers
+    with_params: bool = False  # also yield the augmentation parameters used
+    reader: str = "external"  # DALI only: "external" (exact, default) | "caffe" (fn.readers.caffe)
+
+
+def validate(s: LoaderSettings) -> None:
+    choices = {"loader": LOADERS, "device": DEVICES, "lighting_scale": augment.LIGHTING_SCALES,
+               "normalize": augment.NORMALIZE, "views": augment.VIEWS, "dtype": DTYPES,
+               "reader": READERS}
+    for name, allowed in choices.items():
+        if getattr(s, name) not in allowed:
+            raise UserError(f"{name} must be one of {', '.join(allowed)}, not {getattr(s, name)!r}")
+    if s.batch_size < 1 or s.crop < 1 or s.num_threads < 0 or s.lighting < 0:
+        raise UserError("batch_size and crop must be positive, num_threads and lighting not negative")
+    if not 0 <= s.rank < s.world_size:
+        raise UserError(f"rank {s.rank} is outside 0..{s.world_size - 1}")
+    if s.reader == "caffe" and (s.loader != "dali" or not s.train):
+        raise UserError("reader 'caffe' is for the DALI training pipeline only")
+
+
+# --- the records ----------------------------------------------------------------------
+
+_TXNS: dict[tuple[int, str], tuple] = {}
+
+
+def _txn(path: Path):
+    """One read-only LMDB env and read transaction per (process, shard).
+
+    LMDB refuses a second open of one env in a process, and its handles must not cross fork(),
+    so they are cached by pid; DataLoader workers open their own on first use.
+    """
+    key = (os.getpid(), str(path))
+    if key not in _TXNS:
+        for stale in [k for k in _TXNS if k[1] == key[1]]:  # inherited through fork: let go
+            env, txn = _TXNS.pop(stale)
+            txn.abort()
+            env.close()
+        env = open_reader(path)
+        _TXNS[key] = (env, env.begin(buffers=False))
+    return _TXNS[key][1]
+
+
+def release_shards() -> None:
+    """Close this process's cached LMDB handles (reads reopen them on demand).
+
+    The loaders call it when an epoch ends and on close(), so that other code in the process
+    (decode.iter_decoded, shards.iter_records) can open the same shards between epochs.
+    """
+    for key in [k for k in _TXNS if k[0] == os.getpid()]:
+        env, txn = _TXNS.pop(key)
+        txn.abort()
+        env.close()
+
+
+class RecordIndex:
+    """Every record of a split as (shard, key), in shard then key order; reads them by index."""
+
+    def __init__(self, data: Path, split: str):
+        manifest = read_manifest(Path(data))
+        self.dirs = shard_dirs(Path(data), split, manifest)
+        settings = manifest.get("settings", {})
+        self.size = int(settings.get("size", 256))
+        self.encoded = settings.get("encoding", "jpeg") != "raw"
+        self.num_classes = len(manifest.get("classes", []))
+        self.keys: list[bytes] = []
+        shard_of = []
+        for i, path in enumerate(self.dirs):
+            keys = list(_txn(path).cursor().iternext(keys=True, values=False))
+            self.keys += keys
+            shard_of += [i] * len(keys)
+        self.shard_of = np.asarray(shard_of, np.int32)
+        release_shards()
+        if not self.keys:
+            raise UserError(f"the {split} split of {data} holds no records")
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def read(self, i: int) -> Datum:
+        value = _txn(self.dirs[self.shard_of[i]]).get(self.keys[i])
+        if value is None:
+            raise UserError(f"record {self.keys[i]!r} vanished from {self.dirs[self.shard_of[i]]}")
+        return Datum.from_bytes(value)
+
+    def pixels(self, datum: Datum) -> np.ndarray:
+        """The (S, S, 3) uint8 array of a raw record."""
+        flat = np.frombuffer(datum.data, np.uint8)
+        if flat.size != self.size * self.size * 3:
+            raise UserError(f"a raw record holds {flat.size} bytes, not {self.size}x{self.size}x3")
+        return flat.reshape(self.size, self.size, 3)
+
+
+# --- what both loaders share ----------------------------------------------------------
+
+class BaseLoader:
+    """Plan, layout and statistics; subclasses turn a list of per-step parameter dicts into batches."""
+
+    def __init__(self, settings: LoaderSettings):
+        validate(settings)
+        self.settings = s = settings
+        self.index = RecordIndex(s.data, s.split)
+        if s.crop > self.index.size:
+            raise UserError(f"crop {s.crop} is larger than the stored images ({self.index.size})")
+        stats = Path(s.data) / "stats"
+        self.norm = augment.load_normalizer(stats, s.normalize, self.index.size)
+        self.sigma = s.lighting if s.train else 0.0
+        self.eigen = augment.load_eigen(stats, s.lighting_scale) if self.sigma > 0 else None
+        self.layout = augment.StepLayout(len(self.index), s.batch_size, s.world_size)
+        self.num_classes = self.index.num_classes
+        self.steps_per_epoch = self.layout.steps
+        self.images_per_epoch = self.layout.rank_records(s.rank)
+        self.ten_crop = not s.train and s.views == "ten-crop"
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def plan(self, epoch: int) -> augment.EpochPlan:
+        s, size = self.settings, self.index.size
+        if s.train:
+            return augment.train_plan(len(self.index), seed=s.seed, epoch=epoch, size=size,
+                                      crop=s.crop, sigma=self.sigma)
+        return augment.eval_plan(len(self.index), size=size, crop=s.crop)
+
+    def step_params(self, epoch: int, start_step: int) -> list[dict]:
+        if not 0 <= start_step <= self.steps_per_epoch:
+            raise UserError(f"start_step {start_step} is outside 0..{self.steps_per_epoch}")
+        plan = self.plan(epoch)
+        out = []
+        for step in range(start_step, self.steps_per_epoch):
+            params = plan.take(*self.layout.rank_span(step, self.settings.rank))
+            params["light"] = self.light(params["alpha"])
+            params["key"] = np.array([self.index.keys[i].decode() for i in params["index"]])
+            out.append(params)
+        return out
+
+    def light(self, alpha: np.ndarray) -> np.ndarray:
+        if self.eigen is None:
+            return np.zeros((len(alpha), 3), np.float32)
+        return augment.lighting_noise(alpha, self.eigen)
+
+    def cmn_mean(self, light: np.ndarray) -> np.ndarray:
+        """The per-sample 'mean' of crop_mirror_normalize: it carries the lighting offset."""
+        if self.norm.mode == "mean-image":
+            return (-light).astype(np.float32)
+        return (self.norm.mean_rgb[None, :] - light).astype(np.float32)
+
+    def finish(self, images, labels, params: dict):
+        """dtype, memory format and the optional params of a torch batch."""
+        import torch
+        s = self.settings
+        dtype = getattr(torch, s.dtype)
+        if images.dtype != dtype:
+            images = images.to(dtype)
+        if s.channels_last and images.dim() == 4 and not images.is_contiguous(memory_format=torch.channels_last):
+            images = images.contiguous(memory_format=torch.channels_last)
+        if s.with_params:
+            public = {k: params[k] for k in ("crop_x", "crop_y", "flip", "alpha", "index", "key")}
+            return images, labels, public
+        return images, labels
+
+    def close(self) -> None:
+        release_shards()
+
+
+def make_loader(settings: LoaderSettings):
+    """The loader the settings ask for (DALI or torch), ready for `.epoch(e)`."""
+    validate(settings)
+    if settings.loader == "torch":
+        from .torch_loader import TorchLoader
+        return TorchLoader(settings)
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        raise UserError("DALI is not installed here: use --loader torch") from None
+    if settings.reader == "caffe":
+        return CaffeReaderLoader(settings)
+    return DaliLoader(settings)
+
+
+# --- DALI: processing -----------------------------------------------------------------
+
+def process(data, anchor, flip, cmn_mean, *, encoded: bool, device: str, size: int, crop: int,
+            norm: augment.Normalizer, ten_crop: bool, layout: str, dtype, roi_decode: bool = True):
+    """The processing half of the graph, for one device.
+
+    data: encoded bytes, or (S, S, 3) uint8 pixels; anchor: (x, y) int32; flip: int32;
+    cmn_mean: float32 (3,) per sample (lighting and, for per-channel normalisation, the mean).
+    """
+    from nvidia.dali import fn, types
+    op_device = "cpu" if device == "cpu" else "gpu"
+    shape = np.array([crop, crop], np.int32)
+    mean_const = (types.Constant(norm.mean_image, device=op_device)
+                  if norm.mode == "mean-image" else None)
+    std = 1.0 if norm.mode == "mean-image" else norm.std_rgb.tolist()
+
+    def finish(window, at, mirror):
+        if mean_const is not None:
+            window = window - fn.slice(mean_const, at, shape, normalized_anchor=False,
+                                       normalized_shape=False, axis_names="WH")
+        return fn.crop_mirror_normalize(window, mean=cmn_mean, std=std, mirror=mirror,
+                                        output_layout=layout, dtype=dtype, device=op_device)
+
+    def window_at(image, at):
+        return fn.slice(image, at, shape, normalized_anchor=False, normalized_shape=False,
+                        axis_names="WH", device=op_device)
+
+    decoder = "cpu" if device == "cpu" else "mixed"
+    if ten_crop:  # every view needs a different window: decode the whole image once
+        image = (fn.decoders.image(data, device=decoder, output_type=types.RGB) if encoded
+                 else (data if device == "cpu" else data.gpu()))
+        offsets, flips = augment.ten_crop_offsets(size, crop)
+        views = [finish(window_at(image, at), at, int(f)) for at, f in zip(offsets, flips)]
+        return fn.stack(*views)
+    if encoded and not roi_decode:  # decode-then-crop: kept to measure what ROI decode saves
+        window = window_at(fn.decoders.image(data, device=decoder, output_type=types.RGB), anchor)
+    elif encoded:  # ROI decode: only the crop window is decoded
+        window = fn.decoders.image_slice(data, anchor, shape, normalized_anchor=False,
+                                         normalized_shape=False, axis_names="WH",
+                                         device=decoder, output_type=types.RGB)
+    else:
+        window = window_at(data if device == "cpu" else data.gpu(), anchor)
+    return finish(window, anchor, flip)
+
+
+# --- DALI: the loaders ----------------------------------------------------------------
+
+def _dali_dtype(name: str):
+    from nvidia.dali import types
+    # DALI has no bfloat16: it produces float32 and torch casts (documented in docs/pipeline.md)
+    return types.FLOAT16 if name == "float16" else types.FLOAT
+
+
+def _to_torch(tensors, device_id):
+    """One copy of a dense DALI batch into a torch tensor (CPU, or cuda:device_id)."""
+    import torch
+    if device_id is None:
+        return torch.from_numpy(np.array(tensors.as_tensor()))
+    from nvidia.dali.plugin.pytorch import feed_ndarray
+    dtype = torch.float16 if str(tensors.dtype).endswith("FLOAT16") else torch.float32
+    out = torch.empty(tensors.as_tensor().shape(), dtype=dtype, device=f"cuda:{device_id}")
+    feed_ndarray(tensors, out, cuda_stream=torch.cuda.current_stream(device_id))
+    return out
+
+
+def _device_id(settings: LoaderSettings):
+    if settings.device == "cpu":
+        return None
+    import torch
+    if not torch.cuda.is_available():
+        raise UserError("device 'gpu' needs CUDA, and this machine has none: use --device cpu")
+    local = os.environ.get("LOCAL_RANK")
+    return int(local) if local is not None else settings.rank % torch.cuda.device_count()
+
+
+class DaliLoader(BaseLoader):
+    """The DALI pipeline fed by an explicit per-epoch plan (exact, resumable)."""
+
+    def __init__(self, settings: LoaderSettings, *, roi_decode: bool = True):
+        super().__init__(settings)
+        self.roi_decode = roi_decode  # False: decode the whole image, then crop (for the benchmark)
+        self.device_id = _device_id(settings)
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple]:
+        """The batches of one epoch from `start_step` on; a fresh pipeline per call, so an
+        abandoned epoch leaves no prefetched batch behind."""
+        steps = self.step_params(epoch, start_step)
+        if not steps:
+            return
+        pipe = self._build(self._feed(p) for p in steps)
+        try:
+            for params in steps:
+                images, labels = pipe.run()
+                images = _to_torch(images, self.device_id)
+                if self.settings.channels_last and not self.ten_crop:
+                    images = images.permute(0, 3, 1, 2)  # HWC memory = channels_last NCHW
+                labels = _to_torch(labels, None).view(-1).to(images.device, non_blocking=True)
+                yield self.finish(images, labels, params)
+        finally:
+            del pipe
+            release_shards()
+
+    def _feed(self, params: dict) -> tuple:
+        datums = [self.index.read(i) for i in params["index"]]
+        if self.index.encoded:
+            data = [np.frombuffer(d.data, np.uint8) for d in datums]
+        else:
+            data = np.stack([self.index.pixels(d) for d in datums])
+        anchor = np.stack([params["crop_x"], params["crop_y"]], axis=1).astype(np.int32)
+        return (data, anchor, params["flip"].astype(np.int32), self.cmn_mean(params["light"]),
+                np.array([d.label for d in datums], np.int64))
+
+    def _build(self, source):
+        from nvidia.dali import fn, pipeline_def, types
+        s, encoded = self.settings, self.index.encoded
+        layout = "HWC" if s.channels_last and not self.ten_crop else "CHW"
+
+        @pipeline_def(batch_size=self.layout.max_batch, num_threads=max(1, s.num_threads),
+                      device_id=self.device_id, prefetch_queue_depth=2)
+        def graph():
+            data, anchor, flip, cmn_mean, labels = fn.external_source(
+                source=source, num_outputs=5, batch=True,
+                dtype=[types.UINT8, types.INT32, types.INT32, types.FLOAT, types.INT64])
+            images = process(data, anchor, flip, cmn_mean, encoded=encoded, device=s.device,
+                             size=self.index.size, crop=s.crop, norm=self.norm,
+                             ten_crop=self.ten_crop, layout=layout, dtype=_dali_dtype(s.dtype),
+                             roi_decode=self.roi_decode)
+            return images, labels
+
+        with warnings.catch_warnings():  # ten-crop ignores the anchor/flip inputs on purpose
+            warnings.filterwarnings("ignore", message=".*outputs at the indices.*not used")
+            pipe = graph()
+            pipe.build()
+        return pipe
+
+
+class CaffeReaderLoader(DaliLoader):
+    """``fn.readers.caffe`` with a shuffle buffer, the issue's reader, kept for comparison.
+
+    Per epoch e, rank r reads DALI shard (r + e) mod W (a contiguous slice of the key order,
+    which prepare already shuffled globally), shuffled within a buffer of `SHUFFLE_BUFFER`
+    records by a reader seeded from (seed, epoch, rank); the padded tail of the last batch is
+    trimmed.  What it cannot give (docs/pipeline.md): a uniform permutation of the whole split,
+    record identities for `with_params`, and a cheap resume (start_step runs and discards the
+    earlier batches).  Step counts must agree across ranks, else it refuses to start.
+    """
+    SHUFFLE_BUFFER = 1024
+
+    def __init__(self, settings: LoaderSettings, **kwargs):
+        super().__init__(settings, **kwargs)
+        n, world, b = len(self.index), settings.world_size, settings.batch_size
+        self.shard_sizes = [(r + 1) * n // world - r * n // world for r in range(world)]
+        steps = {-(-size // b) for size in self.shard_sizes}
+        if len(steps) > 1:
+            raise UserError(f"with reader 'caffe', {n} records over {world} ranks give different step "
+                            "counts per rank: use the default reader")
+        self.steps_per_epoch = steps.pop()
+        self.images_per_epoch = self.shard_sizes[settings.rank]
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple]:
+        s = self.settings
+        shard = (s.rank + epoch) % s.world_size
+        size = self.shard_sizes[shard]
+        seq = np.random.SeedSequence([s.seed, epoch, 2, s.rank])
+        plan = augment.train_plan(size, seed=int(seq.generate_state(1)[0]), epoch=epoch,
+                                  size=self.index.size, crop=s.crop, sigma=self.sigma)
+        batches = [plan.take(i, min(s.batch_size, size - i)) for i in range(0, size, s.batch_size)]
+        for p in batches:
+            p["light"], p["index"] = self.light(p["alpha"]), np.full(len(p["alpha"]), -1)
+            p["key"] = np.full(len(p["alpha"]), "", dtype=object)
+        pipe = self._build_caffe((self._feed_params(p) for p in batches), shard,
+                                 int(seq.generate_state(2)[1] % (1 << 31)))
+        try:
+            for step, params in enumerate(batches):
+                images, labels = pipe.run()
+                if step < start_step:
+                    continue
+                take = len(params["alpha"])
+                images = _to_torch(images, self.device_id)[:take]
+                if s.channels_last:
+                    images = images.permute(0, 3, 1, 2)
+                labels = _to_torch(labels, None).view(-1)[:take].long().to(images.device)
+                yield self.finish(images, labels, params)
+        finally:
+            del pipe
+
+    def _feed_params(self, p: dict) -> tuple:
+        pad = self.settings.batch_size - len(p["alpha"])  # the reader always gives full batches
+        anchor = np.stack([p["crop_x"], p["crop_y"]], axis=1).astype(np.int32)
+        cols = (anchor, p["flip"].astype(np.int32), self.cmn_mean(p["light"]))
+        return tuple(np.concatenate([c, np.repeat(c[-1:], pad, axis=0)]) for c in cols)
+
+    def _build_caffe(self, source, shard: int, reader_seed: int):
+        from nvidia.dali import fn, pipeline_def, types
+        s, size = self.settings, self.index.size
+
+        @pipeline_def(batch_size=s.batch_size, num_threads=max(1, s.num_threads),
+                      device_id=self.device_id, prefetch_queue_depth=2)
+        def graph():
+            data, labels = fn.readers.caffe(
+                path=[str(d) for d in self.index.dirs], shard_id=shard, num_shards=s.world_size,
+                random_shuffle=True, initial_fill=self.SHUFFLE_BUFFER, seed=reader_seed,
+                pad_last_batch=True, stick_to_shard=True, name="Reader")
+            if not self.index.encoded:
+                data = fn.reshape(data, shape=[size, size, 3], layout="HWC")
+            anchor, flip, cmn_mean = fn.external_source(
+                source=source, num_outputs=3, batch=True, dtype=[types.INT32, types.INT32, types.FLOAT])
+            images = process(data, anchor, flip, cmn_mean, encoded=self.index.encoded,
+                             device=s.device, size=size, crop=s.crop, norm=self.norm, ten_crop=False,
+                             layout="HWC" if s.channels_last else "CHW",
+                             dtype=_dali_dtype(s.dtype), roi_decode=self.roi_decode)
+            return images, labels
+
+        pipe = graph()
+        pipe.build()
+        return pipe

@@ -1,0 +1,101 @@
+"""The torch fallback loader (``--loader torch``): DataLoader workers over the same shards.
+
+For machines without DALI.  It takes the same per-epoch plan as the DALI loader
+(``augment.train_plan``: permutation, offsets, flips, alphas from (seed, epoch) alone) and applies
+it with ``augment.view`` in each worker: OpenCV decodes (one thread per worker: the workers are the
+parallelism), numpy crops, subtracts, adds the lighting offset and flips in the DALI op order, so
+the two loaders give the same numbers.  The batch sampler hands each worker self-contained
+per-sample specs, so a worker needs no epoch state.  With device "gpu" the batch is pinned and
+copied to the rank's GPU (decoding stays on the CPU workers).
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+
+from . import augment
+from .errors import UserError
+from .pipeline import BaseLoader, LoaderSettings, RecordIndex, release_shards
+
+
+def _init_worker(_worker_id: int) -> None:
+    import cv2
+    cv2.setNumThreads(1)
+
+
+def decode_rgb(datum, index: RecordIndex) -> np.ndarray:
+    """(S, S, 3) uint8 RGB of one record (OpenCV for JPEG; EXIF orientation ignored as in prepare)."""
+    if not datum.encoded:
+        return index.pixels(datum)
+    import cv2
+    rgb = cv2.imdecode(np.frombuffer(datum.data, np.uint8),
+                       cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
+    if rgb is None or rgb.shape != (index.size, index.size, 3):
+        raise UserError(f"a record does not decode to a {index.size}x{index.size} RGB image")
+    return rgb
+
+
+class ViewDataset:
+    """Map-style dataset whose 'indices' are specs: (record, x, y, flip, light) or (record,) for ten-crop."""
+
+    def __init__(self, index: RecordIndex, crop: int, norm: augment.Normalizer, ten_crop: bool):
+        self.index, self.crop, self.norm, self.ten_crop = index, crop, norm, ten_crop
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, spec) -> tuple[np.ndarray, int]:
+        datum = self.index.read(spec[0])
+        image = decode_rgb(datum, self.index)
+        if self.ten_crop:
+            return augment.ten_views(image, self.crop, self.norm), datum.label
+        _, x, y, flip, light = spec
+        return augment.view(image, x, y, self.crop, flip, light, self.norm), datum.label
+
+
+def _collate(items):
+    import torch
+    images = torch.from_numpy(np.stack([im for im, _ in items]))
+    return images, torch.tensor([label for _, label in items], dtype=torch.int64)
+
+
+class TorchLoader(BaseLoader):
+    def __init__(self, settings: LoaderSettings):
+        super().__init__(settings)
+        self.device = "cpu"
+        if settings.device == "gpu":
+            import torch
+            if not torch.cuda.is_available():
+                raise UserError("device 'gpu' needs CUDA, and this machine has none: use --device cpu")
+            local = os.environ.get("LOCAL_RANK")
+            self.device = f"cuda:{int(local) if local is not None else settings.rank % torch.cuda.device_count()}"
+        self.dataset = ViewDataset(self.index, settings.crop, self.norm, self.ten_crop)
+
+    def _specs(self, params: dict) -> list[tuple]:
+        if self.ten_crop:
+            return [(int(i),) for i in params["index"]]
+        return [(int(i), int(x), int(y), bool(f), light) for i, x, y, f, light in
+                zip(params["index"], params["crop_x"], params["crop_y"], params["flip"],
+                    params["light"])]
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple]:
+        from torch.utils.data import DataLoader
+        steps = self.step_params(epoch, start_step)
+        if not steps:
+            return
+        workers = self.settings.num_threads
+        loader = DataLoader(self.dataset, batch_sampler=[self._specs(p) for p in steps],
+                            num_workers=workers, collate_fn=_collate,
+                            worker_init_fn=_init_worker if workers else None,
+                            pin_memory=self.device != "cpu", prefetch_factor=4 if workers else None)
+        try:
+            for (images, labels), params in zip(loader, steps):
+                if self.device != "cpu":
+                    images = images.to(self.device, non_blocking=True)
+                    labels = labels.to(self.device, non_blocking=True)
+                yield self.finish(images, labels, params)
+        finally:
+            del loader  # shuts the workers down now, not at garbage collection
+            release_shards()  # only workers read; nothing is open here unless num_threads == 0

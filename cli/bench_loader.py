@@ -1,0 +1,134 @@
+"""`alexnet-pipe bench loader`: training-loader images/s beside decode-only and a plain torch baseline."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import click
+
+from alexnet_pipe.errors import UserError
+from alexnet_pipe_cli.common import data_option, print_settings
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchLoaderSettings:
+    data: Path
+    loader: str
+    device: str
+    reader: str
+    roi_decode: bool
+    batch_size: int
+    batches: int
+    warmup: int
+    crop: int
+    threads: int
+    baseline: bool
+
+
+def timed_rate(batches, warmup: int, count: int) -> float:
+    """Images/s over `count` batches after `warmup` batches of an (endless) batch iterator."""
+    start, seen = None, 0
+    try:
+        for done, batch in enumerate(batches, 1):
+            if done == warmup:
+                start = time.perf_counter()
+            elif done > warmup:
+                seen += len(batch[0])
+            if done == warmup + count:
+                return seen / (time.perf_counter() - start)
+    finally:
+        batches.close()  # ends the epoch: pipelines, workers and shard handles go now
+    raise UserError("the loader stopped early")
+
+
+def _loader_batches(s: BenchLoaderSettings):
+    from alexnet_pipe.pipeline import CaffeReaderLoader, DaliLoader, LoaderSettings, make_loader
+    settings = LoaderSettings(s.data, batch_size=s.batch_size, crop=s.crop, loader=s.loader,
+                              device=s.device, num_threads=s.threads, reader=s.reader)
+    if s.loader == "dali":
+        cls = CaffeReaderLoader if s.reader == "caffe" else DaliLoader
+        loader = cls(settings, roi_decode=s.roi_decode)
+    else:
+        loader = make_loader(settings)
+    epoch = 0
+    while True:
+        yield from loader.epoch(epoch)
+        epoch += 1
+
+
+def _decode_batches(s: BenchLoaderSettings):
+    from alexnet_pipe.decode import iter_decoded
+    from alexnet_pipe.shards import shard_dirs
+    dirs = shard_dirs(s.data, "train")
+    while True:
+        yield from iter_decoded(dirs, batch_size=s.batch_size, device=s.device, backend="dali",
+                                num_threads=s.threads)
+
+
+def _baseline_module():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "loader_baseline.py"
+    if not path.is_file():
+        raise UserError(f"the baseline script {path} is not here (it ships with the source tree): "
+                        "use --no-baseline")
+    spec = importlib.util.spec_from_file_location("loader_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def measure(s: BenchLoaderSettings) -> dict:
+    result = {"images_per_sec": timed_rate(_loader_batches(s), s.warmup, s.batches),
+              "decode_only_images_per_sec": timed_rate(_decode_batches(s), s.warmup, s.batches)}
+    result["fraction_of_decode_only"] = result["images_per_sec"] / result["decode_only_images_per_sec"]
+    if s.baseline:
+        rate = _baseline_module().baseline_rate(s.data, batch_size=s.batch_size, batches=s.batches,
+                                                warmup=s.warmup, crop=s.crop, workers=2)
+        result["baseline_images_per_sec"] = rate
+        result["speedup_vs_baseline"] = result["images_per_sec"] / rate
+    result["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(s).items()}
+    return result
+
+
+@click.command()
+@data_option
+@click.option("--loader", type=click.Choice(["dali", "torch"]), default="dali", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--reader", type=click.Choice(["external", "caffe"]), default="external", show_default=True,
+              help="DALI record source: the exact per-epoch plan, or fn.readers.caffe's shuffle buffer.")
+@click.option("--roi/--no-roi", "roi_decode", default=True, show_default=True,
+              help="Decode only the crop window (DALI), or the whole image and then crop.")
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--batches", type=click.IntRange(1), default=20, show_default=True, help="Timed batches.")
+@click.option("--warmup", type=click.IntRange(1), default=3, show_default=True, help="Untimed batches first.")
+@click.option("--crop", type=click.IntRange(1), default=224, show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=2, show_default=True,
+              help="DALI threads / torch workers (the baseline always has 2 workers).")
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="Also time the plain torch DataLoader + PIL/numpy baseline.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def bench_loader(data, loader, device, reader, roi_decode, batch_size, batches, warmup, crop, threads,
+                 baseline, as_json):
+    """Images/s of the training loader (full augmentation) after warm-up, beside the decode-only
+    rate of the same records and a plain torch DataLoader doing the same work with PIL + numpy.
+
+    \b
+    alexnet-pipe bench loader --data ./alexnet-data --batches 30
+    alexnet-pipe bench loader --device gpu --batch-size 256 --threads 8 --no-baseline --json
+    """
+    s = BenchLoaderSettings(data, loader, device, reader, roi_decode, batch_size, batches, warmup,
+                            crop, threads, baseline)
+    if not as_json:
+        print_settings("bench loader", s)
+    result = measure(s)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"loader       {result['images_per_sec']:10.1f} img/s")
+    click.echo(f"decode-only  {result['decode_only_images_per_sec']:10.1f} img/s   "
+               f"(loader = {result['fraction_of_decode_only']:.0%} of it)")
+    if baseline:
+        click.echo(f"baseline     {result['baseline_images_per_sec']:10.1f} img/s   "
+                   f"(loader = {result['speedup_vs_baseline']:.2f}x)")

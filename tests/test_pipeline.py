@@ -1,0 +1,253 @@
+"""The DALI pipeline (CPU build) against numpy references; ranks, epochs, resume; the CLI commands."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from alexnet_pipe.errors import UserError
+from alexnet_pipe.pipeline import LoaderSettings, RecordIndex, make_loader
+from shardgen import make_data_dir, random_images
+
+S, CROP, N_TRAIN, N_VAL = 40, 32, 50, 10
+
+
+def build_data(root: Path, encoding: str) -> Path:
+    """A tiny data dir (S=40) plus the stats files the loaders read, written here from numpy."""
+    images = random_images(N_TRAIN + N_VAL, S, seed=1)
+    labels = np.arange(N_TRAIN + N_VAL) % 5
+    make_data_dir(root, {"train": (images[:N_TRAIN], labels[:N_TRAIN]),
+                         "val": (images[N_TRAIN:], labels[N_TRAIN:])}, 5, 2, encoding)
+    stats = root / "stats"
+    stats.mkdir()
+    rng = np.random.default_rng(3)
+    np.save(stats / "mean.npy", (rng.random((S, S, 3)) * 255).astype(np.float32))
+    a = rng.normal(size=(3, 3))
+    w, v = np.linalg.eigh(a @ a.T * 300)
+    w, v = w[::-1], v[:, ::-1]
+    (stats / "pca.json").write_text(json.dumps({
+        "eigval": w.tolist(), "eigvec": v.tolist(), "mean_rgb": [120.0, 110.0, 100.0],
+        "std_rgb": [60.0, 55.0, 50.0], "fbresnet": {"eigval": (w / 255 ** 2).tolist(), "eigvec": v.tolist()}}))
+    return root
+
+
+def decoded(data: Path, split: str) -> dict[str, np.ndarray]:
+    """key -> the (S,S,3) RGB pixels of each record, decoded here with OpenCV."""
+    index = RecordIndex(data, split)
+    out = {}
+    for i, key in enumerate(index.keys):
+        datum = index.read(i)
+        out[key.decode()] = (cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+                             if datum.encoded else index.pixels(datum))
+    return out
+
+
+def reference_view(image, x, y, flip, alpha, stats: Path, normalize="mean-image", scale="convnet2"):
+    """The paper's augmentation written out plainly: crop, lighting, mean, flip, CHW."""
+    pca = json.loads((stats / "pca.json").read_text())
+    eig = pca if scale == "convnet2" else pca["fbresnet"]
+    val, vec = np.array(eig["eigval"]), np.array(eig["eigvec"])
+    light = vec @ (alpha * np.sqrt(val)) if scale == "convnet2" else 255 * vec @ (alpha * val)
+    win = image[y:y + CROP, x:x + CROP].astype(np.float64) + light
+    if normalize == "mean-image":
+        win -= np.load(stats / "mean.npy")[y:y + CROP, x:x + CROP]
+    else:
+        win = (win - np.array(pca["mean_rgb"])) / np.array(pca["std_rgb"])
+    return (win[:, ::-1] if flip else win).transpose(2, 0, 1)
+
+
+def reference_ten(image, stats: Path):
+    mean = np.load(stats / "mean.npy")
+    views = []
+    for flip in (False, True):
+        for x, y in [(0, 0), (8, 0), (0, 8), (8, 8), (4, 4)]:
+            v = image[y:y + CROP, x:x + CROP] - mean[y:y + CROP, x:x + CROP].astype(np.float64)
+            views.append((v[:, ::-1] if flip else v).transpose(2, 0, 1))
+    return np.stack(views)
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    return {enc: build_data(root / enc, enc) for enc in ("raw", "jpeg")}
+
+
+@pytest.fixture(scope="module")
+def pixels(dirs):
+    return {(enc, split): decoded(d, split) for enc, d in dirs.items() for split in ("train", "val")}
+
+
+def settings(data, **kw):
+    return LoaderSettings(Path(data), **{"batch_size": 8, "crop": CROP, "with_params": True, **kw})
+
+
+def check_train(loader, images_by_key, stats, **ref_kw):
+    count = 0
+    for images, labels, p in loader.epoch(1):
+        assert images.dtype.is_floating_point and labels.dtype.is_signed and len(labels) == len(images)
+        for i, key in enumerate(p["key"]):
+            want = reference_view(images_by_key[key], p["crop_x"][i], p["crop_y"][i], p["flip"][i],
+                                  p["alpha"][i].astype(np.float64), stats, **ref_kw)
+            np.testing.assert_allclose(images[i].float().numpy(), want, rtol=1e-4, atol=2e-3)
+            count += 1
+    assert count == N_TRAIN
+
+
+@pytest.mark.parametrize("enc", ["raw", "jpeg"])
+def test_dali_train_matches_numpy_reference(dirs, pixels, enc):
+    loader = make_loader(settings(dirs[enc]))
+    check_train(loader, pixels[enc, "train"], dirs[enc] / "stats")
+
+
+def test_dali_channel_norm_fbresnet_lighting(dirs, pixels):
+    loader = make_loader(settings(dirs["jpeg"], normalize="channel", lighting_scale="fbresnet", lighting=0.3))
+    check_train(loader, pixels["jpeg", "train"], dirs["jpeg"] / "stats", normalize="channel", scale="fbresnet")
+
+
+@pytest.mark.parametrize("enc", ["raw", "jpeg"])
+def test_dali_ten_crop_matches_numpy(dirs, pixels, enc):
+    loader = make_loader(settings(dirs[enc], split="val", train=False, views="ten-crop"))
+    seen = 0
+    for images, labels, p in loader.epoch(0):
+        assert images.shape[1:] == (10, 3, CROP, CROP)
+        for i, key in enumerate(p["key"]):
+            np.testing.assert_allclose(images[i].numpy(), reference_ten(pixels[enc, "val"][key], dirs[enc] / "stats"),
+                                       atol=1e-3)
+            seen += 1
+    assert seen == N_VAL
+
+
+def test_dali_centre_crop(dirs, pixels):
+    loader = make_loader(settings(dirs["jpeg"], split="val", train=False))
+    images, _, p = next(iter(loader.epoch(0)))
+    assert (p["crop_x"] == 4).all() and (p["crop_y"] == 4).all() and not p["flip"].any()
+    want = reference_ten(pixels["jpeg", "val"][p["key"][0]], dirs["jpeg"] / "stats")[4]
+    np.testing.assert_allclose(images[0].numpy(), want, atol=1e-3)
+
+
+def epoch_keys(loader, epoch, start_step=0):
+    return [list(p["key"]) for _im, _lab, p in loader.epoch(epoch, start_step)]
+
+
+def test_two_ranks_cover_every_record_once(dirs):
+    loaders = [make_loader(settings(dirs["jpeg"], rank=r, world_size=2, seed=5)) for r in (0, 1)]
+    assert loaders[0].steps_per_epoch == loaders[1].steps_per_epoch == 4  # 50 = 3*16 + 2
+    assert loaders[0].images_per_epoch + loaders[1].images_per_epoch == N_TRAIN
+    per_epoch = []
+    for epoch in (0, 1):
+        batches = [epoch_keys(ld, epoch) for ld in loaders]
+        assert len(batches[0]) == len(batches[1]) == loaders[0].steps_per_epoch
+        flat = [k for rank in batches for batch in rank for k in batch]
+        assert sorted(flat) == sorted(RecordIndex(dirs["jpeg"], "train").keys[i].decode() for i in range(N_TRAIN))
+        per_epoch.append(flat)
+    assert per_epoch[0] != per_epoch[1]
+
+
+def test_same_seed_epoch_same_batches_and_resume_is_the_tail(dirs):
+    a, b = make_loader(settings(dirs["raw"], seed=2)), make_loader(settings(dirs["raw"], seed=2))
+    full = list(a.epoch(3))
+    again = list(b.epoch(3))
+    tail = list(b.epoch(3, start_step=4))
+    assert len(tail) == len(full) - 4
+    for (x, y, p), (x2, y2, p2) in zip(full, again):
+        assert (x == x2).all() and (y == y2).all() and (p["key"] == p2["key"]).all()
+    for (x, _, p), (x2, _, p2) in zip(full[4:], tail):
+        assert (x == x2).all() and (p["key"] == p2["key"]).all() and (p["alpha"] == p2["alpha"]).all()
+    assert list(make_loader(settings(dirs["raw"], seed=3)).epoch(3))[0][2]["key"].tolist() != full[0][2]["key"].tolist()
+
+
+def test_dali_params_statistics(dirs):
+    loader = make_loader(settings(dirs["raw"], batch_size=50, lighting=0.2))
+    params = [p for e in range(12) for _x, _y, p in loader.epoch(e)]
+    xs = np.concatenate([p["crop_x"] for p in params] + [p["crop_y"] for p in params])
+    flips = np.concatenate([p["flip"] for p in params])
+    alpha = np.concatenate([p["alpha"] for p in params])
+    assert xs.min() == 0 and xs.max() == S - CROP and abs(xs.mean() - (S - CROP) / 2) < 0.3
+    assert abs(flips.mean() - 0.5) < 0.06
+    np.testing.assert_allclose(alpha.std(0), 0.2, rtol=0.12)
+
+
+def test_dtype_and_channels_last(dirs):
+    import torch
+    loader = make_loader(LoaderSettings(dirs["jpeg"], batch_size=8, crop=CROP, dtype="bfloat16", channels_last=True))
+    ref = make_loader(LoaderSettings(dirs["jpeg"], batch_size=8, crop=CROP))
+    (x, y), (x0, _y0) = next(iter(loader.epoch(0))), next(iter(ref.epoch(0)))
+    assert x.dtype == torch.bfloat16 and x.shape == (8, 3, CROP, CROP) and y.dtype == torch.int64
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(x.float(), x0, atol=2.0, rtol=1e-2)
+    x16, _ = next(iter(make_loader(LoaderSettings(dirs["jpeg"], batch_size=8, crop=CROP, dtype="float16")).epoch(0)))
+    assert x16.dtype == torch.float16
+
+
+def test_caffe_reader_is_deterministic_and_complete(dirs):
+    import torch
+    ranks = [make_loader(settings(dirs["jpeg"], reader="caffe", rank=r, world_size=2)) for r in (0, 1)]
+    labels = [torch.cat([lab for _x, lab, _p in ld.epoch(0)]) for ld in ranks]
+    assert sum(len(lab) for lab in labels) == N_TRAIN and ranks[0].steps_per_epoch == ranks[1].steps_per_epoch
+    assert sorted(torch.cat(labels).tolist()) == sorted((np.arange(N_TRAIN) % 5).tolist())
+    full, tail = list(ranks[0].epoch(1)), list(ranks[0].epoch(1, start_step=2))
+    assert all((a[0] == b[0]).all() for a, b in zip(full[2:], tail)) and len(tail) == len(full) - 2
+
+
+def test_missing_stats_is_a_user_error(tmp_path, dirs):
+    import shutil
+    data = tmp_path / "d"
+    shutil.copytree(dirs["raw"], data, ignore=shutil.ignore_patterns("stats"))
+    with pytest.raises(UserError, match="alexnet-pipe stats"):
+        make_loader(LoaderSettings(data, crop=CROP))
+    with pytest.raises(UserError, match="crop"):
+        make_loader(LoaderSettings(dirs["raw"], crop=64))
+
+
+# --- the commands ---------------------------------------------------------------------
+
+def test_help_of_both_commands():
+    from alexnet_pipe_cli.main import cli
+    for args in (["bench", "loader", "--help"], ["viz", "augment", "--help"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_bench_loader_json(dirs):
+    from alexnet_pipe_cli.main import cli
+    result = CliRunner().invoke(cli, ["bench", "loader", "--data", str(dirs["jpeg"]), "--crop", "32",
+                                      "--batch-size", "8", "--batches", "2", "--warmup", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    for key in ("images_per_sec", "decode_only_images_per_sec", "baseline_images_per_sec",
+                "speedup_vs_baseline", "fraction_of_decode_only"):
+        assert out[key] > 0
+
+
+def test_bench_loader_bad_input(tmp_path):
+    from alexnet_pipe_cli.main import cli
+    result = CliRunner().invoke(cli, ["bench", "loader", "--data", str(tmp_path), "--json", "--no-baseline"])
+    assert result.exit_code == 1 and "Error:" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(cli, ["bench", "loader", "--batches", "0"])
+    assert result.exit_code == 2
+
+
+def test_viz_augment_writes_png(dirs, tmp_path):
+    from PIL import Image
+    from alexnet_pipe_cli.main import cli
+    out = tmp_path / "aug.png"
+    result = CliRunner().invoke(cli, ["viz", "augment", "--data", str(dirs["jpeg"]), "-o", str(out),
+                                      "--n", "10", "--crop", "32", "--lighting", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (4 * 34 + 2, 3 * 34 + 2)  # 4 columns, 3 rows, 2 px gaps
+    result = CliRunner().invoke(cli, ["viz", "augment", "--data", str(tmp_path / "none"), "-o", str(out)])
+    assert result.exit_code == 1 and "prepare" in result.output
+
+
+def test_viz_shows_unnormalised_pixels(dirs, pixels):
+    from alexnet_pipe_cli.viz_augment import seen_pixels
+    loader = make_loader(settings(dirs["raw"], lighting=0))
+    images, _, p = next(iter(loader.epoch(0)))
+    views = seen_pixels(images, p, loader)
+    x, y, key = p["crop_x"][0], p["crop_y"][0], p["key"][0]
+    want = pixels["raw", "train"][key][y:y + CROP, x:x + CROP]
+    np.testing.assert_array_equal(views[0], want[:, ::-1] if p["flip"][0] else want)

@@ -1,0 +1,93 @@
+"""The torch fallback loader: same numpy references, same plan, same outputs as DALI."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet_pipe.pipeline import LoaderSettings, make_loader
+from test_pipeline import CROP, N_TRAIN, N_VAL, build_data, check_train, decoded, reference_ten
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("torchload")
+    return {enc: build_data(root / enc, enc) for enc in ("raw", "jpeg")}
+
+
+def settings(data, **kw):
+    return LoaderSettings(Path(data), **{"batch_size": 8, "crop": CROP, "loader": "torch",
+                                         "with_params": True, **kw})
+
+
+@pytest.mark.parametrize("enc", ["raw", "jpeg"])
+def test_torch_train_matches_numpy_reference(dirs, enc):
+    check_train(make_loader(settings(dirs[enc])), decoded(dirs[enc], "train"), dirs[enc] / "stats")
+
+
+def test_torch_channel_norm_in_process(dirs):
+    loader = make_loader(settings(dirs["raw"], normalize="channel", lighting_scale="fbresnet", num_threads=0))
+    check_train(loader, decoded(dirs["raw"], "train"), dirs["raw"] / "stats", normalize="channel",
+                scale="fbresnet")
+
+
+def test_torch_ten_crop_matches_numpy(dirs):
+    pixels = decoded(dirs["jpeg"], "val")
+    loader = make_loader(settings(dirs["jpeg"], split="val", train=False, views="ten-crop"))
+    seen = 0
+    for images, _labels, p in loader.epoch(0):
+        for i, key in enumerate(p["key"]):
+            np.testing.assert_allclose(images[i].numpy(), reference_ten(pixels[key], dirs["jpeg"] / "stats"), atol=1e-3)
+            seen += 1
+    assert seen == N_VAL
+
+
+@pytest.mark.parametrize("enc", ["raw", "jpeg"])
+@pytest.mark.parametrize("views", ["center", "ten-crop"])
+def test_dali_and_torch_agree_exactly_on_eval(dirs, enc, views):
+    out = {}
+    for name in ("dali", "torch"):
+        loader = make_loader(settings(dirs[enc], split="val", train=False, views=views, loader=name,
+                                      with_params=False))
+        batches = list(loader.epoch(0))
+        out[name] = (torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
+    assert torch.equal(out["dali"][0], out["torch"][0]) and torch.equal(out["dali"][1], out["torch"][1])
+
+
+def test_dali_and_torch_agree_on_training_batches(dirs):
+    a = list(make_loader(settings(dirs["jpeg"], loader="dali", seed=9)).epoch(2, start_step=1))
+    b = list(make_loader(settings(dirs["jpeg"], seed=9)).epoch(2, start_step=1))
+    assert len(a) == len(b)
+    for (xa, ya, pa), (xb, yb, pb) in zip(a, b):
+        assert torch.equal(ya, yb) and (pa["key"] == pb["key"]).all()
+        torch.testing.assert_close(xa, xb, atol=1e-4, rtol=0)
+
+
+def test_torch_two_ranks_and_epochs(dirs):
+    loaders = [make_loader(settings(dirs["raw"], rank=r, world_size=2)) for r in (0, 1)]
+    assert loaders[0].steps_per_epoch == loaders[1].steps_per_epoch == len(loaders[0])
+    orders = []
+    for epoch in (0, 1):
+        keys = [k for ld in loaders for _x, _y, p in ld.epoch(epoch) for k in p["key"]]
+        assert len(keys) == len(set(keys)) == N_TRAIN
+        orders.append(keys)
+    assert orders[0] != orders[1]
+
+
+def test_torch_dtype_channels_last(dirs):
+    x, y = next(iter(make_loader(settings(dirs["raw"], with_params=False, dtype="bfloat16",
+                                          channels_last=True)).epoch(0)))
+    assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
+    assert y.dtype == torch.int64 and x.shape == (8, 3, CROP, CROP)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("loader", ["dali", "torch"])
+def test_gpu_build_matches_cpu(dirs, loader):
+    cpu = next(iter(make_loader(settings(dirs["jpeg"], loader=loader, with_params=False)).epoch(0)))
+    gpu = next(iter(make_loader(settings(dirs["jpeg"], loader=loader, device="gpu", with_params=False)).epoch(0)))
+    assert gpu[0].is_cuda
+    # nvJPEG and libjpeg-turbo may differ by a grey level
+    torch.testing.assert_close(gpu[0].cpu(), cpu[0], atol=1.01, rtol=0)
