@@ -57,6 +57,10 @@ def jpeg_info(data: bytes) -> tuple[int, int, int, bool]:
             info = (h, w, data[pos + 9])
         pos += 2 + length
         if marker == 0xDA:
+            # FF D9 cannot occur inside entropy-coded data (FF is always stuffed), so a file
+            # ending in EOI after the first scan is complete: no need to walk the scans
+            if info is not None and data.endswith(b"\xff\xd9") and n > pos:
+                return (*info, True)
             pos = _skip_scan(data, pos)
             if pos < 0:
                 return (*(info or (0, 0, 0)), False)
