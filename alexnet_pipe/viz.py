@@ -365,3 +365,58 @@ def render_curves(s: CurvesSettings) -> dict:
     width, height = curves_figure(rows, s.output, title=str(s.run))
     return {"output": str(s.output), "width": width, "height": height, "rows": len(rows),
             "evaluations": sum("top1_error" in r for r in rows)}
+
+
+# ---------------------------------------------------------------- augment
+
+@dataclasses.dataclass(frozen=True)
+class VizAugmentSettings:
+    data: Path
+    output: Path
+    n: int
+    seed: int
+    crop: int
+    lighting: float
+    lighting_scale: str
+    loader: str
+
+
+def seen_pixels(images, params, loader) -> np.ndarray:
+    """(n, crop, crop, 3) uint8: the augmented views with the normalisation undone (lighting kept)."""
+    out = images.float().numpy().transpose(0, 2, 3, 1)
+    norm, crop = loader.norm, loader.settings.crop
+    if norm.mode == "channel":
+        return np.clip(out * norm.std_rgb + norm.mean_rgb, 0, 255).round().astype(np.uint8)
+    views = []
+    for img, x, y, flip in zip(out, params["crop_x"], params["crop_y"], params["flip"]):
+        mean = norm.mean_image[y:y + crop, x:x + crop]
+        views.append(img + (mean[:, ::-1] if flip else mean))
+    return np.clip(np.stack(views), 0, 255).round().astype(np.uint8)
+
+
+def augment_grid(views, pad: int = 2) -> np.ndarray:
+    """Tiles on a white background: cols = ceil(sqrt(n)), a `pad` px gap around each."""
+    n, c = len(views), views.shape[1]
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    canvas = np.full((rows * (c + pad) + pad, cols * (c + pad) + pad, 3), 255, np.uint8)
+    for i, view in enumerate(views):
+        r, q = divmod(i, cols)
+        canvas[pad + r * (c + pad):pad + r * (c + pad) + c, pad + q * (c + pad):pad + q * (c + pad) + c] = view
+    return canvas
+
+
+def render_augment(s: VizAugmentSettings) -> tuple[int, int]:
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import image as mpimg
+
+    from alexnet_pipe.pipeline import LoaderSettings, make_loader
+    loader = make_loader(LoaderSettings(s.data, batch_size=s.n, crop=s.crop, loader=s.loader,
+                                        lighting=s.lighting, lighting_scale=s.lighting_scale,
+                                        seed=s.seed, with_params=True))
+    images, _labels, params = next(iter(loader.epoch(0)))
+    canvas = augment_grid(seen_pixels(images, params, loader))
+    s.output.parent.mkdir(parents=True, exist_ok=True)
+    mpimg.imsave(s.output, canvas)
+    return canvas.shape[1], canvas.shape[0]
