@@ -218,25 +218,17 @@ def eval_plan(n: int, *, size: int, crop: int) -> EpochPlan:
                      np.zeros(n, bool), np.zeros((n, 3), np.float32))
 
 
-# --- applying it (the torch loader's maths; the tests keep their own reference) ---------
+# --- the pixels of a view (the torch loader's; TorchNormalizer does the float work) --------
 
-def view(image: np.ndarray, x: int, y: int, crop: int, flip: bool, light: np.ndarray,
-         norm: Normalizer) -> np.ndarray:
-    """One (3, crop, crop) float32 view of an (S, S, 3) uint8 RGB image, in the DALI op order."""
-    window = image[y:y + crop, x:x + crop].astype(np.float32)
-    if norm.mode == "mean-image":
-        out = window - norm.mean_image[y:y + crop, x:x + crop]
-        out += light
-    else:  # DALI's crop_mirror_normalize: (x - mean) * (1 / std)
-        out = (window - (norm.mean_rgb - light)) * (np.float32(1.0) / norm.std_rgb)
-    if flip:
-        out = out[:, ::-1]
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+def flipped_window(image: np.ndarray, x: int, y: int, crop: int, flip: bool) -> np.ndarray:
+    """(crop, crop, 3) uint8 HWC: the crop window of an (S, S, 3) image, mirrored if `flip`
+    (what the DALI graph hands to the normalisation)."""
+    window = image[y:y + crop, x:x + crop]
+    return np.ascontiguousarray(window[:, ::-1] if flip else window)
 
 
-def ten_views(image: np.ndarray, crop: int, norm: Normalizer) -> np.ndarray:
-    """(10, 3, crop, crop) float32 in TEN_CROP_NAMES order."""
+def ten_windows(image: np.ndarray, crop: int) -> np.ndarray:
+    """(10, crop, crop, 3) uint8 in TEN_CROP_NAMES order."""
     offsets, flips = ten_crop_offsets(image.shape[0], crop)
-    zero = np.zeros(3, np.float32)
-    return np.stack([view(image, int(x), int(y), crop, bool(f), zero, norm)
+    return np.stack([flipped_window(image, int(x), int(y), crop, bool(f))
                      for (x, y), f in zip(offsets, flips)])

@@ -10,14 +10,15 @@ Two halves, as the trainer never sees shards:
   shuffle buffer, is the default (exact per-epoch coverage, resume at any step, equal step
   counts), and ``reader="caffe"`` keeps the native reader for comparison.
 * the processing, written once with the device as a parameter ("cpu": ``device_id=None``;
-  "gpu": the mixed nvJPEG decoder): ROI decode of exactly the crop window, the mean image
-  sliced at the same offsets and subtracted, then one ``crop_mirror_normalize`` fusing the
-  lighting offset (as a per-sample mean), the flip, the cast and the CHW/HWC layout.
+  "gpu": the mixed nvJPEG decoder): ROI decode of exactly the crop window and the flip, in
+  uint8; then ``TorchNormalizer`` does all the float work (mean window, lighting, std, NCHW) in
+  one torch expression per sample on the output device (docs/pipeline.md has the measurements).
 
 ``make_loader(LoaderSettings(...))`` picks this or the torch fallback (``torch_loader.py``).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import warnings
@@ -148,6 +149,117 @@ class RecordIndex:
 
 # --- what both loaders share ----------------------------------------------------------
 
+@contextlib.contextmanager
+def _one_torch_thread():
+    """Torch's intra-op threads off for a moment: on a few cores they fight the loader's own
+    threads (a mixed-dtype op ran 300x slower with 2 OpenMP threads on 2 busy cores)."""
+    import torch
+    threads = torch.get_num_threads()
+    if threads != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads != 1:
+            torch.set_num_threads(threads)
+
+
+class OutputPool:
+    """Recycled CPU output batches: a fresh 40 MB tensor costs more in page faults (the kernel
+    zeroes every page on first touch, ~250 us per 224x224 float image here) than the
+    normalisation itself, and glibc maps blocks that large anew on every allocation.
+
+    A buffer is handed out again only once nothing but the pool references its storage (no
+    tensor, view or numpy array of it is alive: torch's storage use count), so a trainer that
+    keeps a batch sees it unchanged.  GPU batches come from torch's caching allocator instead.
+    """
+    SIZE = 3  # the batch being filled, the one still in the trainer's loop variable, one spare
+
+    def __init__(self):
+        import torch
+        self._use_count = getattr(torch._C, "_storage_Use_Count", None)
+        self._buffers: list[tuple] = []  # (tensor, its storage object held here)
+
+    def _free(self, entry) -> bool:
+        tensor, storage = entry  # referenced by our tensor and storage object, and nothing else
+        return self._use_count(storage._cdata) == 2
+
+    def get(self, shape, device, fmt):
+        import torch
+        if device.type != "cpu" or self._use_count is None:
+            return torch.empty(shape, dtype=torch.float32, device=device, memory_format=fmt)
+        for entry in self._buffers:
+            if entry[0].shape == shape and entry[0].is_contiguous(memory_format=fmt) and self._free(entry):
+                return entry[0].detach()  # a new tensor object on the same storage: it counts as a user
+        out = torch.empty(shape, dtype=torch.float32, memory_format=fmt)
+        if len(self._buffers) == self.SIZE:  # all in use, or a new shape: drop the oldest slot
+            self._buffers.pop(0)
+        self._buffers.append((out, out.untyped_storage()))
+        return out.detach()
+
+
+class TorchNormalizer:
+    """Mean subtraction, lighting and std of uint8 crops, in torch on the batch's device.
+
+    The loaders hand over the crops already flipped, as HWC uint8 (what the decoder gives, 4x
+    less memory than float), so all the float work is one expression per sample, written
+    straight into the NCHW (or channels_last) output: `crop - mean_window`, then `+ light`
+    while the sample is still in cache (per-channel: `(crop - (mean_rgb - light)) * (1 / std)`,
+    DALI's crop_mirror_normalize formula).  The mean window of a flipped sample at offset x is
+    the plain slice of the pre-flipped mean at `S - crop - x`, so no mean is flipped or copied
+    per sample.  Both loaders use it, so DALI and torch outputs agree exactly.
+    """
+
+    def __init__(self, norm: augment.Normalizer, size: int, crop: int):
+        self.norm, self.size, self.crop = norm, size, crop
+        self._means: dict = {}  # (device, channels_last) -> (mean, flipped mean), laid out as the output
+        self._pool = OutputPool()
+
+    def means(self, device, channels_last: bool) -> tuple:
+        import torch
+        key = (str(device), channels_last)
+        if key not in self._means:
+            hwc = torch.from_numpy(self.norm.mean_image)
+            pair = (hwc, hwc.flip(1))
+            order = (0, 1, 2) if channels_last else (2, 0, 1)
+            self._means[key] = tuple(m.permute(*order).contiguous().to(device) for m in pair)
+        return self._means[key]
+
+    def __call__(self, crops, xs, ys, flips, light, channels_last: bool = False):
+        """crops: uint8 (N, c, c, 3), flipped; xs, ys, flips: (N,) numpy; light: (N, 3) float32.
+
+        Returns float32 (N, 3, c, c), in channels_last memory format if asked."""
+        if crops.device.type != "cpu":
+            return self._apply(crops, xs, ys, flips, light, channels_last)
+        with _one_torch_thread():
+            return self._apply(crops, xs, ys, flips, light, channels_last)
+
+    def _apply(self, crops, xs, ys, flips, light, channels_last):
+        import torch
+        n, c, dev = len(crops), self.crop, crops.device
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        out = self._pool.get((n, 3, c, c), dev, fmt)
+        # elementwise ops are fastest with every operand in the output's memory order
+        dst, src = (out.permute(0, 2, 3, 1), crops) if channels_last else (out, crops.permute(0, 3, 1, 2))
+        vec = (lambda v: v.to(dev).view(len(v), 3)) if channels_last else (
+            lambda v: v.to(dev).view(len(v), 3, 1, 1))
+        light = np.asarray(light, np.float32).reshape(n, 3)
+        if self.norm.mode == "channel":
+            mean = vec(torch.from_numpy(self.norm.mean_rgb[None, :] - light))
+            inv_std = vec(torch.from_numpy(np.float32(1.0) / self.norm.std_rgb[None, :]))[0]
+            for i in range(n):
+                torch.sub(src[i], mean[i], out=dst[i]).mul_(inv_std)
+            return out
+        plain, flipped = self.means(dev, channels_last)
+        light_t = vec(torch.from_numpy(light))
+        far = self.size - c
+        for i, (x, y, f) in enumerate(zip(xs.tolist(), ys.tolist(), flips.tolist())):
+            mean, x = (flipped, far - x) if f else (plain, x)
+            window = mean[y:y + c, x:x + c] if channels_last else mean[:, y:y + c, x:x + c]
+            torch.sub(src[i], window, out=dst[i]).add_(light_t[i])
+        return out
+
+
 class BaseLoader:
     """Plan, layout and statistics; subclasses turn a list of per-step parameter dicts into batches."""
 
@@ -166,6 +278,7 @@ class BaseLoader:
         self.steps_per_epoch = self.layout.steps
         self.images_per_epoch = self.layout.rank_records(s.rank)
         self.ten_crop = not s.train and s.views == "ten-crop"
+        self.normalizer = TorchNormalizer(self.norm, self.index.size, s.crop)
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -199,6 +312,19 @@ class BaseLoader:
         if self.norm.mode == "mean-image":
             return (-light).astype(np.float32)
         return (self.norm.mean_rgb[None, :] - light).astype(np.float32)
+
+    def normalize(self, crops, params: dict):
+        """uint8 HWC crops, already flipped ((B, c, c, 3), ten-crop (B, 10, c, c, 3)) -> the
+        float32 NCHW batch ((B, 3, c, c), ten-crop (B, 10, 3, c, c))."""
+        if self.ten_crop:  # every view at its fixed offset, no lighting; 5-D stays NCHW
+            b, c = len(crops), self.settings.crop
+            offsets, flips = augment.ten_crop_offsets(self.index.size, c)
+            flat = self.normalizer(crops.reshape(b * 10, c, c, 3), np.tile(offsets[:, 0], b),
+                                   np.tile(offsets[:, 1], b), np.tile(flips, b),
+                                   np.zeros((b * 10, 3), np.float32))
+            return flat.view(b, 10, 3, c, c)
+        return self.normalizer(crops, params["crop_x"], params["crop_y"], params["flip"], params["light"],
+                               channels_last=self.settings.channels_last)
 
     def finish(self, images, labels, params: dict):
         """dtype, memory format and the optional params of a torch batch."""
@@ -236,20 +362,25 @@ def make_loader(settings: LoaderSettings):
 # --- DALI: processing -----------------------------------------------------------------
 
 def process(data, anchor, flip, cmn_mean, *, encoded: bool, device: str, size: int, crop: int,
-            norm: augment.Normalizer, ten_crop: bool, layout: str, dtype, roi_decode: bool = True):
+            norm: augment.Normalizer, ten_crop: bool, layout: str, dtype, roi_decode: bool = True,
+            normalize_in: str = "torch"):
     """The processing half of the graph, for one device.
 
     data: encoded bytes, or (S, S, 3) uint8 pixels; anchor: (x, y) int32; flip: int32;
     cmn_mean: float32 (3,) per sample (lighting and, for per-channel normalisation, the mean).
+    normalize_in "torch": uint8 crops, flipped and laid out, for `TorchNormalizer` (cmn_mean and
+    dtype unused); "dali": the float work in DALI's operators too (slower on CPU, see docs).
     """
     from nvidia.dali import fn, types
     op_device = "cpu" if device == "cpu" else "gpu"
     shape = np.array([crop, crop], np.int32)
     mean_const = (types.Constant(norm.mean_image, device=op_device)
-                  if norm.mode == "mean-image" else None)
+                  if norm.mode == "mean-image" and normalize_in == "dali" else None)
     std = 1.0 if norm.mode == "mean-image" else norm.std_rgb.tolist()
 
     def finish(window, at, mirror):
+        if normalize_in == "torch":  # HWC stays: the transposition is free in TorchNormalizer
+            return fn.flip(window, horizontal=mirror, device=op_device)
         if mean_const is not None:
             window = window - fn.slice(mean_const, at, shape, normalized_anchor=False,
                                        normalized_shape=False, axis_names="WH")
@@ -286,16 +417,31 @@ def _dali_dtype(name: str):
     return types.FLOAT16 if name == "float16" else types.FLOAT
 
 
-def _to_torch(tensors, device_id):
-    """One copy of a dense DALI batch into a torch tensor (CPU, or cuda:device_id)."""
+def _to_torch(tensors, device_id, copy: bool = True):
+    """A dense DALI batch as a torch tensor (CPU, or cuda:device_id).
+
+    copy=False on the CPU: a view of DALI's output buffer, valid only until the next run().
+    """
     import torch
     if device_id is None:
-        return torch.from_numpy(np.array(tensors.as_tensor()))
+        array = tensors.as_tensor()
+        return torch.from_numpy(np.array(array) if copy else np.asarray(array))
     from nvidia.dali.plugin.pytorch import feed_ndarray
-    dtype = torch.float16 if str(tensors.dtype).endswith("FLOAT16") else torch.float32
+    kinds = {"FLOAT16": torch.float16, "UINT8": torch.uint8}
+    dtype = next((v for k, v in kinds.items() if str(tensors.dtype).endswith(k)), torch.float32)
     out = torch.empty(tensors.as_tensor().shape(), dtype=dtype, device=f"cuda:{device_id}")
     feed_ndarray(tensors, out, cuda_stream=torch.cuda.current_stream(device_id))
     return out
+
+
+def _built(graph):
+    """The built pipeline; DALI's warning about unused external-source outputs is expected: the
+    torch normalisation leaves the per-sample mean unused, ten-crop the anchor and flip."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*(outputs at the indices|output at the index).*not used")
+        pipe = graph()
+        pipe.build()
+    return pipe
 
 
 def _device_id(settings: LoaderSettings):
@@ -310,10 +456,14 @@ def _device_id(settings: LoaderSettings):
 
 class DaliLoader(BaseLoader):
     """The DALI pipeline fed by an explicit per-epoch plan (exact, resumable)."""
+    PREFETCH = 3  # batches DALI works ahead: 3 beat 2 by 8-23% in three A/B runs here (docs/pipeline.md)
 
-    def __init__(self, settings: LoaderSettings, *, roi_decode: bool = True):
+    def __init__(self, settings: LoaderSettings, *, roi_decode: bool = True, normalize_in: str = "torch"):
         super().__init__(settings)
+        if normalize_in not in ("torch", "dali"):
+            raise ValueError(f"normalize_in must be torch or dali, not {normalize_in!r}")
         self.roi_decode = roi_decode  # False: decode the whole image, then crop (for the benchmark)
+        self.normalize_in = normalize_in  # "dali": the float work in DALI too (for the benchmark)
         self.device_id = _device_id(settings)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple]:
@@ -326,14 +476,26 @@ class DaliLoader(BaseLoader):
         try:
             for params in steps:
                 images, labels = pipe.run()
-                images = _to_torch(images, self.device_id)
-                if self.settings.channels_last and not self.ten_crop:
-                    images = images.permute(0, 3, 1, 2)  # HWC memory = channels_last NCHW
-                labels = _to_torch(labels, None).view(-1).to(images.device, non_blocking=True)
-                yield self.finish(images, labels, params)
+                yield self.finish(self._images(images, params),
+                                  _to_torch(labels, None).view(-1).to(self._device, non_blocking=True),
+                                  params)
         finally:
             del pipe
             release_shards()
+
+    @property
+    def _device(self) -> str:
+        return "cpu" if self.device_id is None else f"cuda:{self.device_id}"
+
+    def _images(self, images, params: dict):
+        """DALI's output batch -> the torch batch (normalised here unless DALI did it)."""
+        # the view is read by normalize() before the next run(); the caffe reader pads its last batch
+        if self.normalize_in == "torch":
+            return self.normalize(_to_torch(images, self.device_id, copy=False)[:len(params["flip"])], params)
+        images = _to_torch(images, self.device_id)[:len(params["flip"])]
+        if self.settings.channels_last and not self.ten_crop:
+            images = images.permute(0, 3, 1, 2)  # HWC memory = channels_last NCHW
+        return images
 
     def _feed(self, params: dict) -> tuple:
         datums = [self.index.read(i) for i in params["index"]]
@@ -351,7 +513,7 @@ class DaliLoader(BaseLoader):
         layout = "HWC" if s.channels_last and not self.ten_crop else "CHW"
 
         @pipeline_def(batch_size=self.layout.max_batch, num_threads=max(1, s.num_threads),
-                      device_id=self.device_id, prefetch_queue_depth=2)
+                      device_id=self.device_id, prefetch_queue_depth=self.PREFETCH)
         def graph():
             data, anchor, flip, cmn_mean, labels = fn.external_source(
                 source=source, num_outputs=5, batch=True,
@@ -359,14 +521,10 @@ class DaliLoader(BaseLoader):
             images = process(data, anchor, flip, cmn_mean, encoded=encoded, device=s.device,
                              size=self.index.size, crop=s.crop, norm=self.norm,
                              ten_crop=self.ten_crop, layout=layout, dtype=_dali_dtype(s.dtype),
-                             roi_decode=self.roi_decode)
+                             roi_decode=self.roi_decode, normalize_in=self.normalize_in)
             return images, labels
 
-        with warnings.catch_warnings():  # ten-crop ignores the anchor/flip inputs on purpose
-            warnings.filterwarnings("ignore", message=".*outputs at the indices.*not used")
-            pipe = graph()
-            pipe.build()
-        return pipe
+        return _built(graph)
 
 
 class CaffeReaderLoader(DaliLoader):
@@ -411,11 +569,8 @@ class CaffeReaderLoader(DaliLoader):
                 if step < start_step:
                     continue
                 take = len(params["alpha"])
-                images = _to_torch(images, self.device_id)[:take]
-                if s.channels_last:
-                    images = images.permute(0, 3, 1, 2)
-                labels = _to_torch(labels, None).view(-1)[:take].long().to(images.device)
-                yield self.finish(images, labels, params)
+                labels = _to_torch(labels, None).view(-1)[:take].long().to(self._device)
+                yield self.finish(self._images(images, params), labels, params)
         finally:
             del pipe
 
@@ -430,7 +585,7 @@ class CaffeReaderLoader(DaliLoader):
         s, size = self.settings, self.index.size
 
         @pipeline_def(batch_size=s.batch_size, num_threads=max(1, s.num_threads),
-                      device_id=self.device_id, prefetch_queue_depth=2)
+                      device_id=self.device_id, prefetch_queue_depth=self.PREFETCH)
         def graph():
             data, labels = fn.readers.caffe(
                 path=[str(d) for d in self.index.dirs], shard_id=shard, num_shards=s.world_size,
@@ -443,9 +598,8 @@ class CaffeReaderLoader(DaliLoader):
             images = process(data, anchor, flip, cmn_mean, encoded=self.index.encoded,
                              device=s.device, size=size, crop=s.crop, norm=self.norm, ten_crop=False,
                              layout="HWC" if s.channels_last else "CHW",
-                             dtype=_dali_dtype(s.dtype), roi_decode=self.roi_decode)
+                             dtype=_dali_dtype(s.dtype), roi_decode=self.roi_decode,
+                             normalize_in=self.normalize_in)
             return images, labels
 
-        pipe = graph()
-        pipe.build()
-        return pipe
+        return _built(graph)

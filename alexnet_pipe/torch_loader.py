@@ -1,12 +1,14 @@
 """The torch fallback loader (``--loader torch``): DataLoader workers over the same shards.
 
 For machines without DALI.  It takes the same per-epoch plan as the DALI loader
-(``augment.train_plan``: permutation, offsets, flips, alphas from (seed, epoch) alone) and applies
-it with ``augment.view`` in each worker: OpenCV decodes (one thread per worker: the workers are the
-parallelism), numpy crops, subtracts, adds the lighting offset and flips in the DALI op order, so
-the two loaders give the same numbers.  The batch sampler hands each worker self-contained
-per-sample specs, so a worker needs no epoch state.  With device "gpu" the batch is pinned and
-copied to the rank's GPU (decoding stays on the CPU workers).
+(``augment.train_plan``: permutation, offsets, flips, alphas from (seed, epoch) alone).  Each
+worker decodes with OpenCV (one thread per worker: the workers are the parallelism) and cuts the
+flipped uint8 crop window (``augment.flipped_window``); the main process then does the float work
+with the DALI loader's own ``TorchNormalizer`` (mean window, lighting, std, NCHW) on the batch's
+device, so the two loaders give the same numbers.  uint8 crops also cross the worker pipe at a
+quarter of the float size.  The batch sampler hands each worker self-contained per-sample specs,
+so a worker needs no epoch state.  With device "gpu" the uint8 batch is pinned, copied to the
+rank's GPU and normalised there (decoding stays on the CPU workers).
 """
 from __future__ import annotations
 
@@ -38,10 +40,11 @@ def decode_rgb(datum, index: RecordIndex) -> np.ndarray:
 
 
 class ViewDataset:
-    """Map-style dataset whose 'indices' are specs: (record, x, y, flip, light) or (record,) for ten-crop."""
+    """Map-style dataset whose 'indices' are specs: (record, x, y, flip) or (record,) for ten-crop;
+    items are uint8 HWC flipped windows ((10, c, c, 3) for ten-crop) and the label."""
 
-    def __init__(self, index: RecordIndex, crop: int, norm: augment.Normalizer, ten_crop: bool):
-        self.index, self.crop, self.norm, self.ten_crop = index, crop, norm, ten_crop
+    def __init__(self, index: RecordIndex, crop: int, ten_crop: bool):
+        self.index, self.crop, self.ten_crop = index, crop, ten_crop
 
     def __len__(self) -> int:
         return len(self.index)
@@ -50,9 +53,9 @@ class ViewDataset:
         datum = self.index.read(spec[0])
         image = decode_rgb(datum, self.index)
         if self.ten_crop:
-            return augment.ten_views(image, self.crop, self.norm), datum.label
-        _, x, y, flip, light = spec
-        return augment.view(image, x, y, self.crop, flip, light, self.norm), datum.label
+            return augment.ten_windows(image, self.crop), datum.label
+        _, x, y, flip = spec
+        return augment.flipped_window(image, x, y, self.crop, flip), datum.label
 
 
 def _collate(items):
@@ -71,14 +74,13 @@ class TorchLoader(BaseLoader):
                 raise UserError("device 'gpu' needs CUDA, and this machine has none: use --device cpu")
             local = os.environ.get("LOCAL_RANK")
             self.device = f"cuda:{int(local) if local is not None else settings.rank % torch.cuda.device_count()}"
-        self.dataset = ViewDataset(self.index, settings.crop, self.norm, self.ten_crop)
+        self.dataset = ViewDataset(self.index, settings.crop, self.ten_crop)
 
     def _specs(self, params: dict) -> list[tuple]:
         if self.ten_crop:
             return [(int(i),) for i in params["index"]]
-        return [(int(i), int(x), int(y), bool(f), light) for i, x, y, f, light in
-                zip(params["index"], params["crop_x"], params["crop_y"], params["flip"],
-                    params["light"])]
+        return [(int(i), int(x), int(y), bool(f)) for i, x, y, f in
+                zip(params["index"], params["crop_x"], params["crop_y"], params["flip"])]
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple]:
         from torch.utils.data import DataLoader
@@ -95,7 +97,7 @@ class TorchLoader(BaseLoader):
                 if self.device != "cpu":
                     images = images.to(self.device, non_blocking=True)
                     labels = labels.to(self.device, non_blocking=True)
-                yield self.finish(images, labels, params)
+                yield self.finish(self.normalize(images, params), labels, params)
         finally:
             del loader  # shuts the workers down now, not at garbage collection
             release_shards()  # only workers read; nothing is open here unless num_threads == 0

@@ -20,6 +20,7 @@ class BenchLoaderSettings:
     device: str
     reader: str
     roi_decode: bool
+    normalize_in: str
     batch_size: int
     batches: int
     warmup: int
@@ -50,7 +51,7 @@ def _loader_batches(s: BenchLoaderSettings):
                               device=s.device, num_threads=s.threads, reader=s.reader)
     if s.loader == "dali":
         cls = CaffeReaderLoader if s.reader == "caffe" else DaliLoader
-        loader = cls(settings, roi_decode=s.roi_decode)
+        loader = cls(settings, roi_decode=s.roi_decode, normalize_in=s.normalize_in)
     else:
         loader = make_loader(settings)
     epoch = 0
@@ -100,6 +101,9 @@ def measure(s: BenchLoaderSettings) -> dict:
               help="DALI record source: the exact per-epoch plan, or fn.readers.caffe's shuffle buffer.")
 @click.option("--roi/--no-roi", "roi_decode", default=True, show_default=True,
               help="Decode only the crop window (DALI), or the whole image and then crop.")
+@click.option("--normalize-in", type=click.Choice(["torch", "dali"]), default="torch", show_default=True,
+              help="DALI: hand uint8 crops to the fused torch normalisation, or do the float work "
+                   "in DALI's operators (the slower former default, kept to compare).")
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
 @click.option("--batches", type=click.IntRange(1), default=20, show_default=True, help="Timed batches.")
 @click.option("--warmup", type=click.IntRange(1), default=3, show_default=True, help="Untimed batches first.")
@@ -109,17 +113,18 @@ def measure(s: BenchLoaderSettings) -> dict:
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Also time the plain torch DataLoader + PIL/numpy baseline.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def bench_loader(data, loader, device, reader, roi_decode, batch_size, batches, warmup, crop, threads,
-                 baseline, as_json):
+def bench_loader(data, loader, device, reader, roi_decode, normalize_in, batch_size, batches, warmup, crop,
+                 threads, baseline, as_json):
     """Images/s of the training loader (full augmentation) after warm-up, beside the decode-only
     rate of the same records and a plain torch DataLoader doing the same work with PIL + numpy.
 
     \b
     alexnet-pipe bench loader --data ./alexnet-data --batches 30
+    alexnet-pipe bench loader --data ./alexnet-data --normalize-in dali --no-baseline
     alexnet-pipe bench loader --device gpu --batch-size 256 --threads 8 --no-baseline --json
     """
-    s = BenchLoaderSettings(data, loader, device, reader, roi_decode, batch_size, batches, warmup,
-                            crop, threads, baseline)
+    s = BenchLoaderSettings(data, loader, device, reader, roi_decode, normalize_in, batch_size, batches,
+                            warmup, crop, threads, baseline)
     if not as_json:
         print_settings("bench loader", s)
     result = measure(s)

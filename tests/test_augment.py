@@ -82,19 +82,16 @@ def test_train_plan_statistics():
     assert not augment.train_plan(10, seed=0, epoch=0, size=40, crop=32, sigma=0).alpha.any()
 
 
-def test_view_reference():
-    rng = np.random.default_rng(4)
-    image = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
-    mean = rng.random((40, 40, 3)).astype(np.float32) * 255
-    light = np.array([3.0, -2.0, 1.5], np.float32)
-    norm = augment.Normalizer("mean-image", mean_image=mean)
-    got = augment.view(image, 5, 7, 32, True, light, norm)
-    want = (image[7:39, 5:37] - mean[7:39, 5:37] + light)[:, ::-1].transpose(2, 0, 1)
-    np.testing.assert_allclose(got, want, atol=1e-4)
-    ch = augment.Normalizer("channel", mean_rgb=np.float32([100, 110, 120]), std_rgb=np.float32([50, 60, 70]))
-    got = augment.view(image, 0, 8, 32, False, light, ch)
-    want = ((image[8:40, :32] + light - ch.mean_rgb) / ch.std_rgb).transpose(2, 0, 1)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+def test_flipped_window_and_ten_windows():
+    image = np.random.default_rng(4).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    got = augment.flipped_window(image, 5, 7, 32, True)
+    assert got.dtype == np.uint8 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, image[7:39, 5:37][:, ::-1])
+    np.testing.assert_array_equal(augment.flipped_window(image, 8, 0, 32, False), image[0:32, 8:40])
+    ten = augment.ten_windows(image, 32)
+    corners = [(0, 0), (8, 0), (0, 8), (8, 8), (4, 4)]
+    want = [image[y:y + 32, x:x + 32] for x, y in corners]
+    np.testing.assert_array_equal(ten, np.stack(want + [w[:, ::-1] for w in want]))
 
 
 def test_missing_stats_say_what_to_run(tmp_path):

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from alexnet_pipe import augment
 from alexnet_pipe.errors import UserError
-from alexnet_pipe.pipeline import LoaderSettings, RecordIndex, make_loader
+from alexnet_pipe.pipeline import DaliLoader, LoaderSettings, RecordIndex, TorchNormalizer, make_loader
 from shardgen import make_data_dir, random_images
 
 S, CROP, N_TRAIN, N_VAL = 40, 32, 50, 10
@@ -103,6 +104,12 @@ def test_dali_train_matches_numpy_reference(dirs, pixels, enc):
     check_train(loader, pixels[enc, "train"], dirs[enc] / "stats")
 
 
+def test_dali_float_path_matches_numpy_reference(dirs, pixels):
+    """The former default (the float work in DALI's operators), kept for the benchmark."""
+    check_train(DaliLoader(settings(dirs["jpeg"]), normalize_in="dali"), pixels["jpeg", "train"],
+                dirs["jpeg"] / "stats")
+
+
 def test_dali_channel_norm_fbresnet_lighting(dirs, pixels):
     loader = make_loader(settings(dirs["jpeg"], normalize="channel", lighting_scale="fbresnet", lighting=0.3))
     check_train(loader, pixels["jpeg", "train"], dirs["jpeg"] / "stats", normalize="channel", scale="fbresnet")
@@ -181,6 +188,8 @@ def test_dtype_and_channels_last(dirs):
     torch.testing.assert_close(x.float(), x0, atol=2.0, rtol=1e-2)
     x16, _ = next(iter(make_loader(LoaderSettings(dirs["jpeg"], batch_size=8, crop=CROP, dtype="float16")).epoch(0)))
     assert x16.dtype == torch.float16
+    cl, _ = next(iter(make_loader(LoaderSettings(dirs["jpeg"], batch_size=8, crop=CROP, channels_last=True)).epoch(0)))
+    assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, x0)
 
 
 def test_caffe_reader_is_deterministic_and_complete(dirs):
@@ -191,6 +200,58 @@ def test_caffe_reader_is_deterministic_and_complete(dirs):
     assert sorted(torch.cat(labels).tolist()) == sorted((np.arange(N_TRAIN) % 5).tolist())
     full, tail = list(ranks[0].epoch(1)), list(ranks[0].epoch(1, start_step=2))
     assert all((a[0] == b[0]).all() for a, b in zip(full[2:], tail)) and len(tail) == len(full) - 2
+
+
+# --- the fused torch normalisation ---------------------------------------------------------
+
+def reference_normalize(crops, xs, ys, flips, light, norm, size):
+    """Plain numpy: (crop - mean window, mirrored like the crop) + light, or (crop + light - m) / s."""
+    c, out = crops.shape[1], []
+    for crop, x, y, f, lt in zip(crops.astype(np.float64), xs, ys, flips, light):
+        if norm.mode == "mean-image":
+            mean = norm.mean_image[y:y + c, x:x + c].astype(np.float64)
+            v = crop - (mean[:, ::-1] if f else mean) + lt
+        else:
+            v = (crop + lt - norm.mean_rgb) / norm.std_rgb
+        out.append(v.transpose(2, 0, 1))
+    assert size - c >= max(xs)
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("mode", ["mean-image", "channel"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_torch_normalizer_matches_numpy(mode, channels_last):
+    import torch
+    rng = np.random.default_rng(7)
+    n, size, c = 12, 20, 16
+    norm = (augment.Normalizer(mode, mean_image=(rng.random((size, size, 3)) * 255).astype(np.float32))
+            if mode == "mean-image" else
+            augment.Normalizer(mode, mean_rgb=np.float32([120, 110, 100]), std_rgb=np.float32([60, 55, 50])))
+    crops = rng.integers(0, 256, (n, c, c, 3), dtype=np.uint8)
+    xs, ys = rng.integers(0, size - c + 1, n), rng.integers(0, size - c + 1, n)
+    flips, light = np.arange(n) % 2 == 1, rng.normal(0, 20, (n, 3)).astype(np.float32)
+    got = TorchNormalizer(norm, size, c)(torch.from_numpy(crops), xs, ys, flips, light, channels_last)
+    assert got.dtype == torch.float32 and got.shape == (n, 3, c, c)
+    assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    np.testing.assert_allclose(got.numpy(), reference_normalize(crops, xs, ys, flips, light, norm, size),
+                               rtol=1e-5, atol=1e-3)
+
+
+def test_output_buffers_are_reused_only_when_released():
+    import torch
+    norm = augment.Normalizer("mean-image", mean_image=np.zeros((8, 8, 3), np.float32))
+    normalize = TorchNormalizer(norm, 8, 8)
+    args = (np.zeros(2, int), np.zeros(2, int), np.zeros(2, bool), np.zeros((2, 3), np.float32))
+    ones, twos = torch.ones(2, 8, 8, 3, dtype=torch.uint8), torch.full((2, 8, 8, 3), 2, dtype=torch.uint8)
+    first = normalize(ones, *args)
+    view = first[0]  # a view alone keeps the buffer busy
+    ptr = first.data_ptr()
+    del first
+    second = normalize(twos, *args)
+    assert second.data_ptr() != ptr and (view == 1).all() and (second == 2).all()
+    del view
+    third = normalize(ones, *args)  # the first buffer is free again: no new allocation
+    assert third.data_ptr() == ptr and (third == 1).all() and (second == 2).all()
 
 
 def test_missing_stats_is_a_user_error(tmp_path, dirs):
@@ -229,6 +290,8 @@ def test_bench_loader_bad_input(tmp_path):
     assert result.exit_code == 1 and "Error:" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(cli, ["bench", "loader", "--batches", "0"])
     assert result.exit_code == 2
+    result = CliRunner().invoke(cli, ["bench", "loader", "--normalize-in", "numpy"])
+    assert result.exit_code == 2 and "normalize-in" in result.output
 
 
 def test_viz_augment_writes_png(dirs, tmp_path):
