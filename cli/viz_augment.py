@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from alexnet_pipe.viz import VizAugmentSettings, render_augment, seen_pixels  # noqa: F401 (seen_pixels: tests)
+from alexnet_pipe.viz import VizAugmentSettings, render_augment
 from alexnet_pipe_cli.common import data_option, print_settings
 
 
