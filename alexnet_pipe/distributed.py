@@ -1,0 +1,39 @@
+"""Process-group set-up from the environment torchrun / the elastic launcher provide (RANK, WORLD_SIZE, ...)."""
+from __future__ import annotations
+
+import os
+
+
+def init(device: str = "cpu") -> tuple[int, int, int, "torch.device"]:
+    """-> (rank, world_size, local_rank, device). One process, no env vars: no process group at all."""
+    import torch
+    import torch.distributed as dist
+
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo",
+                                device_id=dev if device == "cuda" else None)
+    return rank, world, local_rank, dev
+
+
+def print0(*args, **kwargs) -> None:
+    """print on rank 0 only."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def cleanup() -> None:
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def under_launcher() -> bool:
+    """True inside torchrun / elastic-launch workers (they set these), so train must not launch again."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ

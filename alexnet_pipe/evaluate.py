@@ -1,0 +1,89 @@
+"""Top-1/top-5 error of one checkpoint or an ensemble (softmax outputs averaged, the paper's 5- and 7-CNN rows),
+with the centre crop or the paper's ten views (four corners + centre, and their reflections)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from alexnet_pipe.errors import UserError
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    checkpoints: tuple[str, ...]
+    data: str = "alexnet-data"
+    split: str = "val"
+    ten_crop: bool = False
+    batch_size: int = 128
+    loader: str = "dali"
+    device: str = "cpu"
+    num_threads: int = 2
+
+
+def topk_correct(scores, labels, ks=(1, 5)) -> list[int]:
+    """How many rows have their label among the k highest scores, for each k (k capped at the class count)."""
+    top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
+    hits = top == labels[:, None]
+    return [int(hits[:, :k].any(dim=1).sum()) for k in ks]
+
+
+def average_softmax(models, images):
+    """Mean softmax over models and, for (B, V, 3, H, W) input, over the V views: (B, classes)."""
+    import torch
+    views = images.shape[1] if images.dim() == 5 else 1
+    flat = images.flatten(0, 1) if images.dim() == 5 else images
+    probs = torch.stack([torch.softmax(m(flat).float(), dim=1) for m in models]).mean(0)
+    return probs.view(images.shape[0], views, -1).mean(1)
+
+
+def load_model(path: Path | str, device):
+    """A checkpoint written by train -> (model in eval mode, its training settings)."""
+    from alexnet_pipe.model import build_model
+    from alexnet_pipe.train import load_checkpoint, settings_from_dict
+    try:
+        state = load_checkpoint(path)
+    except (OSError, RuntimeError) as exc:
+        raise UserError(f"cannot read checkpoint {path}: {exc}") from None
+    if "model" not in state or "settings" not in state:
+        raise UserError(f"{path} is not a checkpoint written by `alexnet-pipe train`")
+    s = settings_from_dict(state["settings"])
+    model = build_model(s.arch, state["num_classes"], s.width, lrn_alpha=s.lrn_alpha, dropout=s.dropout)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), s
+
+
+def make_eval_loader(es: EvalSettings, ts, device):
+    from alexnet_pipe.pipeline import LoaderSettings, make_loader
+    return make_loader(LoaderSettings(
+        data=Path(es.data), split=es.split, train=False, batch_size=es.batch_size, crop=ts.crop, loader=es.loader,
+        device="gpu" if device.type == "cuda" else "cpu", normalize=ts.normalize,
+        views="ten-crop" if es.ten_crop else "center", num_threads=es.num_threads))
+
+
+def evaluate(es: EvalSettings) -> dict:
+    """-> {"top1_error", "top5_error", "images", "views", "checkpoints", "split"}."""
+    import torch
+    from alexnet_pipe.shards import read_manifest
+    from alexnet_pipe.train import check_data
+    device = torch.device(es.device)
+    loaded = [load_model(p, device) for p in es.checkpoints]
+    models, first = [m for m, _ in loaded], loaded[0][1]
+    for path, (_, s) in zip(es.checkpoints[1:], loaded[1:]):
+        if (s.crop, s.normalize) != (first.crop, first.normalize):
+            raise UserError(f"{path} was trained on crop {s.crop}/{s.normalize}, the first checkpoint on "
+                            f"{first.crop}/{first.normalize}: an ensemble needs the same input")
+    check_data(dataclasses.replace(first, data=es.data, eval_every=0))
+    if es.split not in read_manifest(Path(es.data)).get("splits", {}):
+        raise UserError(f"{es.data} has no {es.split} split")
+    loader = make_eval_loader(es, first, device)
+    correct1 = correct5 = images = 0
+    with torch.no_grad():
+        for batch, labels in loader.epoch(0):
+            c1, c5 = topk_correct(average_softmax(models, batch), labels.to(device))
+            correct1, correct5, images = correct1 + c1, correct5 + c5, images + len(labels)
+    loader.close()
+    if images == 0:
+        raise UserError(f"the {es.split} split of {es.data} gave no images")
+    return {"top1_error": 1 - correct1 / images, "top5_error": 1 - correct5 / images, "images": images,
+            "views": 10 if es.ten_crop else 1, "checkpoints": list(es.checkpoints), "split": es.split}

@@ -1,0 +1,47 @@
+"""`alexnet-pipe bench train`: the trainer's step time against a bare torch loop, same model and tensors."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from alexnet_pipe_cli.common import print_settings
+
+
+@click.command("train")
+@click.option("--arch", type=click.Choice(["alexnet", "alexnet-owt"]), default="alexnet", show_default=True)
+@click.option("--width", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="[default: 1 on GPU, 0.25 on CPU]")
+@click.option("--crop", type=click.IntRange(min=63), default=None, help="[default: 224 on GPU, 112 on CPU]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: 128 on GPU, 32 on CPU]")
+@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Timed steps per run.")
+@click.option("--warmup", type=click.IntRange(min=1), default=5, show_default=True, help="Untimed steps first.")
+@click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Alternating runs of each; the best is kept.")
+@click.option("--cpu", is_flag=True, help="Benchmark on CPU even where CUDA is present.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_train(arch: str, width: float | None, crop: int | None, batch_size: int | None, steps: int,
+                warmup: int, repeats: int, cpu: bool, as_json: bool):
+    """Step time of train() on synthetic tensors vs a bare forward/backward/step loop (target: <= 5% overhead).
+
+    \b
+    alexnet-pipe bench train                 # AlexNet, batch 128, bf16 + channels_last on a GPU
+    alexnet-pipe bench train --cpu --width 0.25 --crop 112 --batch-size 32
+    """
+    import torch
+
+    from alexnet_pipe.train import TrainSettings, bench_train_step
+
+    gpu = torch.cuda.is_available() and not cpu
+    settings = TrainSettings(
+        loader="synthetic", arch=arch, device="cuda" if gpu else "cpu", width=width or (1.0 if gpu else 0.25),
+        crop=crop or (224 if gpu else 112), batch_size=batch_size or (128 if gpu else 32), eval_every=0)
+    if not as_json:
+        print_settings("bench train", settings)
+    result = bench_train_step(settings, steps=steps, warmup=warmup, repeats=repeats)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"bare loop   {result['bare_step_ms']:8.2f} ms/step  {result['bare_images_per_sec']:9.1f} images/s")
+    click.echo(f"train()     {result['trainer_step_ms']:8.2f} ms/step  {result['trainer_images_per_sec']:9.1f} images/s")
+    click.echo(f"overhead    {result['overhead']:+.1%} (target <= 5%)")

@@ -1,0 +1,44 @@
+"""`alexnet-pipe evaluate`: top-1/top-5 error of one checkpoint or an ensemble."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from alexnet_pipe_cli.common import data_option, print_settings
+
+
+@click.command("evaluate")
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@data_option
+@click.option("--split", default="val", show_default=True, help="Split of the data dir to evaluate on.")
+@click.option("--ten-crop", is_flag=True, help="Average the softmax over the paper's 10 views (corners, centre, flips).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--loader", type=click.Choice(["dali", "torch"]), default="dali", show_default=True)
+@click.option("--gpu", is_flag=True, help="Run on CUDA device 0.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (top1_error, top5_error, images, views).")
+def evaluate(checkpoints: tuple[Path, ...], data: Path, split: str, ten_crop: bool, batch_size: int, loader: str,
+             gpu: bool, as_json: bool):
+    """Top-1 and top-5 error; several checkpoints average their softmax outputs (the paper's 5-CNN row).
+
+    \b
+    alexnet-pipe evaluate alexnet-data/runs/x/best.pt --ten-crop
+    alexnet-pipe evaluate runs/a/best.pt runs/b/best.pt --json
+    """
+    from alexnet_pipe.evaluate import EvalSettings, evaluate as run_evaluate
+    from alexnet_pipe.launch import check_gpus
+
+    if gpu:
+        check_gpus(1)
+    settings = EvalSettings(checkpoints=tuple(str(c) for c in checkpoints), data=str(data), split=split,
+                            ten_crop=ten_crop, batch_size=batch_size, loader=loader,
+                            device="cuda" if gpu else "cpu")
+    if not as_json:
+        print_settings("evaluate", settings)
+    result = run_evaluate(settings)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"{result['images']} images x {result['views']} view(s), {len(checkpoints)} model(s): "
+               f"top-1 error {result['top1_error']:.4f}, top-5 error {result['top5_error']:.4f}")

@@ -1,0 +1,91 @@
+"""evaluate: top-k maths and softmax averaging against numpy, and the command end to end on a tiny data dir."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from alexnet_pipe.evaluate import average_softmax, topk_correct
+from alexnet_pipe_cli.main import cli
+from shardgen import make_data_dir, random_images
+
+S = 72  # stored size; crop 64 (the smallest crop the network takes is 63)
+
+
+def np_softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def test_topk_against_numpy():
+    rng = np.random.default_rng(0)
+    scores, labels = rng.normal(size=(200, 12)), rng.integers(0, 12, 200)
+    ranks = (scores > scores[np.arange(200), labels][:, None]).sum(axis=1)  # 0 = label scored highest
+    got = topk_correct(torch.from_numpy(scores), torch.from_numpy(labels), (1, 5))
+    assert got == [int((ranks < 1).sum()), int((ranks < 5).sum())]
+    assert topk_correct(torch.from_numpy(scores[:, :3]), torch.zeros(200, dtype=torch.long), (1, 5))[1] == 200
+
+
+def test_ensemble_and_ten_crop_average_softmax():
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4)).double() for _ in range(3)]
+    x = torch.randn(5, 10, 3, 2, 2, dtype=torch.float64)  # 5 images x 10 views
+    flat = x.reshape(50, 3, 2, 2)
+    want = np.mean([np_softmax(m(flat).detach().numpy()) for m in models], axis=0).reshape(5, 10, 4).mean(axis=1)
+    got = average_softmax(models, x).detach().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    single = average_softmax(models[:1], x[:, 0]).detach().numpy()
+    np.testing.assert_allclose(single, np_softmax(models[0](x[:, 0]).detach().numpy()), rtol=1e-6)
+
+
+def test_evaluate_help_and_bad_checkpoint(tmp_path):
+    assert "--ten-crop" in CliRunner().invoke(cli, ["evaluate", "--help"]).output
+    junk = tmp_path / "junk.pt"
+    torch.save({"weights": torch.zeros(2)}, junk)
+    result = CliRunner().invoke(cli, ["evaluate", str(junk), "--data", str(tmp_path)])
+    assert result.exit_code == 1 and "not a checkpoint written by" in result.output
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A data dir of 40 train / 12 val images in 4 classes, with stats files written from numpy."""
+    root = tmp_path_factory.mktemp("data") / "d"
+    images, labels = random_images(52, S, seed=5), np.arange(52) % 4
+    make_data_dir(root, {"train": (images[:40], labels[:40]), "val": (images[40:], labels[40:])}, 4, 2)
+    (root / "stats").mkdir()
+    np.save(root / "stats" / "mean.npy", images[:40].astype(np.float32).mean(axis=0))
+    pixels = images[:40].reshape(-1, 3).astype(np.float64)
+    w, v = np.linalg.eigh(np.cov(pixels.T))
+    w, v = w[::-1], v[:, ::-1]
+    (root / "stats" / "pca.json").write_text(json.dumps({
+        "eigval": w.tolist(), "eigvec": v.tolist(), "mean_rgb": pixels.mean(0).tolist(),
+        "std_rgb": pixels.std(0).tolist(), "fbresnet": {"eigval": (w / 255 ** 2).tolist(), "eigvec": v.tolist()}}))
+    return root
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_end_to_end(tmp_path, data_dir):
+    runner = CliRunner()
+    runs = []
+    for seed in (0, 1):
+        run = tmp_path / f"run{seed}"
+        result = runner.invoke(cli, ["train", "--data", str(data_dir), "--run", str(run), "--cpu", "--loader",
+                                     "torch", "--width", "0.0625", "--crop", "64", "--batch-size", "8",
+                                     "--max-steps", "3", "--seed", str(seed), "--num-threads", "1"])
+        assert result.exit_code == 0, result.output
+        assert any("top1_error" in r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()))
+        runs.append(run / "best.pt")
+    one = runner.invoke(cli, ["evaluate", str(runs[0]), "--data", str(data_dir), "--loader", "torch", "--json"])
+    assert one.exit_code == 0, one.output
+    report = json.loads(one.output.strip().splitlines()[-1])
+    assert report["images"] == 12 and report["views"] == 1 and 0 <= report["top1_error"] <= 1
+    assert report["top5_error"] == 0.0  # 4 classes: the label is always among the top 5
+    both = runner.invoke(cli, ["evaluate", *map(str, runs), "--data", str(data_dir), "--loader", "torch",
+                               "--ten-crop", "--json"])
+    assert both.exit_code == 0, both.output
+    report = json.loads(both.output.strip().splitlines()[-1])
+    assert report["views"] == 10 and report["images"] == 12 and len(report["checkpoints"]) == 2

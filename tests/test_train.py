@@ -1,0 +1,230 @@
+"""The trainer: lr maths, checkpoints, resume, DDP equivalence and elastic restarts (gloo on CPU)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from alexnet_pipe.errors import UserError
+from alexnet_pipe.train import (FAIL_ENV, Plateau, TrainSettings, checkpoints, finalize, latest_checkpoint,
+                                load_checkpoint, lr_at, read_metrics, resolve_settings, run_training)
+from alexnet_pipe_cli.main import cli
+
+TRAIN_ROW = ("step", "epoch", "loss", "lr")
+
+
+def tiny(run: Path, **kw) -> TrainSettings:
+    base = dict(loader="synthetic", arch="alexnet", width=0.0625, crop=64, batch_size=8, num_classes=5,
+                eval_every=0, log_every=1, schedule="step", synthetic_steps=4, run=str(run), data=str(run.parent))
+    return TrainSettings(**{**base, **kw})
+
+
+def weights(run: Path, step: int | None = None) -> dict:
+    path = Path(run) / f"ckpt-{step:08d}.pt" if step else latest_checkpoint(Path(run))
+    return load_checkpoint(path)["model"]
+
+
+def assert_same_weights(a: dict, b: dict, atol=1e-6):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-5, msg=key)
+
+
+def train_rows(run: Path) -> list[tuple]:
+    return [tuple(r[k] for k in TRAIN_ROW) for r in read_metrics(run) if "loss" in r]
+
+
+# ---------------------------------------------------------------- pure maths
+
+def test_step_schedule():
+    lrs = [lr_at("step", 0.01, e, step_epochs=(30, 60, 80)) for e in (0, 29.99, 30, 59.5, 60, 80, 89)]
+    np.testing.assert_allclose(lrs, [0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-5, 1e-5])
+
+
+def test_plateau_lr_follows_drops():
+    assert [lr_at("plateau", 0.01, 5.0, drops=d) for d in range(4)] == pytest.approx([0.01, 1e-3, 1e-4, 1e-5])
+
+
+def test_cosine_and_warmup():
+    assert lr_at("cosine", 0.1, 0, epochs=10) == pytest.approx(0.1)
+    assert lr_at("cosine", 0.1, 5, epochs=10) == pytest.approx(0.05)
+    assert lr_at("cosine", 0.1, 10, epochs=10) == pytest.approx(0.0, abs=1e-12)
+    # 2 warm-up epochs of 4 steps: step k (0-based, starting at k/4 epochs) gets (k+1)/8 of the rate
+    got = [lr_at("step", 0.08, k / 4, warmup_epochs=2, steps_per_epoch=4, step_epochs=()) for k in range(10)]
+    np.testing.assert_allclose(got, [0.01 * (k + 1) for k in range(8)] + [0.08, 0.08])
+
+
+def test_plateau_rule_drops_at_most_three_times():
+    p = Plateau(patience=2, max_drops=3)
+    errors = [0.9, 0.8, 0.8, 0.81, 0.7, 0.7, 0.7, 0.75, 0.75, 0.75, 0.75, 0.75, 0.75, 0.75]
+    drops = [p.update(e) for e in errors]
+    assert [i for i, d in enumerate(drops) if d] == [3, 6, 8]
+    assert p.drops == 3 and p.best == 0.7
+    q = Plateau(2, 3)
+    q.load_state_dict(p.state_dict())
+    assert q == p
+
+
+def test_recipes_and_explicit_options():
+    small = resolve_settings("small")
+    assert (small.init, small.schedule, small.bias_init, small.width) == ("kaiming", "cosine", 0.0, 0.25)
+    assert resolve_settings("small", lr=0.05, width=None).lr == 0.05  # explicit beats recipe, None is "not given"
+    paper = resolve_settings("paper")
+    assert (paper.lr, paper.momentum, paper.weight_decay, paper.batch_size, paper.epochs, paper.schedule) == \
+        (0.01, 0.9, 5e-4, 128, 90, "plateau")
+    with pytest.raises(UserError, match="recipe"):
+        resolve_settings("fast")
+
+
+# ---------------------------------------------------------------- checks before a launch
+
+def test_global_batch_must_split(tmp_path):
+    with pytest.raises(UserError, match="does not split over 3"):
+        finalize(tiny(tmp_path / "r", batch_size=8), 3)
+
+
+def test_missing_data_says_what_to_run(tmp_path):
+    s = tiny(tmp_path / "r", loader="torch", data=str(tmp_path / "nothing"))
+    with pytest.raises(UserError, match="alexnet-pipe prepare"):
+        finalize(s, 1)
+    (tmp_path / "nothing").mkdir()
+    (tmp_path / "nothing" / "manifest.json").write_text(json.dumps({"settings": {"size": 72}, "splits": {}}))
+    with pytest.raises(UserError, match="alexnet-pipe stats --pca"):
+        finalize(s, 1)
+
+
+# ---------------------------------------------------------------- one process
+
+def test_resume_continues_at_the_exact_step(tmp_path):
+    """3 steps, then --resume to 6 == 6 steps straight: weights and metrics rows (dropout on: RNG restored)."""
+    straight = tiny(tmp_path / "a", max_steps=6)
+    run_training(straight)
+    first = tiny(tmp_path / "b", max_steps=3)
+    run_training(first)
+    assert [r[0] for r in train_rows(tmp_path / "b")] == [1, 2, 3]
+    run_training(dataclasses.replace(first, max_steps=6, resume="latest"))
+    assert_same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"), atol=1e-7)
+    assert train_rows(tmp_path / "a") == train_rows(tmp_path / "b")
+    assert [r[0] for r in train_rows(tmp_path / "b")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_checkpoints_are_plain_tensors_and_pruned(tmp_path):
+    run = tmp_path / "r"
+    result = run_training(tiny(run, max_steps=6, ckpt_every=1, keep=2, eval_every=1))
+    assert [p.name for p in checkpoints(run)] == ["ckpt-00000005.pt", "ckpt-00000006.pt"]
+    assert (run / "best.pt").exists()
+    for path in [*checkpoints(run), run / "best.pt"]:
+        state = torch.load(path, weights_only=True)
+        assert {"model", "optimizer", "schedule", "epoch", "step", "rng", "settings"} <= state.keys()
+    last = torch.load(run / "ckpt-00000006.pt", weights_only=True)
+    assert (last["step"], last["epoch"], last["step_in_epoch"]) == (6, 1, 2)
+    assert json.loads((run / "settings.json").read_text())["width"] == 0.0625
+    rows = read_metrics(run)
+    assert rows[-1]["step"] == 6 and "top1_error" in rows[-1]  # evaluated at the stop
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert all(0 <= r["data_wait_fraction"] <= 1 and r["images_per_sec"] > 0 for r in rows if "loss" in r)
+    assert 0 <= result["top1_error"] <= 1 and result["steps"] == 6
+    with pytest.raises(UserError, match="already holds checkpoints"):
+        finalize(tiny(run, max_steps=6), 1)
+
+
+@pytest.mark.slow
+def test_small_recipe_learns_synthetic_classes(tmp_path):
+    """Colour-coded synthetic classes: the small recipe's init and schedule get the loss well under chance."""
+    s = resolve_settings("small", loader="synthetic", run=str(tmp_path / "r"), crop=64, batch_size=16,
+                         num_classes=5, width=0.125, eval_every=0, synthetic_steps=10, epochs=4, log_every=10)
+    run_training(s)
+    losses = [r["loss"] for r in read_metrics(tmp_path / "r") if "loss" in r]
+    assert losses[0] > 1.2 and losses[-1] < 0.5 * math.log(5), losses
+
+
+# ---------------------------------------------------------------- several processes (elastic launch, gloo)
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One process, global batch 8, dropout off, a checkpoint after every step."""
+    run = tmp_path_factory.mktemp("ref") / "run"
+    run_training(tiny(run, dropout=0.0, max_steps=6, ckpt_every=1, keep=10))
+    return run
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path, reference):
+    run = tmp_path / "ddp"
+    run_training(tiny(run, dropout=0.0, max_steps=4, nproc=2))
+    assert_same_weights(weights(run), weights(reference, 4), atol=1e-5)
+    losses = [r[2] for r in train_rows(run)]
+    np.testing.assert_allclose(losses, [r[2] for r in train_rows(reference)][:4], rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_killed_worker_restarts_from_checkpoint(tmp_path, reference, monkeypatch, capfd):
+    """Rank 1 dies at step 3 on the first attempt; the launcher restarts both, they resume from step 2."""
+    monkeypatch.setenv(FAIL_ENV, "3")
+    run = tmp_path / "ft"
+    run_training(tiny(run, dropout=0.0, max_steps=6, nproc=2, ckpt_every=2, max_restarts=1))
+    assert "resumed from" in capfd.readouterr().out
+    assert [r[0] for r in train_rows(run)] == [1, 2, 3, 4, 5, 6]
+    assert_same_weights(weights(run), weights(reference, 6), atol=1e-5)
+
+
+# ---------------------------------------------------------------- CLI
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_train_help():
+    result = invoke("train", "--help")
+    assert result.exit_code == 0 and "--max-restarts" in result.output and "--recipe" in result.output
+
+
+def test_dry_run_prints_resolved_settings(tmp_path):
+    result = invoke("train", "--recipe", "small", "--lr", "0.2", "--loader", "synthetic", "--cpu",
+                    "--run", str(tmp_path / "r"), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert '"kaiming"' in result.output and "0.2" in result.output and "0.25" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_trains_and_resumes(tmp_path):
+    run = tmp_path / "r"
+    common = ["train", "--loader", "synthetic", "--cpu", "--width", "0.0625", "--crop", "64", "--batch-size",
+              "4", "--num-classes", "3", "--eval-every", "0", "--run", str(run), "--log-every", "1"]
+    assert invoke(*common, "--max-steps", "2").exit_code == 0
+    result = invoke("train", "--run", str(run), "--resume", "--max-steps", "3", "--cpu")
+    assert result.exit_code == 0, result.output
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
+    assert json.loads((run / "settings.json").read_text())["batch_size"] == 4  # kept from the run
+
+
+def test_gpus_without_cuda_is_a_clean_error(tmp_path):
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("this machine has the GPUs")
+    result = invoke("train", "--gpus", "2", "--loader", "synthetic", "--run", str(tmp_path / "r"))
+    assert result.exit_code == 1
+    assert "--gpus 2 needs 2 GPU(s)" in result.output and "Traceback" not in result.output
+
+
+def test_bad_input_is_one_line(tmp_path):
+    result = invoke("train", "--cpu", "--nproc", "3", "--batch-size", "128", "--loader", "synthetic",
+                    "--run", str(tmp_path / "r"))
+    assert result.exit_code == 1 and "does not split over 3 processes" in result.output
+    result = invoke("train", "--cpu", "--data", str(tmp_path / "none"), "--loader", "torch")
+    assert result.exit_code == 1 and "alexnet-pipe prepare" in result.output
+
+
+def test_bench_train_reports_the_ratio():
+    result = invoke("bench", "train", "--cpu", "--width", "0.0625", "--crop", "64", "--batch-size", "4",
+                    "--steps", "2", "--warmup", "1", "--repeats", "1", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert {"bare_step_ms", "trainer_step_ms", "overhead", "bare_images_per_sec", "trainer_images_per_sec"} <= \
+        report.keys()
+    assert report["trainer_step_ms"] > 0 and report["bare_step_ms"] > 0
