@@ -239,13 +239,21 @@ def _tasks(job: ImageJob, todo: list[ShardPlan]):
             yield p, n == len(chunks) - 1, (job, p.split, chunk)
 
 
+def worker_pool(workers: int, initializer=None):
+    """fork where there is one: no re-import of __main__ (spawn hangs when it is a stdin script or
+    a REPL) and no interpreter start-up per worker. The parent holds no threads or LMDB handles
+    of its own at this point, which is what makes fork safe here."""
+    import multiprocessing as mp
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    return mp.get_context(method).Pool(workers, initializer=initializer)
+
+
 def _results(tasks: list, workers: int):
     if workers == 1:
         init_worker()
         yield from map(process_chunk, (t for *_, t in tasks))
         return
-    import multiprocessing as mp
-    with mp.get_context("spawn").Pool(workers, initializer=init_worker) as pool:
+    with worker_pool(workers, init_worker) as pool:
         yield from pool.imap(process_chunk, (t for *_, t in tasks), chunksize=1)
 
 

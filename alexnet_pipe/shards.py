@@ -289,19 +289,18 @@ class ShardStats:
 
 
 def _outer_exact(x: "np.ndarray") -> "np.ndarray":
-    """sum over rows of x x^T for uint8 x (N, 3), exactly, with float32 BLAS.
+    """sum over rows of x x^T for uint8 x (N, 3), exactly.
 
-    In blocks of 256 pixels every partial sum is an integer below 256 * 255**2 < 2**24,
-    which float32 represents exactly in any summation order; blocks are then added in
-    float64, exact below 2**53.
+    255 * 255 fits uint16, so each of the six channel products is one uint16 multiply and an
+    exact uint64 sum: about twice as fast as float matmuls here, and exact by construction.
     """
     import numpy as np
-    pad = -len(x) % 256
-    if pad:
-        x = np.concatenate([x, np.zeros((pad, 3), x.dtype)])
-    blocks = x.reshape(-1, 256, 3).astype(np.float32)
-    partial = np.matmul(blocks.transpose(0, 2, 1), blocks)
-    return np.rint(partial.sum(axis=0, dtype=np.float64)).astype(np.int64)
+    planes = [x[:, c].astype(np.uint16) for c in range(3)]
+    out = np.empty((3, 3), np.int64)
+    for i in range(3):
+        for j in range(i, 3):
+            out[i, j] = out[j, i] = np.multiply(planes[i], planes[j], dtype=np.uint16).sum(dtype=np.uint64)
+    return out
 
 
 # --- writing a shard ------------------------------------------------------------------

@@ -62,8 +62,8 @@ def verify(data: Path, workers: int = 1) -> list[ShardReport]:
     jobs = [(split, entry) for split, info in manifest["splits"].items() for entry in info["shards"]]
     args = [(dd.split(split) / e["name"], e, size, ncls) for split, e in jobs]
     if workers > 1 and len(args) > 1:
-        import multiprocessing as mp
-        with mp.get_context("spawn").Pool(workers) as pool:
+        from .prepare import worker_pool
+        with worker_pool(workers) as pool:
             found = pool.starmap(check_shard, args)
     else:
         found = [check_shard(*a) for a in args]
