@@ -240,12 +240,12 @@ def _tasks(job: ImageJob, todo: list[ShardPlan]):
 
 
 def worker_pool(workers: int, initializer=None):
-    """fork where there is one: no re-import of __main__ (spawn hangs when it is a stdin script or
-    a REPL) and no interpreter start-up per worker. The parent holds no threads or LMDB handles
-    of its own at this point, which is what makes fork safe here."""
+    """Processes started with spawn: fork would copy locks held by OpenCV's or BLAS's threads in
+    this process (a demo or notebook has used them already) and hang the workers. An executor,
+    unlike multiprocessing.Pool, reports a worker that died instead of replacing it forever."""
     import multiprocessing as mp
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    return mp.get_context(method).Pool(workers, initializer=initializer)
+    from concurrent.futures import ProcessPoolExecutor
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=initializer)
 
 
 def _results(tasks: list, workers: int):
@@ -253,8 +253,13 @@ def _results(tasks: list, workers: int):
         init_worker()
         yield from map(process_chunk, (t for *_, t in tasks))
         return
-    with worker_pool(workers, init_worker) as pool:
-        yield from pool.imap(process_chunk, (t for *_, t in tasks), chunksize=1)
+    from concurrent.futures.process import BrokenProcessPool
+    try:
+        with worker_pool(workers, init_worker) as pool:
+            yield from pool.map(process_chunk, (t for *_, t in tasks))
+    except BrokenProcessPool:
+        raise UserError("a worker process died (killed, out of memory, or it could not start: run prepare "
+                        "from the CLI or a script file); run the same command again to resume") from None
 
 
 def write_shards(dd: DataDir, todo: list[ShardPlan], job: ImageJob, workers: int, progress) -> None:

@@ -64,7 +64,7 @@ def verify(data: Path, workers: int = 1) -> list[ShardReport]:
     if workers > 1 and len(args) > 1:
         from .prepare import worker_pool
         with worker_pool(workers) as pool:
-            found = pool.starmap(check_shard, args)
+            found = list(pool.map(check_shard, *zip(*args)))
     else:
         found = [check_shard(*a) for a in args]
     return [ShardReport(split, e["name"], e["records"], p) for (split, e), p in zip(jobs, found)]

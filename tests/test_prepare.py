@@ -202,3 +202,33 @@ def test_dali_caffe_reader_reads_the_shards(tree, tmp_path):
         assert int(np.array(labels[i])[0]) == datum.label
         ref = cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
         assert np.abs(np.array(imgs[i]).astype(int) - ref).max() <= 1
+
+
+def _run_python(code: str, *, stdin: bool, timeout: int = 120):
+    args = [sys.executable, "-"] if stdin else [sys.executable, "-c", code]
+    return subprocess.run(args, input=code if stdin else None, capture_output=True, text=True, timeout=timeout)
+
+
+def test_workers_start_after_opencv_threads_ran_in_the_parent(tree, tmp_path):
+    """The demo draws images with OpenCV before prepare: forked workers would inherit its locks and hang."""
+    root, _ = tree
+    code = ("import cv2, numpy as np\n"
+            "cv2.setNumThreads(2); cv2.resize(np.zeros((2000, 2000, 3), np.uint8), (999, 999))\n"
+            "from pathlib import Path\nfrom alexnet_pipe.prepare import PrepareSettings, run\n"
+            f"run(PrepareSettings(source=Path({str(root)!r}), data=Path({str(tmp_path / 'd')!r}), size=32,"
+            " workers=2, shards=2), echo=print)\n")
+    out = _run_python(code, stdin=False)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "d" / "manifest.json").is_file()
+
+
+def test_workers_that_cannot_start_are_an_error_not_a_hang(tree, tmp_path):
+    """A script read from stdin cannot be re-imported by spawned workers: say so, do not wait forever."""
+    root, _ = tree
+    code = ("from pathlib import Path\nfrom alexnet_pipe.prepare import PrepareSettings, run\n"
+            "from alexnet_pipe.errors import UserError\ntry:\n"
+            f"    run(PrepareSettings(source=Path({str(root)!r}), data=Path({str(tmp_path / 'd')!r}), size=32,"
+            " workers=2), echo=print)\nexcept UserError as exc:\n    print('USERERROR', exc)\n")
+    out = _run_python(code, stdin=True)
+    assert "USERERROR a worker process died" in out.stdout, out.stdout + out.stderr
+    assert not list((tmp_path / "d" / "train").glob(".shard-*"))  # the half shard was removed
