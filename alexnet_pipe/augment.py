@@ -110,14 +110,14 @@ def load_normalizer(stats_dir: Path, mode: str, size: int) -> Normalizer:
 
 
 def load_eigen(stats_dir: Path, scale: str) -> Eigen:
-    doc = _pca_doc(stats_dir, "PCA lighting", "run `alexnet-pipe stats --pca` first (or pass --no-lighting)")
+    doc = _pca_doc(stats_dir, "PCA lighting", "run `alexnet-pipe stats --pca` first (or turn lighting off: --lighting 0)")
     src = doc.get("fbresnet") if scale == "fbresnet" else doc
     try:
         eigval = np.asarray(src["eigval"], np.float64).reshape(3)
         eigvec = np.asarray(src["eigvec"], np.float64).reshape(3, 3)
     except (KeyError, TypeError, ValueError):
         raise UserError(f"{Path(stats_dir) / 'pca.json'} holds no {scale} eigenpairs: "
-                        "run `alexnet-pipe stats --pca` first (or pass --no-lighting)") from None
+                        "run `alexnet-pipe stats --pca` first (or turn lighting off: --lighting 0)") from None
     return Eigen(eigval, eigvec, scale)
 
 

@@ -3,3 +3,9 @@
 
 class UserError(Exception):
     """A problem with the user's input or data dir, said in one sentence."""
+
+
+class Interrupted(UserError):
+    """Ctrl-C, after the command cleaned up; the CLI exits 130, as a shell does for SIGINT."""
+
+    exit_code = 130

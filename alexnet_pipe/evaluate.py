@@ -37,19 +37,19 @@ def average_softmax(models, images):
     return probs.view(images.shape[0], views, -1).mean(1)
 
 
-def load_model(path: Path | str, device):
-    """A checkpoint written by train -> (model in eval mode, its training settings)."""
+def load_model(path: Path | str, device="cpu"):
+    """A checkpoint written by train -> (model in eval mode, its training settings); the one loader of
+    evaluate and viz. A file that is not such a checkpoint raises UserError."""
     from alexnet_pipe.model import build_model
     from alexnet_pipe.train import load_checkpoint, settings_from_dict
+    state = load_checkpoint(path)
     try:
-        state = load_checkpoint(path)
-    except (OSError, RuntimeError) as exc:
-        raise UserError(f"cannot read checkpoint {path}: {exc}") from None
-    if "model" not in state or "settings" not in state:
-        raise UserError(f"{path} is not a checkpoint written by `alexnet-pipe train`")
-    s = settings_from_dict(state["settings"])
-    model = build_model(s.arch, state["num_classes"], s.width, lrn_alpha=s.lrn_alpha, dropout=s.dropout)
-    model.load_state_dict(state["model"])
+        s = settings_from_dict(state["settings"])
+        model = build_model(s.arch, state["num_classes"], s.width, lrn_alpha=s.lrn_alpha, dropout=s.dropout)
+        model.load_state_dict(state["model"])
+    except (TypeError, ValueError, RuntimeError) as exc:  # settings or weights that do not fit together
+        raise UserError(f"{path}: its weights do not fit the model its settings describe "
+                        f"({str(exc).strip().splitlines()[0]})") from None
     return model.to(device).eval(), s
 
 

@@ -268,7 +268,8 @@ class BaseLoader:
         self.settings = s = settings
         self.index = RecordIndex(s.data, s.split)
         if s.crop > self.index.size:
-            raise UserError(f"crop {s.crop} is larger than the stored images ({self.index.size})")
+            raise UserError(f"crop {s.crop} is larger than the stored images ({self.index.size}): pass --crop "
+                            f"{self.index.size * 7 // 8} (7/8 of the stored size, as 224 is of 256) or smaller")
         stats = Path(s.data) / "stats"
         self.norm = augment.load_normalizer(stats, s.normalize, self.index.size)
         self.sigma = s.lighting if s.train else 0.0

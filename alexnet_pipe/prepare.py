@@ -20,7 +20,7 @@ import numpy as np
 
 from . import images, shards
 from .datadir import DataDir
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .sources import Inventory, Item, discover, read_bytes
 
 SPLIT_STREAMS = {"train": 0, "val": 1}
@@ -340,7 +340,13 @@ def run(settings: PrepareSettings, echo=print) -> dict:
          + f", {len(inv.classes)} classes; {len(todo)} shards to write ({total} images)")
     job = ImageJob(settings.size, settings.quality, settings.encoding, settings.resize, settings.reduce)
     progress = Progress(total, "prepare")
-    write_shards(dd, todo, job, settings.workers, progress)
+    try:
+        write_shards(dd, todo, job, settings.workers, progress)
+    except KeyboardInterrupt:  # write_shards has dropped the shard it was writing; committed ones stay
+        progress.close()
+        kept = sum(shards.read_shard_meta(dd.split(p.split) / p.name) is not None for p in todo)
+        raise Interrupted(f"interrupted: {kept} of the {len(todo)} shards of this run are complete and kept, "
+                          "no partial shard is left; run the same command again to write the rest") from None
     rate = progress.close()
     summary = {"written_now": total, "images_per_sec": rate, "seconds": time.perf_counter() - t0,
                "shards_written_now": len(todo), "manifest": None}

@@ -152,18 +152,32 @@ class RecordChecksum:
 
 # --- LMDB access ----------------------------------------------------------------------
 
+def _unreadable(path: Path | str, exc: Exception) -> ShardFormatError:
+    err = ShardFormatError(f"shard {path} is missing or unreadable ({exc}): run `alexnet-pipe verify` to see "
+                           "which shards are damaged, then `alexnet-pipe prepare` again to rewrite them")
+    err.reason = str(exc)  # the bare lmdb text, for verify's own report
+    return err
+
+
 def open_reader(path: Path | str):
+    """A read-only LMDB environment; a missing or damaged shard raises ShardFormatError."""
     import lmdb
-    return lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True,
-                     max_readers=512)
+    try:
+        return lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True,
+                         max_readers=512)
+    except lmdb.Error as exc:  # every lmdb failure type derives from lmdb.Error
+        raise _unreadable(path, exc) from None
 
 
 def iter_records(path: Path | str) -> Iterator[tuple[bytes, bytes]]:
     """Yield (key, value) of one shard in key order."""
+    import lmdb
     env = open_reader(path)
     try:
         with env.begin(buffers=False) as txn:
             yield from txn.cursor()
+    except lmdb.Error as exc:  # a page damaged after the environment opened
+        raise _unreadable(path, exc) from None
     finally:
         env.close()
 
@@ -191,6 +205,9 @@ def read_manifest(data_dir: Path) -> dict:
         raise ShardFormatError(f"no {MANIFEST} in {data_dir}: run `alexnet-pipe prepare` first") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise ShardFormatError(f"{path} is unreadable ({exc}); run `alexnet-pipe prepare` again") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+        raise ShardFormatError(f"{path} is not a manifest written by `alexnet-pipe prepare`; "
+                               "run `alexnet-pipe prepare` again")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ShardFormatError(f"{path} has format version {manifest.get('format_version')}, "
                                f"this alexnet-pipe reads {FORMAT_VERSION}")

@@ -123,6 +123,9 @@ def _damaged(shard: Path, why: str) -> UserError:
 def load_shard_stats(shard: Path, entry: dict, size: int) -> ShardStats:
     """One shard's sums, checked against its meta.json and the manifest."""
     path = shard / SHARD_STATS
+    if not shard.is_dir():  # --recompute cannot help: the records themselves are gone
+        raise UserError(f"shard {shard} listed in the manifest is missing: run `alexnet-pipe prepare` again "
+                        "with the same settings to rewrite it")
     if not path.is_file():
         raise _damaged(shard, f"missing ({SHARD_STATS} not found)")
     try:

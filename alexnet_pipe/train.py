@@ -185,8 +185,19 @@ def write_checkpoint(state: dict, run: Path, keep: int, best: bool) -> Path:
 
 
 def load_checkpoint(path: Path | str) -> dict:
+    """A checkpoint's state dict; a file that is not one raises UserError (train --resume, evaluate, viz)."""
     import torch
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load on a junk, empty or truncated file raises pickle, zip, EOF, Key,
+        # Runtime, Value... errors (no common type): all mean "not a checkpoint", said with torch's own text
+        text = "" if isinstance(exc, (KeyError, EOFError)) else " ".join(str(exc).split())[:200]
+        raise UserError(f"{path} is not a checkpoint written by `alexnet-pipe train` "
+                        f"(torch.load cannot read it: {text or 'empty, cut short or not a torch file'})") from None
+    if not isinstance(state, dict) or not {"model", "settings", "num_classes"} <= state.keys():
+        raise UserError(f"{path} is not a checkpoint written by `alexnet-pipe train` "
+                        "(it lacks model, settings or num_classes)")
+    return state
 
 
 def rng_state(device) -> dict:
@@ -261,8 +272,27 @@ class RunLog:
 
 
 def read_metrics(run: Path) -> list[dict]:
-    with open(Path(run) / "metrics.jsonl") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """RUN/metrics.jsonl rows; a last row cut by a killed run is skipped (with a note), any other bad row
+    raises UserError."""
+    path = Path(run) / "metrics.jsonl"
+    text = path.read_text()
+    lines, rows = text.splitlines(), []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if n == len(lines) and not text.endswith("\n"):  # killed mid-write: rows are whole lines
+                print(f"note: skipped the unfinished last line {n} of {path}", file=sys.stderr)
+                break
+            raise UserError(f"{path} is not JSON lines (line {n}: {exc.msg}); "
+                            "pass a run dir that `alexnet-pipe train` wrote") from None
+        if not isinstance(row, dict) or "step" not in row:
+            raise UserError(f"{path} line {n} is not a metrics row (no step): "
+                            "pass a run dir that `alexnet-pipe train` wrote")
+        rows.append(row)
+    return rows
 
 
 class Meter:
@@ -386,6 +416,16 @@ def resume_path(s: TrainSettings) -> Path | None:
     return None
 
 
+def check_resumable(state: dict, s: TrainSettings) -> None:
+    """The checkpoint's model must be the one these settings build (options given with --resume may differ)."""
+    saved = settings_from_dict(state["settings"])
+    differ = [f"--{k.replace('_', '-')} {getattr(saved, k)} (now {getattr(s, k)})"
+              for k in ("arch", "width", "lrn_alpha") if getattr(saved, k) != getattr(s, k)]
+    if differ:
+        raise UserError(f"--resume: the checkpoint was trained with {', '.join(differ)}; "
+                        "resume with the same model options or start a new --run")
+
+
 def _fail_step(rank: int) -> int:
     """Fault injection for the restart test: rank 1, first attempt only."""
     first = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) == 0
@@ -504,17 +544,24 @@ def stored_size(data: Path) -> int:
 def check_data(s: TrainSettings) -> None:
     """Say which earlier stage to run when the data dir is not ready."""
     from alexnet_pipe.datadir import DataDir
+    from alexnet_pipe.shards import read_manifest, shard_dirs
     d = DataDir(Path(s.data))
     if not d.manifest.exists():
         raise UserError(f"{d.root} has no manifest.json: run `alexnet-pipe prepare` first "
                         f"(or pass --data to the data dir it wrote)")
     if not (d.mean.exists() and d.pca.exists()):
         raise UserError(f"{d.stats} lacks mean.npy or pca.json: run `alexnet-pipe stats --pca --data {d.root}` first")
-    splits = json.loads(d.manifest.read_text()).get("splits", {})
+    splits = read_manifest(d.root)["splits"]
     if "train" not in splits:
         raise UserError(f"{d.root} has no train split: run `alexnet-pipe prepare` with the training images")
     if s.eval_every and "val" not in splits:
         raise UserError(f"{d.root} has no val split: prepare one, or pass --eval-every 0 (and --schedule step)")
+    # before any worker starts: a deleted shard would otherwise fail inside every rank
+    for split in ("train", "val") if s.eval_every else ("train",):
+        missing = [p for p in shard_dirs(d.root, split) if not p.is_dir()]
+        if missing:
+            raise UserError(f"{len(missing)} {split} shard dir(s) listed in {d.manifest} are missing ({missing[0]}): "
+                            "run `alexnet-pipe prepare` again with the same settings to rewrite them")
 
 
 def finalize(s: TrainSettings, world: int) -> TrainSettings:
@@ -534,6 +581,8 @@ def finalize(s: TrainSettings, world: int) -> TrainSettings:
         raise UserError(f"--resume: no checkpoint in {run}")
     if s.resume not in ("", "latest") and not Path(s.resume).is_file():
         raise UserError(f"--resume: no checkpoint file {s.resume}")
+    if s.resume:  # before any worker starts, so a bad file is one sentence, not one traceback per rank
+        check_resumable(load_checkpoint(resume_path(dataclasses.replace(s, run=run))), s)
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
     if not s.resume and not restarted and latest_checkpoint(Path(run)) is not None:
         raise UserError(f"{run} already holds checkpoints: pass --resume to continue it, or another --run")

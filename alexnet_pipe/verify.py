@@ -27,8 +27,8 @@ def check_shard(shard_dir: Path, expected: dict, size: int, num_classes: int) ->
             check.update(key, value)
             count += 1
             problems.extend(f"{key.decode(errors='replace')}: {p}" for p in _check_record(value, size, num_classes))
-    except Exception as exc:  # lmdb raises its own error types for damaged files; all mean "damaged"
-        return [f"unreadable LMDB ({exc})"]
+    except shards.ShardFormatError as exc:  # iter_records turns every lmdb failure into this
+        return [f"unreadable LMDB ({getattr(exc, 'reason', exc)})"]
     if count != expected["records"]:
         problems.append(f"{count} records, manifest says {expected['records']}")
     if check.hexdigest() != expected["checksum"]:
@@ -78,7 +78,8 @@ def info(data: Path) -> dict:
            "runs": sorted(p.name for p in dd.runs.iterdir()) if dd.runs.is_dir() else []}
     for split, s in manifest["splits"].items():
         out["splits"][split] = {"records": s["count"], "rejects": s["rejects"], "shards": len(s["shards"]),
-                                "bytes": sum(e["bytes"] for e in s["shards"])}
+                                "bytes": sum(e["bytes"] for e in s["shards"]),
+                                "missing": [e["name"] for e in s["shards"] if not (dd.split(split) / e["name"]).is_dir()]}
     out["example_classes"] = [f"{c['wnid']} {c['name']}" for c in manifest["classes"][:3]]
     return out
 

@@ -12,6 +12,7 @@ Sizes:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from pathlib import Path
@@ -37,10 +38,19 @@ def _figure(figsize):
     return fig
 
 
+@contextlib.contextmanager
+def _writing(path: Path):
+    """Create the PNG's folder; an unwritable place (read-only, full, not a folder) becomes one sentence."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        yield
+    except OSError as exc:
+        raise UserError(f"cannot write {path} ({exc.strerror or exc}): choose another -o/--output") from None
+
+
 def _save(fig, path: Path) -> tuple[int, int]:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)  # no bbox_inches="tight": the size stays figsize * dpi
+    with _writing(path):
+        fig.savefig(Path(path), dpi=DPI)  # no bbox_inches="tight": the size stays figsize * dpi
     width, height = fig.canvas.get_width_height()
     return width, height
 
@@ -48,21 +58,9 @@ def _save(fig, path: Path) -> tuple[int, int]:
 def write_image(canvas: np.ndarray, path: Path) -> tuple[int, int]:
     """An (H, W, 3) uint8 array as a PNG of exactly W x H pixels."""
     from matplotlib import image as mpimg
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mpimg.imsave(path, canvas)
+    with _writing(path):
+        mpimg.imsave(Path(path), canvas)
     return canvas.shape[1], canvas.shape[0]
-
-
-def load_model(checkpoint: Path, device="cpu"):
-    """evaluate.load_model, with every unreadable file turned into one sentence."""
-    import pickle
-    from alexnet_pipe.evaluate import load_model as load
-    try:
-        return load(checkpoint, device)
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError):
-        raise UserError(f"{checkpoint} is not a checkpoint written by `alexnet-pipe train` "
-                        "(torch.load cannot read it)") from None
 
 
 # ---------------------------------------------------------------- conv1 filters
@@ -135,6 +133,7 @@ class FiltersSettings:
 
 def render_filters(s: FiltersSettings) -> dict:
     """-> {"output", "width", "height", "kernels", "groups"}."""
+    from .evaluate import load_model
     model, ts = load_model(s.checkpoint)
     weights = model.features.conv1.weight.detach().float().cpu().numpy()
     groups = conv1_groups(ts.arch)
@@ -261,6 +260,7 @@ def find_neighbors(s: NeighborsSettings):
     the two loaders' record indices (for the pixels) and the class names."""
     import torch
     device = torch.device(s.device)
+    from .evaluate import load_model
     model, ts = load_model(s.checkpoint, device)
     names = _check_data(s, ts)
     query_loader = _eval_loader(s, ts, s.split, device)
@@ -299,15 +299,11 @@ def render_neighbors(s: NeighborsSettings) -> dict:
 
 def read_run_metrics(run: Path) -> list[dict]:
     """RUN/metrics.jsonl rows (train.read_metrics), or one sentence saying what is wrong."""
-    import json
     from .train import read_metrics
     path = Path(run) / "metrics.jsonl"
     if not path.is_file():
         raise UserError(f"{run} has no metrics.jsonl: pass the run dir that `alexnet-pipe train` wrote")
-    try:
-        rows = read_metrics(Path(run))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not JSON lines (line {exc.lineno}): {exc.msg}") from None
+    rows = read_metrics(Path(run))
     if not rows:
         raise UserError(f"{path} holds no rows yet: train for at least one logged step")
     return rows
@@ -409,7 +405,6 @@ def augment_grid(views, pad: int = 2) -> np.ndarray:
 def render_augment(s: VizAugmentSettings) -> tuple[int, int]:
     import matplotlib
     matplotlib.use("Agg")
-    from matplotlib import image as mpimg
 
     from alexnet_pipe.pipeline import LoaderSettings, make_loader
     loader = make_loader(LoaderSettings(s.data, batch_size=s.n, crop=s.crop, loader=s.loader,
@@ -417,6 +412,4 @@ def render_augment(s: VizAugmentSettings) -> tuple[int, int]:
                                         seed=s.seed, with_params=True))
     images, _labels, params = next(iter(loader.epoch(0)))
     canvas = augment_grid(seen_pixels(images, params, loader))
-    s.output.parent.mkdir(parents=True, exist_ok=True)
-    mpimg.imsave(s.output, canvas)
-    return canvas.shape[1], canvas.shape[0]
+    return write_image(canvas, s.output)

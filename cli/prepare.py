@@ -103,6 +103,9 @@ def info(data, as_json):
     for split, s in out["splits"].items():
         click.echo(f"  {split}: {s['records']} records in {s['shards']} shards "
                    f"({s['bytes'] / 1e6:.1f} MB), {s['rejects']} inputs rejected")
+        if s["missing"]:
+            click.echo(f"  WARNING {split}: {len(s['missing'])} shard dir(s) listed in the manifest are missing "
+                       f"({', '.join(s['missing'][:3])}): run `alexnet-pipe prepare` again to rewrite them", err=True)
     click.echo(f"  stats: {', '.join(out['stats']) or 'none (run alexnet-pipe stats --pca)'}")
     click.echo(f"  runs: {', '.join(out['runs']) or 'none'}")
 

@@ -48,7 +48,14 @@ def _base_for_resume(resume: str | None, run: Path | None):
     if run is None:
         raise click.UsageError("--resume without a checkpoint path needs --run DIR")
     saved = Path(run) / "settings.json"
-    return (settings_from_dict(json.loads(saved.read_text())) if saved.exists() else None), run
+    if not saved.exists():
+        return None, run
+    try:
+        values = json.loads(saved.read_text())
+        return settings_from_dict(values), run
+    except (json.JSONDecodeError, TypeError, AttributeError) as exc:  # truncated, or not a dict of settings
+        raise click.ClickException(f"{saved} is not the settings.json that `alexnet-pipe train` writes ({exc}); "
+                                   "restore it or start a new --run") from None
 
 
 @click.command("train")

@@ -99,7 +99,7 @@ def test_missing_stats_say_what_to_run(tmp_path):
         augment.load_normalizer(tmp_path, "mean-image", 40)
     with pytest.raises(UserError, match="alexnet-pipe stats"):
         augment.load_normalizer(tmp_path, "channel", 40)
-    with pytest.raises(UserError, match=r"stats --pca.*--no-lighting"):
+    with pytest.raises(UserError, match=r"stats --pca.*--lighting 0"):
         augment.load_eigen(tmp_path, "convnet2")
     (tmp_path / "pca.json").write_text(json.dumps({"mean_rgb": [1, 2, 3], "std_rgb": [1, 1, 1], "pca": False}))
     with pytest.raises(UserError, match="stats --pca"):

@@ -99,3 +99,60 @@ def test_prepare_dry_run_and_info(tmp_path):
     assert "rejected" in r.output and "rejects.jsonl" in r.output
     r = _run(["info", "--data", str(tmp_path / "d")])
     assert r.exit_code == 0 and "train: 15 records in 1 shards" in r.output, r.output
+
+
+@pytest.fixture()
+def ready(tmp_path):
+    """A small data dir with shards, manifest and stats (mean image + PCA), as prepare + stats --pca leave it."""
+    import numpy as np
+    from alexnet_pipe.stats import StatsSettings, run_stats
+    from shardgen import make_data_dir, random_images
+    images = random_images(16, 64, seed=2)
+    data = make_data_dir(tmp_path / "d", {"train": (images[:12], np.arange(12) % 3),
+                                          "val": (images[12:], np.arange(4) % 3)}, 3, 2)
+    run_stats(StatsSettings(data, pca=True, recompute=False, sample=None, plot=False))
+    return data
+
+
+def test_deleted_shard_dir_is_one_sentence_everywhere(ready):
+    import shutil
+    shutil.rmtree(ready / "train" / "shard-00001")
+    d = ["--data", str(ready)]
+    r = _run(["info", *d])
+    assert r.exit_code == 0 and "shard dir(s) listed in the manifest are missing (shard-00001)" in r.output
+    r = _run(["verify", *d, "--workers", "1"])
+    _one_sentence_error(r)
+    assert "train/shard-00001" in r.output
+    for args, says in ((["stats", "--pca"], "listed in the manifest is missing"),
+                       (["stats", "--recompute"], "missing or unreadable"),
+                       (["train", "--cpu", "--loader", "torch", "--crop", "64", "--run", str(ready / "r")],
+                        "shard dir(s) listed in"),
+                       (["viz", "augment", "--crop", "56", "-o", str(ready / "a.png")], "missing or unreadable"),
+                       (["bench", "loader", "--crop", "56", "--batches", "1", "--batch-size", "4"],
+                        "missing or unreadable")):
+        r = _run([*args, *d])
+        _one_sentence_error(r)
+        assert says in r.output and "alexnet-pipe" in r.output.splitlines()[-1], (args, r.output)
+
+
+def test_manifest_that_is_not_one_is_one_sentence_everywhere(ready):
+    (ready / "manifest.json").write_text("[1, 2]")
+    d = ["--data", str(ready)]
+    for args in (["info"], ["verify"], ["stats"], ["train", "--cpu", "--loader", "torch", "--crop", "64"],
+                 ["viz", "augment", "--crop", "56"], ["bench", "loader", "--crop", "56"]):
+        r = _run([*args, *d])
+        _one_sentence_error(r)
+        assert "is not a manifest written by `alexnet-pipe prepare`" in r.output, (args, r.output)
+
+
+def test_user_error_exit_code_is_kept(monkeypatch):
+    """An Interrupted (Ctrl-C after cleaning up) exits 130 as a shell does; other UserErrors exit 1."""
+    from alexnet_pipe.errors import Interrupted
+    import alexnet_pipe.verify
+
+    def stop(data):
+        raise Interrupted("interrupted: run the same command again")
+    monkeypatch.setattr(alexnet_pipe.verify, "info", stop)
+    r = _run(["info"])
+    _one_sentence_error(r, code=130)
+    assert "run the same command again" in r.output

@@ -89,3 +89,33 @@ def test_train_then_evaluate_end_to_end(tmp_path, data_dir):
     assert both.exit_code == 0, both.output
     report = json.loads(both.output.strip().splitlines()[-1])
     assert report["views"] == 10 and report["images"] == 12 and len(report["checkpoints"]) == 2
+
+
+def test_load_model_turns_any_unreadable_file_into_one_sentence(tmp_path):
+    """torch.load raises UnpicklingError, EOFError, KeyError, RuntimeError... for junk: all one UserError."""
+    from alexnet_pipe.errors import UserError
+    from alexnet_pipe.evaluate import load_model
+    files = {"empty.pt": b"", "junk.pt": b"not a checkpoint at all", "zip.pt": b"PK\x03\x04 cut short"}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(UserError, match=f"{name} is not a checkpoint written by `alexnet-pipe train`"):
+            load_model(tmp_path / name)
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    with pytest.raises(UserError, match="lacks model, settings or num_classes"):
+        load_model(tmp_path / "tensor.pt")
+    result = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "empty.pt"), "--data", str(tmp_path)])
+    assert result.exit_code == 1 and "Aborted" not in result.output and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1].startswith(f"Error: {tmp_path / 'empty.pt'} is not a checkpoint")
+
+
+def test_weights_that_do_not_fit_their_settings_are_one_sentence(tmp_path):
+    from dataclasses import asdict
+    from alexnet_pipe.errors import UserError
+    from alexnet_pipe.evaluate import load_model
+    from alexnet_pipe.model import build_model
+    from alexnet_pipe.train import TrainSettings
+    state = {"model": build_model("alexnet", 3, 0.125).state_dict(), "num_classes": 3,
+             "settings": asdict(TrainSettings(width=0.0625))}
+    torch.save(state, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="its weights do not fit the model its settings describe"):
+        load_model(tmp_path / "other.pt")

@@ -232,3 +232,28 @@ def test_workers_that_cannot_start_are_an_error_not_a_hang(tree, tmp_path):
     out = _run_python(code, stdin=True)
     assert "USERERROR a worker process died" in out.stdout, out.stdout + out.stderr
     assert not list((tmp_path / "d" / "train").glob(".shard-*"))  # the half shard was removed
+
+
+def test_ctrl_c_keeps_whole_shards_says_how_to_resume_and_exits_130(tree, tmp_path, monkeypatch):
+    import alexnet_pipe.prepare as prepare_mod
+    root, _ = tree
+    whole = prep(root, tmp_path / "whole", shards=3)
+    real, calls = prepare_mod.process_chunk, []
+
+    def interrupt_on_the_third_chunk(task):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(task)
+    monkeypatch.setattr(prepare_mod, "process_chunk", interrupt_on_the_third_chunk)
+    data = tmp_path / "d"
+    cmd = ["prepare", str(root), "--data", str(data), "--size", str(SIZE), "--shards", "3", "--workers", "1"]
+    result = CliRunner().invoke(cli, cmd)
+    assert result.exit_code == 130 and "Traceback" not in result.output and "Aborted" not in result.output
+    assert "run the same command again" in result.output.strip().splitlines()[-1]
+    assert "2 of the 6 shards" in result.output  # one chunk per shard here: the third one was cut
+    assert not (data / "manifest.json").exists()
+    assert not list(data.glob("*/.shard-*"))  # no half-written shard left behind
+    monkeypatch.setattr(prepare_mod, "process_chunk", real)
+    assert CliRunner().invoke(cli, cmd).exit_code == 0
+    assert splits_of(shards.read_manifest(data)) == splits_of(whole)

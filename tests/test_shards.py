@@ -66,3 +66,18 @@ def test_batched_stats_are_exact_for_any_size(n, size):
     x = imgs.reshape(-1, 3).astype(np.int64)
     assert (stats.rgb_outer == x.T @ x).all()
     assert (stats.pixel_sum == imgs.astype(np.int64).sum(0)).all() and stats.count == n
+
+
+def test_json_that_is_not_a_manifest_is_one_sentence(tmp_path):
+    for text in ("[1, 2]", '{"format_version": 1}', '"x"'):
+        (tmp_path / "manifest.json").write_text(text)
+        with pytest.raises(shards.ShardFormatError, match="not a manifest written by `alexnet-pipe prepare`"):
+            shards.read_manifest(tmp_path)
+
+
+def test_a_missing_shard_dir_is_one_sentence(tmp_path):
+    """lmdb.Error (a shard dir deleted after prepare) becomes a UserError that says what to run."""
+    with pytest.raises(shards.ShardFormatError, match=r"missing or unreadable .*alexnet-pipe verify"):
+        list(shards.iter_records(tmp_path / "shard-00000"))
+    with pytest.raises(shards.ShardFormatError, match="missing or unreadable"):
+        shards.open_reader(tmp_path / "gone")

@@ -228,3 +228,46 @@ def test_bench_train_reports_the_ratio():
     assert {"bare_step_ms", "trainer_step_ms", "overhead", "bare_images_per_sec", "trainer_images_per_sec"} <= \
         report.keys()
     assert report["trainer_step_ms"] > 0 and report["bare_step_ms"] > 0
+
+
+def test_resume_from_a_file_that_is_not_a_checkpoint_or_of_another_model(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x80\x02not a pickle")
+    with pytest.raises(UserError, match="is not a checkpoint written by `alexnet-pipe train`"):
+        finalize(tiny(tmp_path / "r", resume=str(junk)), 1)
+    run_training(tiny(tmp_path / "a", max_steps=1))
+    with pytest.raises(UserError, match=r"trained with --width 0.0625 \(now 0.125\)"):
+        finalize(tiny(tmp_path / "a", resume="latest", width=0.125), 1)
+
+
+def test_resume_with_a_damaged_settings_json_is_one_sentence(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "settings.json").write_text('{"arch": "alex')
+    result = invoke("train", "--run", str(run), "--resume", "--cpu")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "settings.json is not the settings.json that `alexnet-pipe train` writes" in result.output
+
+
+def test_read_metrics_skips_only_a_cut_last_row(tmp_path):
+    """A run killed mid-write leaves half a row; resume and viz curves must still read the rest."""
+    rows = [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "lo')
+    assert read_metrics(tmp_path) == rows
+    (tmp_path / "metrics.jsonl").write_text('{"step": 3, "lo\n' + json.dumps(rows[0]) + "\n")
+    with pytest.raises(UserError, match="line 1"):
+        read_metrics(tmp_path)
+
+
+def test_a_deleted_shard_dir_is_found_before_any_worker_starts(tmp_path):
+    import shutil
+    from shardgen import make_data_dir, random_images
+    images = random_images(8, 64, seed=1)
+    data = make_data_dir(tmp_path / "d", {"train": (images, np.arange(8) % 2)}, 2, 2)
+    (data / "stats").mkdir()
+    (data / "stats" / "mean.npy").write_bytes(b"")
+    (data / "stats" / "pca.json").write_text("{}")
+    shutil.rmtree(data / "train" / "shard-00000")
+    s = tiny(tmp_path / "r", loader="torch", data=str(data))
+    with pytest.raises(UserError, match=r"1 train shard dir\(s\) listed in .* are missing .*prepare"):
+        finalize(s, 2)

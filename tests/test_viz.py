@@ -229,3 +229,37 @@ def test_viz_curves_bad_input(tmp_path):
 def test_help(name):
     result = invoke(name, "--help")
     assert result.exit_code == 0 and "alexnet-pipe viz " + name in result.output
+
+
+def test_viz_uses_the_one_checkpoint_loader(tmp_path):
+    """An empty file (EOFError inside torch.load) is one sentence in viz too, from evaluate.load_model."""
+    import alexnet_pipe.viz as viz
+    assert not hasattr(viz, "load_model")  # no second copy of the loader
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    result = invoke("filters", empty)
+    assert result.exit_code == 1 and "Traceback" not in result.output and "Aborted" not in result.output
+    assert result.output.strip().splitlines()[-1].startswith(f"Error: {empty} is not a checkpoint")
+
+
+def test_unwritable_output_is_one_sentence(trained, tmp_path):
+    _, ckpt = trained
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    for args in (("filters", ckpt), ("curves", ckpt.parent)):
+        result = invoke(*args, "-o", blocker / "out.png")  # its folder would have to be a file
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert result.output.strip().splitlines()[-1].startswith(f"Error: cannot write {blocker / 'out.png'}")
+
+
+def test_viz_curves_skips_a_row_cut_by_a_killed_run_and_refuses_other_rows(tmp_path):
+    run = tmp_path / "run"
+    write_metrics(run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 17, "epo')  # the trainer was killed while writing this row
+    result = invoke("curves", run)
+    assert result.exit_code == 0, result.output
+    assert "20 metrics rows" in result.output and "skipped the unfinished last line 21" in result.output
+    (run / "metrics.jsonl").write_text('[1]\n')
+    result = invoke("curves", run)
+    assert result.exit_code == 1 and "line 1 is not a metrics row" in result.output
