@@ -384,14 +384,23 @@ def run_stats(settings: StatsSettings, *, backend: str = "auto") -> StatsRun:
             repaired = repair_shard_stats(shards, per, manifest)
     else:
         total = merge_shard_stats(data, manifest)
-    result = compute(total, settings.pca)
     out = DataDir(data).stats
+    # eigenpairs come from the same sums for free: never drop ones that describe these shards
+    result = compute(total, settings.pca or _has_current_pca(out / "pca.json", manifest))
     write_outputs(out, result, pca_document(result, source=source, sample=settings.sample, manifest=manifest),
                   settings)
     files = [out / "mean.npy", out / "mean.binaryproto", out / "pca.json"]
     if settings.plot:
         files += write_plots(out, result)
     return StatsRun(result, source, out, files, repaired)
+
+
+def _has_current_pca(path: Path, manifest: dict | None) -> bool:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(doc.get("pca")) and doc.get("shards_digest") == fingerprint_digest(shard_fingerprint(manifest))
 
 
 def _manifest_or_none(data: Path, recompute: bool) -> dict | None:

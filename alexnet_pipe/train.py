@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from alexnet_pipe.errors import UserError
+from alexnet_pipe.errors import Interrupted, UserError
 
 SCHEDULES = ("plateau", "step", "cosine")
 LOADERS = ("dali", "torch", "synthetic")
@@ -603,9 +603,14 @@ def run_training(s: TrainSettings) -> dict:
             raise UserError("under torchrun pass --run DIR: every rank must write to the same run dir")
         return train(finalize(s, int(os.environ["WORLD_SIZE"])))
     s = finalize(s, s.nproc)
-    if s.nproc == 1 and s.max_restarts == 0:
-        return train(s)
-    return launch(train, (s,), s.nproc, s.max_restarts)[0]
+    try:
+        if s.nproc == 1 and s.max_restarts == 0:
+            return train(s)
+        return launch(train, (s,), s.nproc, s.max_restarts)[0]
+    except KeyboardInterrupt:  # checkpoints are atomic: the newest one on disk is whole
+        last = latest_checkpoint(Path(s.run))
+        where = f"the last checkpoint is {last}" if last else "no checkpoint was written yet"
+        raise Interrupted(f"interrupted: {where}; continue with `alexnet-pipe train --run {s.run} --resume`") from None
 
 
 # ---------------------------------------------------------------- benchmark: trainer vs a bare loop

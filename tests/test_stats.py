@@ -179,6 +179,20 @@ def test_without_pca_writes_mean_and_channel_stats_only(dirs, tmp_path):
         load_stats(data, need_pca=True)
 
 
+def test_stats_without_pca_keeps_current_eigenpairs_and_drops_stale_ones(dirs, tmp_path):
+    data = Path(shutil.copytree(dirs["raw"], tmp_path / "data"))
+    run_stats(settings(data))
+    _, with_pca = read_outputs(data)
+    run_stats(settings(data, pca=False))  # e.g. re-run for the plots: the PCA must not be lost
+    _, after = read_outputs(data)
+    assert after["pca"] is True and after["eigvec"] == with_pca["eigvec"]
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["splits"]["train"]["shards"][1]["checksum"] = "0" * 64  # other shards now
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    run_stats(settings(data, pca=False))
+    assert read_outputs(data)[1]["pca"] is False
+
+
 def test_load_stats_notices_stale_statistics(dirs, tmp_path):
     data = Path(shutil.copytree(dirs["raw"], tmp_path / "data"))
     run_stats(settings(data))

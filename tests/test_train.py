@@ -204,12 +204,11 @@ def test_cli_trains_and_resumes(tmp_path):
     assert json.loads((run / "settings.json").read_text())["batch_size"] == 4  # kept from the run
 
 
-def test_gpus_without_cuda_is_a_clean_error(tmp_path):
-    if torch.cuda.device_count() >= 2:
-        pytest.skip("this machine has the GPUs")
-    result = invoke("train", "--gpus", "2", "--loader", "synthetic", "--run", str(tmp_path / "r"))
+def test_more_gpus_than_present_is_a_clean_error(tmp_path):
+    n = torch.cuda.device_count() + 1  # one more than this machine has, with or without CUDA
+    result = invoke("train", "--gpus", str(n), "--loader", "synthetic", "--run", str(tmp_path / "r"))
     assert result.exit_code == 1
-    assert "--gpus 2 needs 2 GPU(s)" in result.output and "Traceback" not in result.output
+    assert f"--gpus {n} needs {n} GPU(s)" in result.output and "Traceback" not in result.output
 
 
 def test_bad_input_is_one_line(tmp_path):
@@ -271,3 +270,15 @@ def test_a_deleted_shard_dir_is_found_before_any_worker_starts(tmp_path):
     s = tiny(tmp_path / "r", loader="torch", data=str(data))
     with pytest.raises(UserError, match=r"1 train shard dir\(s\) listed in .* are missing .*prepare"):
         finalize(s, 2)
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
+    import alexnet_pipe.train as train_mod
+
+    def interrupted(s):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train_mod, "train", interrupted)
+    run = tmp_path / "r"
+    result = invoke("train", "--cpu", "--loader", "synthetic", "--run", str(run))
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    assert "no checkpoint was written yet" in result.output and f"--run {run} --resume" in result.output
