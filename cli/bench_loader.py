@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import time
 from pathlib import Path
 
 import click
 
 from alexnet_pipe.errors import UserError
-from alexnet_pipe_cli.common import data_option, print_settings
+from alexnet_pipe_cli.common import data_option, run_and_report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,15 +124,8 @@ def bench_loader(data, loader, device, reader, roi_decode, normalize_in, batch_s
     """
     s = BenchLoaderSettings(data, loader, device, reader, roi_decode, normalize_in, batch_size, batches,
                             warmup, crop, threads, baseline)
-    if not as_json:
-        print_settings("bench loader", s)
-    result = measure(s)
-    if as_json:
-        click.echo(json.dumps(result))
-        return
-    click.echo(f"loader       {result['images_per_sec']:10.1f} img/s")
-    click.echo(f"decode-only  {result['decode_only_images_per_sec']:10.1f} img/s   "
-               f"(loader = {result['fraction_of_decode_only']:.0%} of it)")
-    if baseline:
-        click.echo(f"baseline     {result['baseline_images_per_sec']:10.1f} img/s   "
-                   f"(loader = {result['speedup_vs_baseline']:.2f}x)")
+    run_and_report("bench loader", s, measure, as_json, lambda r: [
+        f"loader       {r['images_per_sec']:10.1f} img/s",
+        f"decode-only  {r['decode_only_images_per_sec']:10.1f} img/s   (loader = {r['fraction_of_decode_only']:.0%} of it)",
+        *([f"baseline     {r['baseline_images_per_sec']:10.1f} img/s   (loader = {r['speedup_vs_baseline']:.2f}x)"]
+          if baseline else [])])

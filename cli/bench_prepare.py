@@ -1,12 +1,11 @@
 """`alexnet-pipe bench prepare`."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from alexnet_pipe_cli.common import print_settings
+from alexnet_pipe_cli.common import run_and_report
 
 
 @click.command("prepare")
@@ -26,15 +25,10 @@ def bench_prepare(as_json, **options):
     """
     from alexnet_pipe.bench_prepare import BenchPrepareSettings, run
     settings = BenchPrepareSettings(**options)
-    if not as_json:
-        print_settings("bench prepare", settings)
-    out = run(settings)
-    if as_json:
-        click.echo(json.dumps(out))
-        return
-    click.echo(f"{out['images']} images, prepare --workers {out['workers']}:")
-    click.echo(f"  bare decode, 1 core      {out['bare_decode_images_per_sec_one_core']:8.1f} img/s")
-    click.echo(f"  PIL script, 1 process    {out['pil_baseline_images_per_sec']:8.1f} img/s")
-    click.echo(f"  prepare                  {out['prepare_images_per_sec']:8.1f} img/s")
-    click.echo(f"  prepare / PIL script     {out['ratio_vs_pil_baseline']:8.2f}x   (goal >= 2)")
-    click.echo(f"  per core / bare decode   {out['per_core_ratio_vs_bare_decode']:8.2f}    (goal >= 0.70)")
+    run_and_report("bench prepare", settings, run, as_json, lambda out: [
+        f"{out['images']} images, prepare --workers {out['workers']}:",
+        f"  bare decode, 1 core      {out['bare_decode_images_per_sec_one_core']:8.1f} img/s",
+        f"  PIL script, 1 process    {out['pil_baseline_images_per_sec']:8.1f} img/s",
+        f"  prepare                  {out['prepare_images_per_sec']:8.1f} img/s",
+        f"  prepare / PIL script     {out['ratio_vs_pil_baseline']:8.2f}x   (goal >= 2)",
+        f"  per core / bare decode   {out['per_core_ratio_vs_bare_decode']:8.2f}    (goal >= 0.70)"])

@@ -1,11 +1,10 @@
 """`alexnet-pipe bench train`: the trainer's step time against a bare torch loop, same model and tensors."""
 from __future__ import annotations
 
-import json
 
 import click
 
-from alexnet_pipe_cli.common import print_settings
+from alexnet_pipe_cli.common import run_and_report
 
 
 @click.command("train")
@@ -36,12 +35,8 @@ def bench_train(arch: str, width: float | None, crop: int | None, batch_size: in
     settings = TrainSettings(
         loader="synthetic", arch=arch, device="cuda" if gpu else "cpu", width=width or (1.0 if gpu else 0.25),
         crop=crop or (224 if gpu else 112), batch_size=batch_size or (128 if gpu else 32), eval_every=0)
-    if not as_json:
-        print_settings("bench train", settings)
-    result = bench_train_step(settings, steps=steps, warmup=warmup, repeats=repeats)
-    if as_json:
-        click.echo(json.dumps(result))
-        return
-    click.echo(f"bare loop   {result['bare_step_ms']:8.2f} ms/step  {result['bare_images_per_sec']:9.1f} images/s")
-    click.echo(f"train()     {result['trainer_step_ms']:8.2f} ms/step  {result['trainer_images_per_sec']:9.1f} images/s")
-    click.echo(f"overhead    {result['overhead']:+.1%} (target <= 5%)")
+    run_and_report("bench train", settings,
+                   lambda s: bench_train_step(s, steps=steps, warmup=warmup, repeats=repeats), as_json, lambda r: [
+                       f"bare loop   {r['bare_step_ms']:8.2f} ms/step  {r['bare_images_per_sec']:9.1f} images/s",
+                       f"train()     {r['trainer_step_ms']:8.2f} ms/step  {r['trainer_images_per_sec']:9.1f} images/s",
+                       f"overhead    {r['overhead']:+.1%} (target <= 5%)"])

@@ -23,3 +23,16 @@ def print_settings(title: str, settings) -> None:
     click.echo(f"{title}:")
     for key, value in asdict(settings).items():
         click.echo(f"  {key:<16} {json.dumps(value, default=str)}")
+
+
+def run_and_report(title: str, settings, measure, as_json: bool, lines) -> dict:
+    """The settings (unless --json), then measure(settings), then one JSON object or `lines(result)`."""
+    if not as_json:
+        print_settings(title, settings)
+    result = measure(settings)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        for line in lines(result):
+            click.echo(line)
+    return result

@@ -1,12 +1,11 @@
 """`alexnet-pipe evaluate`: top-1/top-5 error of one checkpoint or an ensemble."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from alexnet_pipe_cli.common import data_option, print_settings
+from alexnet_pipe_cli.common import data_option, run_and_report
 
 
 @click.command("evaluate")
@@ -34,11 +33,6 @@ def evaluate(checkpoints: tuple[Path, ...], data: Path, split: str, ten_crop: bo
     settings = EvalSettings(checkpoints=tuple(str(c) for c in checkpoints), data=str(data), split=split,
                             ten_crop=ten_crop, batch_size=batch_size, loader=loader,
                             device="cuda" if gpu else "cpu")
-    if not as_json:
-        print_settings("evaluate", settings)
-    result = run_evaluate(settings)
-    if as_json:
-        click.echo(json.dumps(result))
-        return
-    click.echo(f"{result['images']} images x {result['views']} view(s), {len(checkpoints)} model(s): "
-               f"top-1 error {result['top1_error']:.4f}, top-5 error {result['top5_error']:.4f}")
+    run_and_report("evaluate", settings, run_evaluate, as_json, lambda r: [
+        f"{r['images']} images x {r['views']} view(s), {len(checkpoints)} model(s): "
+        f"top-1 error {r['top1_error']:.4f}, top-5 error {r['top5_error']:.4f}"])

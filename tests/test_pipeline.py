@@ -182,7 +182,8 @@ def test_dtype_and_channels_last(dirs):
     import torch
     loader = make_loader(LoaderSettings(dirs["jpeg"], batch_size=8, crop=CROP, dtype="bfloat16", channels_last=True))
     ref = make_loader(LoaderSettings(dirs["jpeg"], batch_size=8, crop=CROP))
-    (x, y), (x0, _y0) = next(iter(loader.epoch(0))), next(iter(ref.epoch(0)))
+    (x, y), (x0, y0) = next(iter(loader.epoch(0))), next(iter(ref.epoch(0)))
+    assert torch.equal(y, y0)
     assert x.dtype == torch.bfloat16 and x.shape == (8, 3, CROP, CROP) and y.dtype == torch.int64
     assert x.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(x.float(), x0, atol=2.0, rtol=1e-2)

@@ -79,7 +79,6 @@ def test_records_are_shuffled_keys_labels_and_sizes(tree, tmp_path):
 def test_pixels_match_a_pil_reference(tree, tmp_path):
     """Shorter side -> SIZE, centre square: compare with PIL's own decode + box-filter resize."""
     from PIL import Image
-    import cv2
     root, summary = tree
     prep(root, tmp_path / "d", encoding="raw", reduce=False)
     recs = dict((k.decode().split("_", 1)[1], d) for k, d in all_records(tmp_path / "d")["train"])
