@@ -22,12 +22,6 @@ def init(device: str = "cpu") -> tuple[int, int, int, "torch.device"]:
     return rank, world, local_rank, dev
 
 
-def print0(*args, **kwargs) -> None:
-    """print on rank 0 only."""
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(*args, **kwargs, flush=True)
-
-
 def cleanup() -> None:
     import torch.distributed as dist
     if dist.is_initialized():

@@ -53,19 +53,29 @@ def load_model(path: Path | str, device="cpu"):
     return model.to(device).eval(), s
 
 
-def make_eval_loader(es: EvalSettings, ts, device):
+def check_eval_data(ts, data, split: str, purpose: str = "") -> dict:
+    """The data dir is ready for a checkpoint trained with settings `ts` and holds `split`; -> its manifest.
+    The one check of evaluate and viz."""
+    from alexnet_pipe.train import check_data
+    manifest = check_data(dataclasses.replace(ts, data=str(data), eval_every=0))
+    if split not in manifest["splits"]:
+        raise UserError(f"{data} has no {split} split{purpose}")
+    return manifest
+
+
+def eval_loader(data, split: str, ts, device, *, batch_size: int, loader: str, num_threads: int,
+                ten_crop: bool = False, with_params: bool = False):
+    """The eval pipeline (centre crop or ten views, no augmentation) for a checkpoint trained with `ts`."""
     from alexnet_pipe.pipeline import LoaderSettings, make_loader
     return make_loader(LoaderSettings(
-        data=Path(es.data), split=es.split, train=False, batch_size=es.batch_size, crop=ts.crop, loader=es.loader,
+        data=Path(data), split=split, train=False, batch_size=batch_size, crop=ts.crop, loader=loader,
         device="gpu" if device.type == "cuda" else "cpu", normalize=ts.normalize,
-        views="ten-crop" if es.ten_crop else "center", num_threads=es.num_threads))
+        views="ten-crop" if ten_crop else "center", num_threads=num_threads, with_params=with_params))
 
 
 def evaluate(es: EvalSettings) -> dict:
     """-> {"top1_error", "top5_error", "images", "views", "checkpoints", "split"}."""
     import torch
-    from alexnet_pipe.shards import read_manifest
-    from alexnet_pipe.train import check_data
     device = torch.device(es.device)
     loaded = [load_model(p, device) for p in es.checkpoints]
     models, first = [m for m, _ in loaded], loaded[0][1]
@@ -73,10 +83,9 @@ def evaluate(es: EvalSettings) -> dict:
         if (s.crop, s.normalize) != (first.crop, first.normalize):
             raise UserError(f"{path} was trained on crop {s.crop}/{s.normalize}, the first checkpoint on "
                             f"{first.crop}/{first.normalize}: an ensemble needs the same input")
-    check_data(dataclasses.replace(first, data=es.data, eval_every=0))
-    if es.split not in read_manifest(Path(es.data)).get("splits", {}):
-        raise UserError(f"{es.data} has no {es.split} split")
-    loader = make_eval_loader(es, first, device)
+    check_eval_data(first, es.data, es.split)
+    loader = eval_loader(es.data, es.split, first, device, batch_size=es.batch_size, loader=es.loader,
+                         num_threads=es.num_threads, ten_crop=es.ten_crop)
     correct1 = correct5 = images = 0
     with torch.no_grad():
         for batch, labels in loader.epoch(0):

@@ -445,7 +445,8 @@ def _built(graph):
     return pipe
 
 
-def _device_id(settings: LoaderSettings):
+def cuda_device_id(settings: LoaderSettings) -> int | None:
+    """None on the CPU; on the GPU this process's CUDA device (LOCAL_RANK, else rank mod the device count)."""
     if settings.device == "cpu":
         return None
     import torch
@@ -465,7 +466,7 @@ class DaliLoader(BaseLoader):
             raise ValueError(f"normalize_in must be torch or dali, not {normalize_in!r}")
         self.roi_decode = roi_decode  # False: decode the whole image, then crop (for the benchmark)
         self.normalize_in = normalize_in  # "dali": the float work in DALI too (for the benchmark)
-        self.device_id = _device_id(settings)
+        self.device_id = cuda_device_id(settings)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple]:
         """The batches of one epoch from `start_step` on; a fresh pipeline per call, so an

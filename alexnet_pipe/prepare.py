@@ -287,11 +287,9 @@ def write_shards(dd: DataDir, todo: list[ShardPlan], job: ImageJob, workers: int
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w") as f:
+    with shards.atomic_write(path) as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -318,10 +316,7 @@ def finalize(dd: DataDir, inv: Inventory, plan: dict[str, list[ShardPlan]], sett
                 entries.append({k: meta[k] for k in ("name", "records", "bytes", "checksum")})
         manifest["splits"][split] = {"count": written, "shards": entries,
                                      "rejects": sum(r["split"] == split for r in rejects)}
-    rows = [{k: v for k, v in r.items() if k != "key_index"} for r in rejects]
-    tmp = dd.rejects.with_name(f".{dd.rejects.name}.tmp")
-    _write_jsonl(tmp, rows)
-    os.replace(tmp, dd.rejects)
+    _write_jsonl(dd.rejects, [{k: v for k, v in r.items() if k != "key_index"} for r in rejects])
     shards.write_json_atomic(dd.manifest, manifest)
     return manifest
 

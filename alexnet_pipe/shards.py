@@ -10,6 +10,7 @@ tested against a reference encoding).  Field numbers are Caffe's (caffe.proto):
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -20,7 +21,6 @@ from typing import Iterator
 from .errors import UserError
 
 FORMAT_VERSION = 1
-SPLITS = ("train", "val")
 SHARD_STATS = "stats.npz"  # per-shard sufficient statistics, inside the shard dir
 SHARD_META = "meta.json"  # per-shard record count, bytes, checksum, rejects
 MAP_SIZE = 1 << 40  # address space only; LMDB files grow as written
@@ -182,16 +182,6 @@ def iter_records(path: Path | str) -> Iterator[tuple[bytes, bytes]]:
         env.close()
 
 
-def shard_checksum(path: Path | str) -> tuple[str, int, int]:
-    """(checksum, record count, value bytes) recomputed from the records of one shard."""
-    check, count, nbytes = RecordChecksum(), 0, 0
-    for key, value in iter_records(path):
-        check.update(key, value)
-        count += 1
-        nbytes += len(value)
-    return check.hexdigest(), count, nbytes
-
-
 # --- manifest -------------------------------------------------------------------------
 
 MANIFEST = "manifest.json"
@@ -222,20 +212,33 @@ def shard_dirs(data_dir: Path, split: str, manifest: dict | None = None) -> list
     return [Path(data_dir) / split / s["name"] for s in manifest["splits"][split]["shards"]]
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON so that readers see the old file or the new one, never half of one."""
+@contextlib.contextmanager
+def atomic_write(path: Path, mode: str = "w"):
+    """A file to write that readers see whole or not at all: a temp file beside `path`, synced, then
+    renamed over it (the one way every stage writes a file that others read)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON so that readers see the old file or the new one, never half of one."""
+    with atomic_write(path) as f:
         json.dump(obj, f, indent=2, sort_keys=False)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file, or a directory (so that a rename in it is durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -283,11 +286,9 @@ class ShardStats:
 
     def save(self, path: Path) -> None:
         import numpy as np
-        with open(path, "wb") as f:
+        with atomic_write(path, "wb") as f:
             np.savez(f, pixel_sum=self.pixel_sum, rgb_outer=self.rgb_outer,
                      count=np.int64(self.count))
-            f.flush()
-            os.fsync(f.fileno())
 
     @classmethod
     def load(cls, path: Path) -> "ShardStats":
@@ -369,12 +370,9 @@ class ShardWriter:
         meta = {"name": self.final_dir.name, "records": self.records, "bytes": self.bytes,
                 "checksum": self.checksum.hexdigest(), **(extra_meta or {})}
         write_json_atomic(self.tmp_dir / SHARD_META, meta)
-        for name in ("data.mdb",):
-            fd = os.open(self.tmp_dir / name, os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
+        fsync_path(self.tmp_dir / "data.mdb")
         os.replace(self.tmp_dir, self.final_dir)
-        fsync_dir(self.final_dir.parent)
+        fsync_path(self.final_dir.parent)
         return meta
 
     def abort(self) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -30,11 +29,10 @@ import numpy as np
 from .datadir import DataDir
 from .errors import UserError
 from .shards import (MANIFEST, SHARD_META, SHARD_STATS, ShardFormatError, ShardStats, varint,
-                     encode_field_bytes, encode_field_varint, open_reader, read_manifest,
+                     atomic_write, encode_field_bytes, encode_field_varint, open_reader, read_manifest,
                      read_shard_meta, shard_dirs, write_json_atomic)
 
 SPLIT = "train"
-SOURCES = ("shard-stats", "recompute", "sample")
 SIGN_CONVENTION = "the largest-magnitude component of each eigenvector is positive (first on a tie)"
 CONVENTIONS = {
     "scale": "pixel values 0..255, RGB order",
@@ -172,19 +170,6 @@ def merge_shard_stats(data: Path, manifest: dict) -> ShardStats:
 
 # --- recomputing them from the records ------------------------------------------------
 
-def add_batch(stats: ShardStats, images: np.ndarray) -> None:
-    """Add (B, H, W, 3) uint8 images to integer sums, exactly."""
-    h, w = images.shape[1:3]
-    # float64 sums of integer products stay exact below 2**53
-    per_chunk = max(1, (1 << 53) // (h * w * 255 * 255))
-    for start in range(0, len(images), per_chunk):
-        chunk = images[start:start + per_chunk]
-        stats.pixel_sum += chunk.sum(axis=0, dtype=np.int64)
-        x = chunk.reshape(-1, 3).astype(np.float64)
-        stats.rgb_outer += np.rint(x.T @ x).astype(np.int64)
-        stats.count += len(chunk)
-
-
 def shard_record_counts(shards: Sequence[Path]) -> list[int]:
     counts = []
     for shard in shards:
@@ -211,7 +196,7 @@ def accumulate(batches: Iterable[tuple[np.ndarray, np.ndarray]], counts: Sequenc
             take = min(len(images) - start, int(ends[shard]) - pos)
             if per[shard] is None:
                 per[shard] = ShardStats(np.zeros(images.shape[1:], np.int64), np.zeros((3, 3), np.int64), 0)
-            add_batch(per[shard], images[start:start + take])
+            per[shard].add_batch(images[start:start + take])  # uint8, as iter_decoded yields
             start, pos = start + take, pos + take
         if on_batch:
             on_batch(len(images))
@@ -255,9 +240,7 @@ def repair_shard_stats(shards: Sequence[Path], per: Sequence[ShardStats | None],
         try:
             load_shard_stats(shard, entry, size)
         except UserError:
-            tmp = shard / f".{SHARD_STATS}.tmp-{os.getpid()}"
-            stats.save(tmp)
-            os.replace(tmp, shard / SHARD_STATS)
+            stats.save(shard / SHARD_STATS)  # atomic: a reader never meets half a file
             repaired.append(shard)
     return repaired
 
@@ -306,23 +289,13 @@ def pca_document(result: StatsResult, *, source: str, sample: int | None, manife
     return doc
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_outputs(out: Path, result: StatsResult, doc: dict, settings: StatsSettings) -> None:
     """mean.npy, mean.binaryproto, stats_settings.json, then pca.json last (its checksums say 'done')."""
-    import io
     out.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    np.save(buf, result.mean_image)
-    _write_bytes_atomic(out / "mean.npy", buf.getvalue())
-    _write_bytes_atomic(out / "mean.binaryproto", encode_blobproto(result.mean_image))
+    with atomic_write(out / "mean.npy", "wb") as f:
+        np.save(f, result.mean_image)
+    with atomic_write(out / "mean.binaryproto", "wb") as f:
+        f.write(encode_blobproto(result.mean_image))
     write_json_atomic(out / "stats_settings.json", json.loads(json.dumps(dataclasses.asdict(settings), default=str)))
     write_json_atomic(out / "pca.json", doc)
 

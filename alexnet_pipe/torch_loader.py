@@ -12,14 +12,13 @@ rank's GPU and normalised there (decoding stays on the CPU workers).
 """
 from __future__ import annotations
 
-import os
 from typing import Iterator
 
 import numpy as np
 
 from . import augment
 from .errors import UserError
-from .pipeline import BaseLoader, LoaderSettings, RecordIndex, release_shards
+from .pipeline import BaseLoader, LoaderSettings, RecordIndex, cuda_device_id, release_shards
 
 
 def _init_worker(_worker_id: int) -> None:
@@ -67,13 +66,8 @@ def _collate(items):
 class TorchLoader(BaseLoader):
     def __init__(self, settings: LoaderSettings):
         super().__init__(settings)
-        self.device = "cpu"
-        if settings.device == "gpu":
-            import torch
-            if not torch.cuda.is_available():
-                raise UserError("device 'gpu' needs CUDA, and this machine has none: use --device cpu")
-            local = os.environ.get("LOCAL_RANK")
-            self.device = f"cuda:{int(local) if local is not None else settings.rank % torch.cuda.device_count()}"
+        device_id = cuda_device_id(settings)
+        self.device = "cpu" if device_id is None else f"cuda:{device_id}"
         self.dataset = ViewDataset(self.index, settings.crop, self.ten_crop)
 
     def _specs(self, params: dict) -> list[tuple]:

@@ -20,7 +20,6 @@ from alexnet_pipe.errors import Interrupted, UserError
 
 SCHEDULES = ("plateau", "step", "cosine")
 LOADERS = ("dali", "torch", "synthetic")
-RECIPES_HELP = "paper: the NIPS 2012 optimiser and init; small: learns a small dataset within CPU minutes"
 FAIL_ENV = "ALEXNET_PIPE_FAIL_AT_STEP"  # tests: rank 1 exits at this step on the first attempt of a launch
 
 
@@ -81,12 +80,12 @@ def settings_from_dict(values: dict) -> TrainSettings:
     return TrainSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
 
 
-def resolve_settings(recipe: str = "paper", base: TrainSettings | None = None, **overrides) -> TrainSettings:
+def resolve_settings(recipe: str = "paper", **overrides) -> TrainSettings:
     """Recipe values, then every override that is not None (explicit options beat the recipe)."""
     if recipe not in RECIPES:
         raise UserError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     given = {k: v for k, v in overrides.items() if v is not None}
-    return dataclasses.replace(base or TrainSettings(), recipe=recipe, **{**RECIPES[recipe], **given})
+    return TrainSettings(recipe=recipe, **{**RECIPES[recipe], **given})
 
 
 # ---------------------------------------------------------------- learning-rate maths (pure)
@@ -147,14 +146,9 @@ CKPT_PREFIX = "ckpt-"
 def save_atomic(obj, path: Path) -> None:
     """torch.save to a temp file in the same dir, fsync, rename: a reader never sees half a checkpoint."""
     import torch
-    from alexnet_pipe.shards import fsync_dir
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    from alexnet_pipe.shards import atomic_write
+    with atomic_write(path, "wb") as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def checkpoints(run: Path) -> list[Path]:
@@ -536,13 +530,8 @@ def default_run(data: str) -> str:
     return str(Path(data) / "runs" / time.strftime("%Y%m%d-%H%M%S"))
 
 
-def stored_size(data: Path) -> int:
-    from alexnet_pipe.shards import read_manifest
-    return int(read_manifest(data)["settings"]["size"])
-
-
-def check_data(s: TrainSettings) -> None:
-    """Say which earlier stage to run when the data dir is not ready."""
+def check_data(s: TrainSettings) -> dict:
+    """Say which earlier stage to run when the data dir is not ready; -> its manifest (read once here)."""
     from alexnet_pipe.datadir import DataDir
     from alexnet_pipe.shards import read_manifest, shard_dirs
     d = DataDir(Path(s.data))
@@ -551,17 +540,19 @@ def check_data(s: TrainSettings) -> None:
                         f"(or pass --data to the data dir it wrote)")
     if not (d.mean.exists() and d.pca.exists()):
         raise UserError(f"{d.stats} lacks mean.npy or pca.json: run `alexnet-pipe stats --pca --data {d.root}` first")
-    splits = read_manifest(d.root)["splits"]
+    manifest = read_manifest(d.root)
+    splits = manifest["splits"]
     if "train" not in splits:
         raise UserError(f"{d.root} has no train split: run `alexnet-pipe prepare` with the training images")
     if s.eval_every and "val" not in splits:
         raise UserError(f"{d.root} has no val split: prepare one, or pass --eval-every 0 (and --schedule step)")
     # before any worker starts: a deleted shard would otherwise fail inside every rank
     for split in ("train", "val") if s.eval_every else ("train",):
-        missing = [p for p in shard_dirs(d.root, split) if not p.is_dir()]
+        missing = [p for p in shard_dirs(d.root, split, manifest) if not p.is_dir()]
         if missing:
             raise UserError(f"{len(missing)} {split} shard dir(s) listed in {d.manifest} are missing ({missing[0]}): "
                             "run `alexnet-pipe prepare` again with the same settings to rewrite them")
+    return manifest
 
 
 def finalize(s: TrainSettings, world: int) -> TrainSettings:
@@ -570,9 +561,7 @@ def finalize(s: TrainSettings, world: int) -> TrainSettings:
     if s.batch_size % world:
         raise UserError(f"global batch {s.batch_size} does not split over {world} processes; "
                         f"use a multiple of {world}")
-    if s.loader != "synthetic":
-        check_data(s)
-    size = stored_size(Path(s.data)) if s.loader != "synthetic" else 256
+    size = int(check_data(s)["settings"]["size"]) if s.loader != "synthetic" else 256
     crop = s.crop or (224 if size >= 256 else int(size * 7 / 8))
     if not MIN_CROP <= crop <= size:
         raise UserError(f"crop {crop} must lie between {MIN_CROP} and the stored image size {size}")

@@ -4,8 +4,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
-
 from . import images, shards
 from .datadir import DataDir
 
@@ -82,9 +80,3 @@ def info(data: Path) -> dict:
                                 "missing": [e["name"] for e in s["shards"] if not (dd.split(split) / e["name"]).is_dir()]}
     out["example_classes"] = [f"{c['wnid']} {c['name']}" for c in manifest["classes"][:3]]
     return out
-
-
-def mean_record_bytes(data: Path) -> float:
-    manifest = shards.read_manifest(Path(data))
-    sizes = [e["bytes"] / max(e["records"], 1) for s in manifest["splits"].values() for e in s["shards"]]
-    return float(np.mean(sizes)) if sizes else 0.0

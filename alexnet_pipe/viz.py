@@ -238,20 +238,14 @@ class NeighborsSettings:
 
 
 def _eval_loader(s: NeighborsSettings, ts, split: str, device):
-    from .pipeline import LoaderSettings, make_loader
-    return make_loader(LoaderSettings(
-        data=Path(s.data), split=split, train=False, batch_size=s.batch_size, crop=ts.crop, loader=s.loader,
-        device="gpu" if device.type == "cuda" else "cpu", normalize=ts.normalize, views="center",
-        num_threads=s.num_threads, with_params=True))
+    from .evaluate import eval_loader
+    return eval_loader(s.data, split, ts, device, batch_size=s.batch_size, loader=s.loader,
+                       num_threads=s.num_threads, with_params=True)
 
 
 def _check_data(s: NeighborsSettings, ts) -> list[str]:
-    from .shards import read_manifest
-    from .train import check_data
-    check_data(dataclasses.replace(ts, data=str(s.data), eval_every=0))
-    manifest = read_manifest(Path(s.data))
-    if s.split not in manifest.get("splits", {}):
-        raise UserError(f"{s.data} has no {s.split} split to take queries from")
+    from .evaluate import check_eval_data
+    manifest = check_eval_data(ts, s.data, s.split, " to take queries from")
     return [c.get("name", c.get("wnid", "?")) for c in manifest.get("classes", [])]
 
 

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import click
 
-from alexnet_pipe.viz import VizAugmentSettings, render_augment
 from alexnet_pipe_cli.common import data_option, print_settings
 
 
@@ -28,6 +27,7 @@ def viz_augment(data, output, n, seed, crop, lighting, lighting_scale, loader):
     \b
     alexnet-pipe viz augment --data ./alexnet-data -o augment.png --n 16 --lighting 0.5
     """
+    from alexnet_pipe.viz import VizAugmentSettings, render_augment
     s = VizAugmentSettings(data, output, n, seed, crop, lighting, lighting_scale, loader)
     print_settings("viz augment", s)
     width, height = render_augment(s)
