@@ -48,6 +48,7 @@ class TrainSettings:
     crop: int = 0                    # 0: 7/8 of the stored size, 224 from 256 as in the paper
     loader: str = "dali"
     lighting: float = 0.1
+    lighting_scale: str = "convnet2"  # convnet2: sqrt(eigval), 0..255 (Krizhevsky) | fbresnet
     normalize: str = "mean-image"    # mean-image (the paper) | channel
     device: str = "cpu"              # cpu | cuda
     nproc: int = 1
@@ -355,8 +356,9 @@ def make_loaders(s: TrainSettings, rank: int, world: int, device):
                 SyntheticLoader(seed=s.seed + 1, steps_per_epoch=2, **common) if s.eval_every else None)
     from alexnet_pipe.pipeline import LoaderSettings, make_loader
     base = LoaderSettings(data=Path(s.data), batch_size=s.batch_size // world, crop=s.crop, loader=s.loader,
-                          device="gpu" if cuda else "cpu", lighting=s.lighting, normalize=s.normalize,
-                          channels_last=cuda, seed=s.seed, rank=rank, world_size=world, num_threads=s.num_threads)
+                          device="gpu" if cuda else "cpu", lighting=s.lighting, lighting_scale=s.lighting_scale,
+                          normalize=s.normalize, channels_last=cuda, seed=s.seed, rank=rank, world_size=world,
+                          num_threads=s.num_threads)
     val = dataclasses.replace(base, split="val", train=False) if s.eval_every else None
     return make_loader(base), (make_loader(val) if val else None)
 

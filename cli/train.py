@@ -98,6 +98,10 @@ def _base_for_resume(resume: str | None, run: Path | None):
 @click.option("--normalize", type=click.Choice(["mean-image", "channel"]), default=None,
               help="Subtract the mean image (the paper) or per-channel mean/std.")
 @click.option("--lighting", type=_FLOAT, default=None, help="PCA lighting sigma; 0 turns it off.  [default: 0.1]")
+@click.option("--no-lighting", is_flag=True, help="No PCA lighting noise (the same as --lighting 0).")
+@click.option("--lighting-scale", type=click.Choice(["convnet2", "fbresnet"]), default=None,
+              help="PCA noise scale: cuda-convnet2's sqrt(eigenvalue) on 0..255, or fb.resnet's eigenvalue on "
+                   "[0,1] (~2x weaker).  [default: convnet2]")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimizer steps.")
 @click.option("--resume", is_flag=False, flag_value="latest", default=None, metavar="[CKPT]",
@@ -115,7 +119,7 @@ def _base_for_resume(resume: str | None, run: Path | None):
 @click.option("--num-classes", type=click.IntRange(min=2), default=None, hidden=True)
 @click.option("--dry-run", is_flag=True, help="Print the resolved settings and exit.")
 def train(data: Path, run: Path | None, recipe: str | None, gpus: int | None, cpu: bool, nproc: int | None,
-          compile_: bool | None, resume: str | None, dry_run: bool, **options):
+          compile_: bool | None, resume: str | None, dry_run: bool, no_lighting: bool, **options):
     """Train AlexNet; rank 0 writes RUN/settings.json, RUN/metrics.jsonl and checkpoints.
 
     \b
@@ -126,6 +130,10 @@ def train(data: Path, run: Path | None, recipe: str | None, gpus: int | None, cp
     """
     from alexnet_pipe.train import resolve_settings, run_training
 
+    if no_lighting:
+        if options["lighting"]:
+            raise click.ClickException("--no-lighting and --lighting are contradictory: give one of them")
+        options["lighting"] = 0.0
     device, processes = _placement(cpu, nproc, gpus)
     base, run = _base_for_resume(resume, run)
     given = dict(options, data=str(data), run=str(run) if run else None, compile=compile_, device=device,

@@ -282,3 +282,23 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
     result = invoke("train", "--cpu", "--loader", "synthetic", "--run", str(run))
     assert result.exit_code == 130 and "Traceback" not in result.output
     assert "no checkpoint was written yet" in result.output and f"--run {run} --resume" in result.output
+
+
+def test_lighting_scale_reaches_the_loader(monkeypatch):
+    import alexnet_pipe.pipeline as pipeline
+    from alexnet_pipe.train import make_loaders, resolve_settings
+    seen = []
+    monkeypatch.setattr(pipeline, "make_loader", lambda ls: seen.append(ls) or ls)
+    s = resolve_settings("paper", data="d", lighting_scale="fbresnet", crop=224)
+    make_loaders(s, 0, 1, torch.device("cpu"))
+    assert [ls.lighting_scale for ls in seen] == ["fbresnet", "fbresnet"] and seen[0].train
+    result = invoke("train", "--cpu", "--loader", "synthetic", "--lighting-scale", "fbresnet", "--dry-run",
+                    "--run", "r")
+    assert result.exit_code == 0 and '"fbresnet"' in result.output
+
+
+def test_no_lighting_flag():
+    result = invoke("train", "--cpu", "--loader", "synthetic", "--no-lighting", "--dry-run", "--run", "r")
+    assert result.exit_code == 0 and "lighting         0.0" in result.output
+    result = invoke("train", "--cpu", "--loader", "synthetic", "--no-lighting", "--lighting", "0.2", "--run", "r")
+    assert result.exit_code == 1 and "contradictory" in result.output
