@@ -51,6 +51,15 @@ def dali_available() -> bool:
     return True
 
 
+def cuda_devices() -> int:
+    """CUDA devices DALI can see (0 without DALI, a driver or a GPU); imports no torch."""
+    try:
+        from nvidia.dali import backend
+        return int(backend.GetCUDADeviceCount())
+    except (ImportError, RuntimeError, OSError):
+        return 0
+
+
 def iter_decoded(shard_dirs: Sequence[Path], *, batch_size: int = 64, device: str = "cpu",
                  limit: int | None = None, backend: str = "auto", raw_layout: str = "hwc_rgb",
                  num_threads: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -17,8 +17,8 @@ from alexnet_pipe_cli.common import data_option, print_settings
 @click.option("--sample", type=click.IntRange(min=1), default=None, metavar="N",
               help="Quick estimate from the first N train records in key order (a decoding pass).")
 @click.option("--plot", is_flag=True, help="Also write stats/mean.png and stats/pca_axes.png.")
-@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
-              help="Where the decoding pass decodes JPEGs (DALI 'mixed' on the GPU).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+              help="Where the decoding pass decodes JPEGs: auto = the GPU (DALI 'mixed') when one is visible.")
 def stats(data: Path, pca: bool, recompute: bool, sample: int | None, plot: bool, device: str):
     """Mean image and RGB PCA eigenpairs of the training set, written under DATA/stats/.
 
@@ -31,6 +31,9 @@ def stats(data: Path, pca: bool, recompute: bool, sample: int | None, plot: bool
     """
     from alexnet_pipe.stats import StatsSettings, format_report, run_stats
 
+    if device == "auto":
+        from alexnet_pipe.decode import cuda_devices
+        device = "gpu" if cuda_devices() else "cpu"
     settings = StatsSettings(data=data, pca=pca, recompute=recompute or sample is not None,
                              sample=sample, plot=plot, device=device)
     print_settings("stats", settings)

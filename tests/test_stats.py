@@ -394,3 +394,12 @@ def test_cli_bad_input(jpeg_copy, tmp_path):
     assert "Error:" in result.output and "--recompute" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(cli, ["stats", "--data", str(tmp_path / "nothing")])
     assert result.exit_code == 1 and "prepare" in result.output
+
+
+def test_device_auto_picks_the_cpu_without_a_gpu(dirs, tmp_path):
+    from alexnet_pipe.decode import cuda_devices
+    data = Path(shutil.copytree(dirs["raw"], tmp_path / "data"))
+    result = CliRunner().invoke(cli, ["stats", "--data", str(data), "--sample", "4"])
+    assert result.exit_code == 0, result.output
+    expected = "gpu" if cuda_devices() else "cpu"
+    assert f'device           "{expected}"' in result.output
