@@ -21,7 +21,7 @@ SHAPES = [((500, 375), 0.42), ((375, 500), 0.10), ((500, 333), 0.20), ((500, 500
 @dataclasses.dataclass(frozen=True)
 class BenchPrepareSettings:
     source: Path | None = None      # a folder tree to use; None: generate `images` photographs-like JPEGs
-    images: int = 400
+    images: int = 1500               # enough that worker start-up does not weigh on the rate
     workers: int = 2
     size: int = 256
     quality: int = 90

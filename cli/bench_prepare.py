@@ -11,7 +11,7 @@ from alexnet_pipe_cli.common import run_and_report
 @click.command("prepare")
 @click.option("--source", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="A folder tree (train/<class>/...) to measure on [default: generate --images JPEGs].")
-@click.option("--images", type=click.IntRange(min=8), default=400, show_default=True)
+@click.option("--images", type=click.IntRange(min=8), default=1500, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--size", type=click.IntRange(16, 4096), default=256, show_default=True)
 @click.option("--resize", type=click.Choice(["area", "linear", "cubic", "lanczos"]), default="area", show_default=True)
@@ -21,7 +21,7 @@ def bench_prepare(as_json, **options):
     """prepare vs the one-process PIL script and bare decode, on the same files in one run.
 
     \b
-    alexnet-pipe bench prepare --images 400 --workers 2
+    alexnet-pipe bench prepare --images 1500 --workers 2
     """
     from alexnet_pipe.bench_prepare import BenchPrepareSettings, run
     settings = BenchPrepareSettings(**options)

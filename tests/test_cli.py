@@ -1,6 +1,7 @@
 """The command layer: help everywhere, bad input as one sentence, no heavy imports where not needed."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -156,3 +157,15 @@ def test_user_error_exit_code_is_kept(monkeypatch):
     r = _run(["info"])
     _one_sentence_error(r, code=130)
     assert "run the same command again" in r.output
+
+
+def test_bench_prepare_json_reports_rates_and_ratios():
+    r = _run(["bench", "prepare", "--images", "8", "--repeats", "1", "--workers", "2", "--size", "32", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output.strip().splitlines()[-1])
+    assert out["images"] == 8 and out["workers"] == 2
+    rates = [out[k] for k in ("prepare_images_per_sec", "pil_baseline_images_per_sec",
+                              "bare_decode_images_per_sec_one_core")]
+    assert all(v > 0 for v in rates)
+    assert out["ratio_vs_pil_baseline"] == pytest.approx(rates[0] / rates[1])
+    assert out["per_core_ratio_vs_bare_decode"] == pytest.approx(rates[0] / 2 / rates[2])
