@@ -123,6 +123,8 @@ def build_decode_pipeline(shard_dirs: Sequence[Path], *, batch_size: int, device
 
 
 def _iter_dali(shard_dirs, batch_size, device, limit, raw_layout, num_threads):
+    if device != "cpu" and cuda_devices() == 0:  # else DALI's own assertion, as a traceback
+        raise UserError(f"device {device!r} needs a CUDA device, and DALI sees none here: use --device cpu")
     info = probe(shard_dirs)
     if limit is not None:
         batch_size = max(1, min(batch_size, limit))

@@ -374,7 +374,10 @@ def process(data, anchor, flip, cmn_mean, *, encoded: bool, device: str, size: i
     """
     from nvidia.dali import fn, types
     op_device = "cpu" if device == "cpu" else "gpu"
-    shape = np.array([crop, crop], np.int32)
+    # slice's anchor/shape inputs: a bare numpy value becomes a Constant on the operator's device, and a
+    # GPU slice then copies it back to the host with a sync point every iteration (fn.slice docs: "CPU
+    # inputs are preferred"), so the constants are made on the CPU explicitly (what CPU graphs got anyway)
+    shape = types.Constant(np.array([crop, crop], np.int32), device="cpu")
     mean_const = (types.Constant(norm.mean_image, device=op_device)
                   if norm.mode == "mean-image" and normalize_in == "dali" else None)
     std = 1.0 if norm.mode == "mean-image" else norm.std_rgb.tolist()
@@ -397,7 +400,8 @@ def process(data, anchor, flip, cmn_mean, *, encoded: bool, device: str, size: i
         image = (fn.decoders.image(data, device=decoder, output_type=types.RGB) if encoded
                  else (data if device == "cpu" else data.gpu()))
         offsets, flips = augment.ten_crop_offsets(size, crop)
-        views = [finish(window_at(image, at), at, int(f)) for at, f in zip(offsets, flips)]
+        anchors = [types.Constant(np.asarray(at, np.int32), device="cpu") for at in offsets]
+        views = [finish(window_at(image, at), at, int(f)) for at, f in zip(anchors, flips)]
         return fn.stack(*views)
     if encoded and not roi_decode:  # decode-then-crop: kept to measure what ROI decode saves
         window = window_at(fn.decoders.image(data, device=decoder, output_type=types.RGB), anchor)
@@ -427,11 +431,13 @@ def _to_torch(tensors, device_id, copy: bool = True):
     if device_id is None:
         array = tensors.as_tensor()
         return torch.from_numpy(np.array(array) if copy else np.asarray(array))
-    from nvidia.dali.plugin.pytorch import feed_ndarray
-    kinds = {"FLOAT16": torch.float16, "UINT8": torch.uint8}
-    dtype = next((v for k, v in kinds.items() if str(tensors.dtype).endswith(k)), torch.float32)
-    out = torch.empty(tensors.as_tensor().shape(), dtype=dtype, device=f"cuda:{device_id}")
-    feed_ndarray(tensors, out, cuda_stream=torch.cuda.current_stream(device_id))
+    from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+    # feed_ndarray asserts dali.shape() == list(out.size()): a TensorList's shape() is one tuple per
+    # sample, so hand it the dense TensorGPU (as DALIGenericIterator does).  The copy is queued on
+    # torch's current stream, and DALI orders it after the producing work and before the buffer is reused.
+    dense = tensors.as_tensor()
+    out = torch.empty(dense.shape(), dtype=to_torch_type[dense.dtype], device=f"cuda:{device_id}")
+    feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device_id))
     return out
 
 
