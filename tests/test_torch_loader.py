@@ -89,5 +89,8 @@ def test_gpu_build_matches_cpu(dirs, loader):
     cpu = next(iter(make_loader(settings(dirs["jpeg"], loader=loader, with_params=False)).epoch(0)))
     gpu = next(iter(make_loader(settings(dirs["jpeg"], loader=loader, device="gpu", with_params=False)).epoch(0)))
     assert gpu[0].is_cuda
-    # nvJPEG and libjpeg-turbo may differ by a grey level
-    torch.testing.assert_close(gpu[0].cpu(), cpu[0], atol=1.01, rtol=0)
+    diff = (gpu[0].cpu() - cpu[0]).abs()
+    if loader == "torch":  # decoded by OpenCV on the CPU either way; only the float pass moved
+        assert diff.max() <= 1e-4
+    else:  # nvJPEG's IDCT and chroma upsampling are not libjpeg-turbo's: close on average, a few levels at edges
+        assert diff.mean() <= 0.5 and diff.max() <= 12
