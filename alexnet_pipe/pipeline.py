@@ -225,6 +225,22 @@ class TorchNormalizer:
             self._means[key] = tuple(m.permute(*order).contiguous().to(device) for m in pair)
         return self._means[key]
 
+    def windows(self, device, channels_last: bool, xs, ys, flips):
+        """The mean windows of a batch, gathered at once: (N, 3, c, c), or (N, c, c, 3) for channels_last."""
+        import torch
+        plain, flipped = self.means(device, channels_last)
+        both = torch.stack([plain, flipped])  # (2, ...) so one index picks the (pre-)flipped mean
+        xs = np.where(flips, self.size - self.crop - xs, xs)
+        span = torch.arange(self.crop, device=device)
+        pick = torch.as_tensor(np.asarray(flips, bool), device=device).long()
+        rows = torch.as_tensor(ys, device=device)[:, None] + span  # (N, c)
+        cols = torch.as_tensor(xs, device=device)[:, None] + span
+        if channels_last:  # means laid out (S, S, 3)
+            return both[pick[:, None, None], rows[:, :, None], cols[:, None, :]]
+        chan = torch.arange(3, device=device)
+        return both[pick[:, None, None, None], chan[None, :, None, None], rows[:, None, :, None],
+                    cols[:, None, None, :]]
+
     def __call__(self, crops, xs, ys, flips, light, channels_last: bool = False):
         """crops: uint8 (N, c, c, 3), flipped; xs, ys, flips: (N,) numpy; light: (N, 3) float32.
 
@@ -234,9 +250,14 @@ class TorchNormalizer:
         with _one_torch_thread():
             return self._apply(crops, xs, ys, flips, light, channels_last)
 
-    def _apply(self, crops, xs, ys, flips, light, channels_last):
+    def _apply(self, crops, xs, ys, flips, light, channels_last, batched: bool | None = None):
+        """batched (default on CUDA): one gather and two kernels for the whole batch; a GPU would
+        otherwise spend more on 2 launches per sample than on the work. Per sample (the CPU
+        default) measured ~4x faster on the CPU. Same operations in the same order: equal results."""
         import torch
         n, c, dev = len(crops), self.crop, crops.device
+        if batched is None:
+            batched = dev.type == "cuda"
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         out = self._pool.get((n, 3, c, c), dev, fmt)
         # elementwise ops are fastest with every operand in the output's memory order
@@ -247,12 +268,19 @@ class TorchNormalizer:
         if self.norm.mode == "channel":
             mean = vec(torch.from_numpy(self.norm.mean_rgb[None, :] - light))
             inv_std = vec(torch.from_numpy(np.float32(1.0) / self.norm.std_rgb[None, :]))[0]
+            if batched:
+                torch.sub(src, mean.view(n, 1, 1, 3) if channels_last else mean, out=dst).mul_(inv_std)
+                return out
             for i in range(n):
                 torch.sub(src[i], mean[i], out=dst[i]).mul_(inv_std)
             return out
         plain, flipped = self.means(dev, channels_last)
         light_t = vec(torch.from_numpy(light))
         far = self.size - c
+        if batched:
+            torch.sub(src, self.windows(dev, channels_last, xs, ys, flips), out=dst)
+            dst.add_(light_t.view(n, 1, 1, 3) if channels_last else light_t)
+            return out
         for i, (x, y, f) in enumerate(zip(xs.tolist(), ys.tolist(), flips.tolist())):
             mean, x = (flipped, far - x) if f else (plain, x)
             window = mean[y:y + c, x:x + c] if channels_last else mean[:, y:y + c, x:x + c]

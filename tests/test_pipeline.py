@@ -231,11 +231,16 @@ def test_torch_normalizer_matches_numpy(mode, channels_last):
     crops = rng.integers(0, 256, (n, c, c, 3), dtype=np.uint8)
     xs, ys = rng.integers(0, size - c + 1, n), rng.integers(0, size - c + 1, n)
     flips, light = np.arange(n) % 2 == 1, rng.normal(0, 20, (n, 3)).astype(np.float32)
-    got = TorchNormalizer(norm, size, c)(torch.from_numpy(crops), xs, ys, flips, light, channels_last)
+    normalizer = TorchNormalizer(norm, size, c)
+    got = normalizer(torch.from_numpy(crops), xs, ys, flips, light, channels_last)
     assert got.dtype == torch.float32 and got.shape == (n, 3, c, c)
     assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     np.testing.assert_allclose(got.numpy(), reference_normalize(crops, xs, ys, flips, light, norm, size),
                                rtol=1e-5, atol=1e-3)
+    # the batched path (CUDA's default) does the same operations at once: bit-identical on the CPU
+    batched = normalizer._apply(torch.from_numpy(crops), xs, ys, flips, light, channels_last, batched=True)
+    assert batched.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert torch.equal(batched, got.clone())
 
 
 def test_output_buffers_are_reused_only_when_released():
