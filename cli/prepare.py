@@ -82,7 +82,17 @@ def _print_summary(summary: dict, data: Path) -> None:
     for split, s in manifest["splits"].items():
         mb = sum(e["bytes"] for e in s["shards"]) / 1e6
         click.echo(f"{split:<6} {s['count']:>9} {s['rejects']:>9} {len(s['shards']):>7} {mb:>9.1f}")
+    reasons = _reasons(data / "rejects.jsonl")
+    if reasons:
+        click.echo("rejected, by reason: " + "; ".join(f"{n} {why}" for why, n in reasons))
     click.echo(f"manifest: {data / 'manifest.json'}; rejected inputs and reasons: {data / 'rejects.jsonl'}")
+
+
+def _reasons(path: Path, most: int = 6) -> list[tuple[str, int]]:
+    """(reason, count) of the rejected inputs, commonest first; a reason's details after '(' merged."""
+    from collections import Counter
+    counts = Counter(json.loads(line)["reason"].split(" (")[0] for line in path.read_text().splitlines() if line)
+    return counts.most_common(most)
 
 
 @click.command()

@@ -98,6 +98,7 @@ def test_prepare_dry_run_and_info(tmp_path):
     r = _run(["prepare", str(tmp_path / "src"), "--data", str(tmp_path / "d"), "--size", "32", "--workers", "1"])
     assert r.exit_code == 0, r.output
     assert "rejected" in r.output and "rejects.jsonl" in r.output
+    assert "rejected, by reason: 1 " in r.output and "1 empty file" in r.output
     r = _run(["info", "--data", str(tmp_path / "d")])
     assert r.exit_code == 0 and "train: 15 records in 1 shards" in r.output, r.output
 
