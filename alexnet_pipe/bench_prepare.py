@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 # (width, height, share): ImageNet's common shapes and a thin tail of large photographs; the mean is
-# ~480x400 px, close to the ~470x390 reported for ILSVRC-2012 train (most images are 500 px wide)
+# ~220k pixels (a 500x440 image), close to the ~470x390 reported for ILSVRC-2012 train (most are 500 px wide)
 SHAPES = [((500, 375), 0.42), ((375, 500), 0.10), ((500, 333), 0.20), ((500, 500), 0.05),
           ((333, 500), 0.05), ((300, 225), 0.08), ((800, 600), 0.09), ((1600, 1200), 0.01)]
 
