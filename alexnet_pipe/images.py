@@ -149,7 +149,6 @@ def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
     return buf.tobytes()
 
 
-def decode_stored_jpeg(data: bytes) -> np.ndarray:
-    """The pixels a reader gets back from a record we wrote (RGB)."""
-    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | _FLAGS),
-                        cv2.COLOR_BGR2RGB)
+def decode_stored_jpeg(data: bytes) -> np.ndarray | None:
+    """The pixels a reader gets back from a JPEG record (RGB), or None if they do not decode."""
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB | _FLAGS)

@@ -8,6 +8,7 @@ resuming after a crash only has to find which shards are already committed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -62,7 +63,9 @@ class ShardPlan:
     def name(self) -> str:
         return shards.shard_name(self.index)
 
+    @functools.cached_property
     def fingerprint(self) -> str:
+        """sha256 of the planned inputs; the plan record, resume and commit all ask for it."""
         h = hashlib.sha256()
         for item in self.items:
             h.update(f"{item.relpath}\0{item.label}\n".encode())
@@ -163,7 +166,7 @@ PREPARE_JSON = "prepare.json"
 
 def plan_record(plan: dict[str, list[ShardPlan]], settings: PrepareSettings) -> dict:
     """What a data dir is bound to: output settings and the shard plan's fingerprint."""
-    fps = {split: hashlib.sha256("".join(p.fingerprint() for p in plans).encode()).hexdigest()
+    fps = {split: hashlib.sha256("".join(p.fingerprint for p in plans).encode()).hexdigest()
            for split, plans in plan.items()}
     return {"format_version": shards.FORMAT_VERSION, "settings": settings.output_settings(),
             "plan": {split: {"shards": len(plan[split]), "fingerprint": fps[split]} for split in plan}}
@@ -223,7 +226,7 @@ def pending_shards(dd: DataDir, plan: dict[str, list[ShardPlan]],
             if meta is None:
                 shutil.rmtree(folder / p.name, ignore_errors=True)
                 todo.append(p)
-            elif meta.get("fingerprint") != p.fingerprint():
+            elif meta.get("fingerprint") != p.fingerprint:
                 raise UserError(f"{folder / p.name} was written from other inputs; use --overwrite")
     return todo
 
@@ -231,7 +234,7 @@ def pending_shards(dd: DataDir, plan: dict[str, list[ShardPlan]],
 # --- writing -----------------------------------------------------------------------------
 
 def _tasks(job: ImageJob, todo: list[ShardPlan]):
-    """(shard, is its last chunk, task) in shard order; imap keeps this order."""
+    """(shard, is its last chunk, task) in shard order; the executor's map keeps this order."""
     for p in todo:
         pairs = list(enumerate(p.items, start=p.start))
         chunks = [pairs[i:i + CHUNK] for i in range(0, len(pairs), CHUNK)] or [[]]
@@ -279,7 +282,7 @@ def write_shards(dd: DataDir, todo: list[ShardPlan], job: ImageJob, workers: int
                 _write_jsonl(writer.tmp_dir / SHARD_REJECTS, rejects)
                 writer.commit({"split": plan.split, "first_index": plan.start,
                                "last_index": plan.start + len(plan.items) - 1, "rejects": len(rejects),
-                               "fingerprint": plan.fingerprint()})
+                               "fingerprint": plan.fingerprint})
                 writer, rejects = None, []
     finally:
         if writer is not None:

@@ -30,9 +30,8 @@ def decode_rgb(datum, index: RecordIndex) -> np.ndarray:
     """(S, S, 3) uint8 RGB of one record (OpenCV for JPEG; EXIF orientation ignored as in prepare)."""
     if not datum.encoded:
         return index.pixels(datum)
-    import cv2
-    rgb = cv2.imdecode(np.frombuffer(datum.data, np.uint8),
-                       cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
+    from .images import decode_stored_jpeg
+    rgb = decode_stored_jpeg(datum.data)
     if rgb is None or rgb.shape != (index.size, index.size, 3):
         raise UserError(f"a record does not decode to a {index.size}x{index.size} RGB image")
     return rgb
