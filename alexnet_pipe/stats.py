@@ -359,7 +359,7 @@ def run_stats(settings: StatsSettings, *, backend: str = "auto") -> StatsRun:
         total = merge_shard_stats(data, manifest)
     out = DataDir(data).stats
     # eigenpairs come from the same sums for free: never drop ones that describe these shards
-    result = compute(total, settings.pca or _has_current_pca(out / "pca.json", manifest))
+    result = compute(total, settings.pca or _has_current_pca(data))
     write_outputs(out, result, pca_document(result, source=source, sample=settings.sample, manifest=manifest),
                   settings)
     files = [out / "mean.npy", out / "mean.binaryproto", out / "pca.json"]
@@ -368,12 +368,12 @@ def run_stats(settings: StatsSettings, *, backend: str = "auto") -> StatsRun:
     return StatsRun(result, source, out, files, repaired)
 
 
-def _has_current_pca(path: Path, manifest: dict | None) -> bool:
+def _has_current_pca(data: Path) -> bool:
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
+        load_stats(data, need_pca=True)
+    except UserError:
         return False
-    return bool(doc.get("pca")) and doc.get("shards_digest") == fingerprint_digest(shard_fingerprint(manifest))
+    return True
 
 
 def _manifest_or_none(data: Path, recompute: bool) -> dict | None:
