@@ -327,7 +327,6 @@ class BaseLoader:
         for step in range(start_step, self.steps_per_epoch):
             params = plan.take(*self.layout.rank_span(step, self.settings.rank))
             params["light"] = self.light(params["alpha"])
-            params["key"] = np.array([self.index.keys[i].decode() for i in params["index"]])
             out.append(params)
         return out
 
@@ -365,7 +364,10 @@ class BaseLoader:
         if s.channels_last and images.dim() == 4 and not images.is_contiguous(memory_format=torch.channels_last):
             images = images.contiguous(memory_format=torch.channels_last)
         if s.with_params:
-            public = {k: params[k] for k in ("crop_x", "crop_y", "flip", "alpha", "index", "key")}
+            public = {k: params[k] for k in ("crop_x", "crop_y", "flip", "alpha", "index")}
+            # derived only here: decoding every record's key each epoch would be wasted without with_params
+            public["key"] = params["key"] if "key" in params else np.array(
+                [self.index.keys[i].decode() for i in params["index"]])
             return images, labels, public
         return images, labels
 
