@@ -127,15 +127,16 @@ def to_record(job: ImageJob, index: int, item: Item) -> tuple[bytes, bytes, np.n
     except OSError as exc:
         raise images.Reject(f"unreadable ({exc.strerror or exc})") from None
     try:
-        rgb = images.decode_rgb(data, job.size if job.reduce else 0)
-        square = images.center_square(rgb, job.size, job.resize)
+        bgr = images.decode_bgr(data, job.size if job.reduce else 0)
+        square = images.center_square(bgr, job.size, job.resize)
     except cv2.error as exc:
         raise images.Reject(f"undecodable ({str(exc).strip().splitlines()[-1]})") from None
     if job.encoding == "jpeg":
         value = images.encode_jpeg(square, job.quality)
         stored = images.decode_stored_jpeg(value)
-    else:
-        value, stored = square.tobytes(), square
+    else:  # raw records are HWC RGB (docs/format.md)
+        stored = cv2.cvtColor(square, cv2.COLOR_BGR2RGB)
+        value = stored.tobytes()
     datum = shards.Datum(value, item.label, job.encoding == "jpeg", 3, job.size, job.size)
     return shards.record_key(index, item.relpath), datum.to_bytes(), stored
 

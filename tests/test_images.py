@@ -69,6 +69,33 @@ def test_dct_reduction_keeps_shorter_side_at_least_min_side():
     assert images.decode_rgb(jpeg(smooth(300, 400)), 256).shape == (300, 400, 3)
 
 
+def pink_noise(side, seed=0):
+    """A photograph-like test picture: 1/f amplitude spectrum, every scale present."""
+    rng = np.random.default_rng(seed)
+    f = np.hypot(*np.meshgrid(np.fft.fftfreq(side), np.fft.fftfreq(side), indexing="ij"))
+    spectrum = np.fft.fft2(rng.normal(size=(3, side, side))) / np.maximum(f, 1 / side)
+    img = np.fft.ifft2(spectrum).real.transpose(1, 2, 0)
+    return np.clip((img - img.mean()) / img.std() * 50 + 128, 0, 255).astype(np.uint8)
+
+
+def lanczos_reference(square, size):
+    """Antialiased Lanczos on float pixels (PIL widens the kernel by the shrink ratio)."""
+    return np.stack([np.asarray(Image.fromarray(square[..., c].astype(np.float32), "F").resize(
+        (size, size), Image.LANCZOS)) for c in range(3)], axis=-1)
+
+
+@pytest.mark.parametrize("side", [300, 375, 500])
+def test_area_shrink_below_2x_is_a_box_average_of_cubic_2x_and_beats_inter_area(side):
+    square = pink_noise(side, seed=side)
+    out = images.center_square(square, 256)
+    double = cv2.resize(square, (512, 512), interpolation=cv2.INTER_CUBIC).astype(np.float64)
+    box = double.reshape(256, 2, 256, 2, 3).mean(axis=(1, 3))
+    assert out.shape == (256, 256, 3) and np.abs(out - box).max() <= 0.5 + 1e-9
+    ref = lanczos_reference(square, 256)
+    plain_area = cv2.resize(square, (256, 256), interpolation=cv2.INTER_AREA)
+    assert np.abs(out - ref).mean() < np.abs(plain_area - ref).mean()
+
+
 def test_center_square_is_the_central_patch():
     img = smooth(60, 100)
     assert (images.center_square(img, 60) == img[:, 20:80]).all()  # no resize needed: exact crop
