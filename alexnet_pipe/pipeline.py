@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import os
 import warnings
+import weakref
 from pathlib import Path
 from typing import Iterator
 
@@ -58,6 +59,7 @@ class LoaderSettings:
     num_threads: int = 2  # DALI threads / torch DataLoader workers
     with_params: bool = False  # also yield the augmentation parameters used
     reader: str = "external"  # DALI only: "external" (exact, default) | "caffe" (fn.readers.caffe)
+    fancy_upsampling: bool = True  # DALI GPU: libjpeg-turbo's chroma upsampling (decode.decoder_options)
 
 
 def validate(s: LoaderSettings) -> None:
@@ -394,15 +396,17 @@ def make_loader(settings: LoaderSettings):
 
 def process(data, anchor, flip, cmn_mean, *, encoded: bool, device: str, size: int, crop: int,
             norm: augment.Normalizer, ten_crop: bool, layout: str, dtype, roi_decode: bool = True,
-            normalize_in: str = "torch"):
+            normalize_in: str = "torch", fancy_upsampling: bool = True):
     """The processing half of the graph, for one device.
 
     data: encoded bytes, or (S, S, 3) uint8 pixels; anchor: (x, y) int32; flip: int32;
     cmn_mean: float32 (3,) per sample (lighting and, for per-channel normalisation, the mean).
     normalize_in "torch": uint8 crops, flipped and laid out, for `TorchNormalizer` (cmn_mean and
     dtype unused); "dali": the float work in DALI's operators too (slower on CPU, see docs).
+    fancy_upsampling: the GPU decoder's chroma upsampling as libjpeg-turbo's (decode.decoder_options).
     """
     from nvidia.dali import fn, types
+    from .decode import decoder_options
     op_device = "cpu" if device == "cpu" else "gpu"
     # slice's anchor/shape inputs: a bare numpy value becomes a Constant on the operator's device, and a
     # GPU slice then copies it back to the host with a sync point every iteration (fn.slice docs: "CPU
@@ -425,20 +429,19 @@ def process(data, anchor, flip, cmn_mean, *, encoded: bool, device: str, size: i
         return fn.slice(image, at, shape, normalized_anchor=False, normalized_shape=False,
                         axis_names="WH", device=op_device)
 
-    decoder = "cpu" if device == "cpu" else "mixed"
+    decoder = decoder_options(device, fancy_upsampling)
     if ten_crop:  # every view needs a different window: decode the whole image once
-        image = (fn.decoders.image(data, device=decoder, output_type=types.RGB) if encoded
+        image = (fn.decoders.image(data, **decoder) if encoded
                  else (data if device == "cpu" else data.gpu()))
         offsets, flips = augment.ten_crop_offsets(size, crop)
         anchors = [types.Constant(np.asarray(at, np.int32), device="cpu") for at in offsets]
         views = [finish(window_at(image, at), at, int(f)) for at, f in zip(anchors, flips)]
         return fn.stack(*views)
     if encoded and not roi_decode:  # decode-then-crop: kept to measure what ROI decode saves
-        window = window_at(fn.decoders.image(data, device=decoder, output_type=types.RGB), anchor)
+        window = window_at(fn.decoders.image(data, **decoder), anchor)
     elif encoded:  # ROI decode: only the crop window is decoded
         window = fn.decoders.image_slice(data, anchor, shape, normalized_anchor=False,
-                                         normalized_shape=False, axis_names="WH",
-                                         device=decoder, output_type=types.RGB)
+                                         normalized_shape=False, axis_names="WH", **decoder)
     else:
         window = window_at(data if device == "cpu" else data.gpu(), anchor)
     return finish(window, anchor, flip)
@@ -492,6 +495,33 @@ def cuda_device_id(settings: LoaderSettings) -> int | None:
     return int(local) if local is not None else settings.rank % torch.cuda.device_count()
 
 
+class _EpochFeed:
+    """The external source of a pipeline that serves many epochs. DALI iterates it once per epoch:
+    after the StopIteration that ends one (cycle="raise"), it calls iter() again at once, but the
+    generator body (and so the read of `steps`) only runs when the next epoch asks for its first
+    batch, after the loader has set that epoch's steps."""
+
+    def __init__(self, feed):
+        # weak: loader -> pipeline -> this feed -> loader would be a cycle, keeping the pipeline's
+        # threads alive until a garbage collection; a fork() meanwhile (DataLoader workers) can hang
+        self.feed, self.steps = weakref.WeakMethod(feed), []
+
+    def __iter__(self):
+        for params in self.steps:
+            yield self.feed()(params)
+
+
+def _at_epoch_end(pipe) -> bool:
+    """After an epoch's last batch: DALI has met the source's StopIteration while prefetching; take
+    it and reset, so the pipeline is ready for the next epoch. False if it has a batch too many."""
+    try:
+        pipe.run()
+    except StopIteration:
+        pipe.reset()
+        return True
+    return False
+
+
 class DaliLoader(BaseLoader):
     """The DALI pipeline fed by an explicit per-epoch plan (exact, resumable)."""
     PREFETCH = 3  # batches DALI works ahead: 3 beat 2 by 8-23% in three A/B runs here (docs/pipeline.md)
@@ -503,23 +533,37 @@ class DaliLoader(BaseLoader):
         self.roi_decode = roi_decode  # False: decode the whole image, then crop (for the benchmark)
         self.normalize_in = normalize_in  # "dali": the float work in DALI too (for the benchmark)
         self.device_id = cuda_device_id(settings)
+        self._pipe = self._feeder = None  # kept across epochs that run to their end
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple]:
-        """The batches of one epoch from `start_step` on; a fresh pipeline per call, so an
-        abandoned epoch leaves no prefetched batch behind."""
+        """The batches of one epoch from `start_step` on.
+
+        One pipeline serves every epoch that runs to its end (a build costs ~2 s on a GPU: a new
+        nvJPEG decoder and memory pools). An abandoned epoch leaves prefetched batches behind, so
+        its pipeline is dropped and the next epoch builds a fresh one."""
         steps = self.step_params(epoch, start_step)
         if not steps:
             return
-        pipe = self._build(self._feed(p) for p in steps)
+        if self._pipe is None:
+            self._feeder = _EpochFeed(self._feed)
+            self._pipe = self._build(self._feeder)
+        self._feeder.steps, pipe, finished = steps, self._pipe, False
         try:
             for params in steps:
                 images, labels = pipe.run()
                 yield self.finish(self._images(images, params),
                                   _to_torch(labels, None).view(-1).to(self._device, non_blocking=True),
                                   params)
+            finished = _at_epoch_end(pipe)
         finally:
-            del pipe
+            if not finished:
+                self._pipe = self._feeder = None
+                del pipe
             release_shards()
+
+    def close(self) -> None:
+        self._pipe = self._feeder = None
+        super().close()
 
     @property
     def _device(self) -> str:
@@ -554,12 +598,13 @@ class DaliLoader(BaseLoader):
                       device_id=self.device_id, prefetch_queue_depth=self.PREFETCH)
         def graph():
             data, anchor, flip, cmn_mean, labels = fn.external_source(
-                source=source, num_outputs=5, batch=True,
+                source=source, num_outputs=5, batch=True, cycle="raise",
                 dtype=[types.UINT8, types.INT32, types.INT32, types.FLOAT, types.INT64])
             images = process(data, anchor, flip, cmn_mean, encoded=encoded, device=s.device,
                              size=self.index.size, crop=s.crop, norm=self.norm,
                              ten_crop=self.ten_crop, layout=layout, dtype=_dali_dtype(s.dtype),
-                             roi_decode=self.roi_decode, normalize_in=self.normalize_in)
+                             roi_decode=self.roi_decode, normalize_in=self.normalize_in,
+                             fancy_upsampling=s.fancy_upsampling)
             return images, labels
 
         return _built(graph)
@@ -637,7 +682,7 @@ class CaffeReaderLoader(DaliLoader):
                              device=s.device, size=size, crop=s.crop, norm=self.norm, ten_crop=False,
                              layout="HWC" if s.channels_last else "CHW",
                              dtype=_dali_dtype(s.dtype), roi_decode=self.roi_decode,
-                             normalize_in=self.normalize_in)
+                             normalize_in=self.normalize_in, fancy_upsampling=s.fancy_upsampling)
             return images, labels
 
         return _built(graph)

@@ -129,7 +129,7 @@ def test_dali_gpu_batch_to_torch_is_an_exact_copy(dtype):
 
     @pipeline_def(batch_size=3, num_threads=1, device_id=0)
     def graph():
-        data = fn.external_source(source=lambda: host, batch=True, cycle=True, dtype=types.UINT8)
+        data = fn.external_source(source=lambda: host, batch=True, dtype=types.UINT8)  # called per batch
         return fn.cast(data.gpu(), dtype=getattr(types, dtype))
 
     pipe = graph()

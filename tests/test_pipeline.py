@@ -167,6 +167,38 @@ def test_same_seed_epoch_same_batches_and_resume_is_the_tail(dirs):
     assert list(make_loader(settings(dirs["raw"], seed=3)).epoch(3))[0][2]["key"].tolist() != full[0][2]["key"].tolist()
 
 
+def test_one_pipeline_serves_every_finished_epoch(dirs):
+    """Epochs run to their end reuse the built pipeline; after an abandoned one (batches prefetched
+    and never taken) the next epoch starts on a fresh one. Either way each epoch gives exactly
+    what a new loader gives for it."""
+    def same(got, want):
+        assert len(got) == len(want)
+        for (x, y, p), (x2, y2, p2) in zip(got, want):
+            assert torch.equal(x, x2) and torch.equal(y, y2) and (p["key"] == p2["key"]).all()
+
+    def fresh(epoch, start_step=0):
+        return list(make_loader(settings(dirs["jpeg"], seed=4)).epoch(epoch, start_step))
+
+    import torch
+    loader = make_loader(settings(dirs["jpeg"], seed=4))
+    same(list(loader.epoch(0)), fresh(0))
+    built = loader._pipe
+    same(list(loader.epoch(1)), fresh(1))
+    assert loader._pipe is built
+    partial = loader.epoch(2)
+    next(partial)
+    partial.close()  # abandoned after one batch
+    assert loader._pipe is None
+    same(list(loader.epoch(2, start_step=3)), fresh(2, start_step=3))
+    same(list(loader.epoch(3)), fresh(3))
+    assert loader._pipe is not None and loader._pipe is not built
+    last = loader.steps_per_epoch - 1  # an epoch shorter than DALI's prefetch queue
+    rebuilt = loader._pipe
+    same(list(loader.epoch(4, start_step=last)), fresh(4, start_step=last))
+    same(list(loader.epoch(5)), fresh(5))
+    assert loader._pipe is rebuilt
+
+
 def test_dali_params_statistics(dirs):
     loader = make_loader(settings(dirs["raw"], batch_size=50, lighting=0.2))
     params = [p for e in range(12) for _x, _y, p in loader.epoch(e)]
