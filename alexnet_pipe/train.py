@@ -307,8 +307,9 @@ class Meter:
         loss = self.loss.float()
         if world > 1:
             dist.all_reduce(loss)
+        total = loss.item()  # waits for the device: the steps queued so far count in this row's time
         elapsed = time.perf_counter() - self.t0
-        out = {"loss": loss.item() / world / self.steps, "images_per_sec": self.steps * global_batch / elapsed,
+        out = {"loss": total / world / self.steps, "images_per_sec": self.steps * global_batch / elapsed,
                "data_wait_fraction": min(1.0, self.wait / elapsed)}
         self.loss.zero_()
         self.steps, self.wait, self.t0 = 0, 0.0, time.perf_counter()
