@@ -37,7 +37,8 @@ def _shard_range(ctx, param, value):
 @click.option("--encoding", type=click.Choice(["jpeg", "raw"]), default="jpeg", show_default=True,
               help="jpeg: encoded Datums; raw: HWC RGB bytes (encoded=false), ~5x larger, no decode cost.")
 @click.option("--resize", type=click.Choice(RESIZES), default="area", show_default=True,
-              help="Downscaling filter (enlarging always uses cubic).")
+              help="Downscaling filter (enlarging always uses cubic). area: pixel-area averaging; "
+                   "a shrink by less than 2x is a cubic 2x enlargement, then the exact 2x2 average.")
 @click.option("--reduce/--no-reduce", default=True, show_default=True,
               help="Let JPEGs of shorter side >= 2*size decode at 1/2, 1/4, 1/8 scale (DCT domain).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the global shuffle.")
