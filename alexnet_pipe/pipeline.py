@@ -561,12 +561,14 @@ class DaliLoader(BaseLoader):
             self._pipe = self._build(self._feeder)
         self._feeder.steps, pipe, finished = steps, self._pipe, False
         try:
-            for params in steps:
+            for k, params in enumerate(steps, 1):
                 images, labels = pipe.run()
-                yield self.finish(self._images(images, params),
-                                  _to_torch(labels, None).view(-1).to(self._device, non_blocking=True),
-                                  params)
-            finished = _at_epoch_end(pipe)
+                batch = self.finish(self._images(images, params),
+                                    _to_torch(labels, None).view(-1).to(self._device, non_blocking=True),
+                                    params)  # copies: DALI's buffers are free again
+                if k == len(steps):  # before the last yield: the trainer takes `steps` batches, no more
+                    finished = _at_epoch_end(pipe)
+                yield batch
         finally:
             if not finished:
                 self._pipe = self._feeder = None

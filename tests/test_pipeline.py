@@ -197,6 +197,12 @@ def test_one_pipeline_serves_every_finished_epoch(dirs):
     same(list(loader.epoch(4, start_step=last)), fresh(4, start_step=last))
     same(list(loader.epoch(5)), fresh(5))
     assert loader._pipe is rebuilt
+    batches = loader.epoch(6)  # as the trainer does: exactly steps_per_epoch next() calls, no StopIteration
+    got = [next(batches) for _ in range(loader.steps_per_epoch)]
+    del batches
+    same(got, fresh(6))
+    assert loader._pipe is rebuilt
+    same(list(loader.epoch(7)), fresh(7))
 
 
 def test_dali_params_statistics(dirs):
