@@ -545,21 +545,23 @@ class DaliLoader(BaseLoader):
         self.roi_decode = roi_decode  # False: decode the whole image, then crop (for the benchmark)
         self.normalize_in = normalize_in  # "dali": the float work in DALI too (for the benchmark)
         self.device_id = cuda_device_id(settings)
-        self._pipe = self._feeder = None  # kept across epochs that run to their end
+        self._pipe = self._feeder = None  # idle, for the next epoch: kept after epochs that ran to their end
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple]:
         """The batches of one epoch from `start_step` on.
 
         One pipeline serves every epoch that runs to its end (a build costs ~2 s on a GPU: a new
         nvJPEG decoder and memory pools). An abandoned epoch leaves prefetched batches behind, so
-        its pipeline is dropped and the next epoch builds a fresh one."""
+        its pipeline is dropped and the next epoch builds a fresh one. A running epoch holds its
+        pipeline alone: an epoch started meanwhile builds its own."""
         steps = self.step_params(epoch, start_step)
         if not steps:
             return
-        if self._pipe is None:
-            self._feeder = _EpochFeed(self._feed)
-            self._pipe = self._build(self._feeder)
-        self._feeder.steps, pipe, finished = steps, self._pipe, False
+        pipe, feeder, self._pipe, self._feeder = self._pipe, self._feeder, None, None
+        if pipe is None:
+            feeder = _EpochFeed(self._feed)
+            pipe = self._build(feeder)
+        feeder.steps, finished = steps, False
         try:
             for k, params in enumerate(steps, 1):
                 images, labels = pipe.run()
@@ -570,9 +572,8 @@ class DaliLoader(BaseLoader):
                     finished = _at_epoch_end(pipe)
                 yield batch
         finally:
-            if not finished:
-                self._pipe = self._feeder = None
-                del pipe
+            if finished and self._pipe is None:  # ready for the next epoch
+                self._pipe, self._feeder = pipe, feeder
             release_shards()
 
     def close(self) -> None:

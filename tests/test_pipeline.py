@@ -203,6 +203,10 @@ def test_one_pipeline_serves_every_finished_epoch(dirs):
     same(got, fresh(6))
     assert loader._pipe is rebuilt
     same(list(loader.epoch(7)), fresh(7))
+    first = loader.epoch(8)  # two epochs open at once: each has its own pipeline
+    head = [next(first)]
+    same(list(loader.epoch(9)), fresh(9))
+    same(head + list(first), fresh(8))
 
 
 def test_dali_params_statistics(dirs):
