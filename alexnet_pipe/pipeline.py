@@ -346,15 +346,20 @@ class BaseLoader:
     def normalize(self, crops, params: dict):
         """uint8 HWC crops, already flipped ((B, c, c, 3), ten-crop (B, 10, c, c, 3)) -> the
         float32 NCHW batch ((B, 3, c, c), ten-crop (B, 10, 3, c, c))."""
+        xs, ys, flips = self.window_params(params)
         if self.ten_crop:  # every view at its fixed offset, no lighting; 5-D stays NCHW
             b, c = len(crops), self.settings.crop
-            offsets, flips = augment.ten_crop_offsets(self.index.size, c)
-            flat = self.normalizer(crops.reshape(b * 10, c, c, 3), np.tile(offsets[:, 0], b),
-                                   np.tile(offsets[:, 1], b), np.tile(flips, b),
-                                   np.zeros((b * 10, 3), np.float32))
+            flat = self.normalizer(crops.reshape(b * 10, c, c, 3), xs, ys, flips, np.zeros((b * 10, 3), np.float32))
             return flat.view(b, 10, 3, c, c)
-        return self.normalizer(crops, params["crop_x"], params["crop_y"], params["flip"], params["light"],
-                               channels_last=self.settings.channels_last)
+        return self.normalizer(crops, xs, ys, flips, params["light"], channels_last=self.settings.channels_last)
+
+    def window_params(self, params: dict) -> tuple:
+        """(x, y, flip) of every window of a batch, (B,) each; ten-crop: (B * 10,), views in order."""
+        if not self.ten_crop:
+            return params["crop_x"], params["crop_y"], params["flip"]
+        b = len(params["flip"])
+        offsets, flips = augment.ten_crop_offsets(self.index.size, self.settings.crop)
+        return np.tile(offsets[:, 0], b), np.tile(offsets[:, 1], b), np.tile(flips, b)
 
     def finish(self, images, labels, params: dict):
         """dtype, memory format and the optional params of a torch batch."""
@@ -452,7 +457,7 @@ def process(data, anchor, flip, cmn_mean, *, encoded: bool, device: str, size: i
 # --- DALI: the loaders ----------------------------------------------------------------
 
 def mirror_in_place(crops: np.ndarray, flips: np.ndarray) -> None:
-    """Mirror left-right the uint8 HWC windows whose flag is set: crops (..., c, c, 3), flips crops.shape[:-3]."""
+    """Mirror left-right the uint8 HWC windows whose flag is set: crops (..., c, c, 3), one flag per window."""
     import cv2
     flat = crops.reshape(-1, *crops.shape[-3:])
     if not np.shares_memory(flat, crops):
@@ -596,18 +601,12 @@ class DaliLoader(BaseLoader):
         if self.normalize_in == "torch":
             crops = _to_torch(images, self.device_id, copy=False)[:len(params["flip"])]
             if not self._flip_in_graph:
-                mirror_in_place(crops.numpy(), self._flips(params))
+                mirror_in_place(crops.numpy(), self.window_params(params)[2])
             return self.normalize(crops, params)
         images = _to_torch(images, self.device_id)[:len(params["flip"])]
         if self.settings.channels_last and not self.ten_crop:
             images = images.permute(0, 3, 1, 2)  # HWC memory = channels_last NCHW
         return images
-
-    def _flips(self, params: dict) -> np.ndarray:
-        """Which of the batch's windows are mirrored: (B,), or (B, 10) for ten-crop."""
-        if self.ten_crop:
-            return np.tile(augment.ten_crop_offsets(self.index.size, self.settings.crop)[1], (len(params["flip"]), 1))
-        return params["flip"]
 
     def _feed(self, params: dict) -> tuple:
         datums = [self.index.read(i) for i in params["index"]]
