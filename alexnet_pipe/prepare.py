@@ -21,6 +21,7 @@ import numpy as np
 
 from . import images, shards
 from .datadir import DataDir
+from .files import atomic_write, write_json_atomic
 from .errors import Interrupted, UserError
 from .sources import Inventory, Item, discover, read_bytes
 
@@ -208,7 +209,7 @@ def claim_data_dir(dd: DataDir, record: dict, overwrite: bool) -> None:
                         f"use --overwrite to replace them, or another --data dir")
     elif old is None and (dd.split("train").exists() or dd.split("val").exists()):
         raise UserError(f"{dd.root} already has train/ or val/ that prepare did not write; use --overwrite")
-    shards.write_json_atomic(path, record)
+    write_json_atomic(path, record)
 
 
 def pending_shards(dd: DataDir, plan: dict[str, list[ShardPlan]],
@@ -291,7 +292,7 @@ def write_shards(dd: DataDir, todo: list[ShardPlan], job: ImageJob, workers: int
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with shards.atomic_write(path) as f:
+    with atomic_write(path) as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
 
@@ -321,7 +322,7 @@ def finalize(dd: DataDir, inv: Inventory, plan: dict[str, list[ShardPlan]], sett
         manifest["splits"][split] = {"count": written, "shards": entries,
                                      "rejects": sum(r["split"] == split for r in rejects)}
     _write_jsonl(dd.rejects, [{k: v for k, v in r.items() if k != "key_index"} for r in rejects])
-    shards.write_json_atomic(dd.manifest, manifest)
+    write_json_atomic(dd.manifest, manifest)
     return manifest
 
 

@@ -10,7 +10,6 @@ tested against a reference encoding).  Field numbers are Caffe's (caffe.proto):
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import UserError
+from .files import atomic_write, fsync_path, write_json_atomic
 
 FORMAT_VERSION = 1
 SHARD_STATS = "stats.npz"  # per-shard sufficient statistics, inside the shard dir
@@ -210,40 +210,6 @@ def shard_dirs(data_dir: Path, split: str, manifest: dict | None = None) -> list
     if split not in manifest["splits"]:
         raise ShardFormatError(f"{data_dir} has no '{split}' split")
     return [Path(data_dir) / split / s["name"] for s in manifest["splits"][split]["shards"]]
-
-
-@contextlib.contextmanager
-def atomic_write(path: Path, mode: str = "w"):
-    """A file to write that readers see whole or not at all: a temp file beside `path`, synced, then
-    renamed over it (the one way every stage writes a file that others read)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON so that readers see the old file or the new one, never half of one."""
-    with atomic_write(path) as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file, or a directory (so that a rename in it is durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- per-shard sufficient statistics --------------------------------------------------

@@ -27,10 +27,11 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .datadir import DataDir
+from .files import atomic_write, write_json_atomic
 from .errors import UserError
 from .shards import (MANIFEST, SHARD_META, SHARD_STATS, ShardFormatError, ShardStats, varint,
-                     atomic_write, encode_field_bytes, encode_field_varint, open_reader, read_manifest,
-                     read_shard_meta, shard_dirs, write_json_atomic)
+                     encode_field_bytes, encode_field_varint, open_reader, read_manifest,
+                     read_shard_meta, shard_dirs)
 
 SPLIT = "train"
 SIGN_CONVENTION = "the largest-magnitude component of each eigenvector is positive (first on a tie)"

@@ -147,7 +147,7 @@ CKPT_PREFIX = "ckpt-"
 def save_atomic(obj, path: Path) -> None:
     """torch.save to a temp file in the same dir, fsync, rename: a reader never sees half a checkpoint."""
     import torch
-    from alexnet_pipe.shards import atomic_write
+    from alexnet_pipe.files import atomic_write
     with atomic_write(path, "wb") as f:
         torch.save(obj, f)
 
@@ -240,7 +240,7 @@ class RunLog:
         """Keep only rows up to the step we continue from: a crash after the last checkpoint left later rows."""
         if not self.enabled:
             return
-        from alexnet_pipe.shards import write_json_atomic
+        from alexnet_pipe.files import write_json_atomic
         self.run.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.run / "settings.json", asdict(settings))
         rows = read_metrics(self.run) if self.metrics.exists() else []
