@@ -28,7 +28,7 @@ class DemoSettings:
     epochs: int = 12
     nproc: int = 2                  # gloo DDP processes
     workers: int = 2                # prepare's decode processes
-    loader: str = "dali"
+    loader: str = "auto"
     seed: int = 0
     pictures: bool = True
 
@@ -87,7 +87,8 @@ def _stats(s: DemoSettings, echo) -> None:
 
 
 def _train(s: DemoSettings, echo) -> dict:
-    from .train import resolve_settings, run_training
+    from .config import resolve_settings
+    from .train import run_training
     settings = resolve_settings("small", data=str(s.root), run=str(s.root / "runs" / "demo"), nproc=s.nproc,
                                 epochs=s.epochs, crop=s.crop, loader=s.loader, seed=s.seed)
     echo(f"   recipe small: width {settings.width}, {settings.epochs} epochs, batch {settings.batch_size}, "
@@ -126,6 +127,8 @@ def _pictures(s: DemoSettings, echo, checkpoint: Path) -> list[Path]:
 
 def run(s: DemoSettings, echo=print) -> dict:
     """Run every step; returns (and writes to DATA/demo/demo.json) the summary with the errors."""
+    from .loaders import resolve_loader
+    s = dataclasses.replace(s, loader=resolve_loader(s.loader))  # once, for every step
     _fresh_root(s.root)
     step = Steps(echo)
     step("sample data (synthetic)", lambda: _sample(s, echo))

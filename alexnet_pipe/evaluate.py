@@ -1,8 +1,8 @@
 """Top-1/top-5 error of one checkpoint or an ensemble (softmax outputs averaged, the paper's 5- and 7-CNN rows),
-with the centre crop or the paper's ten views (four corners + centre, and their reflections)."""
+with the centre crop or the paper's ten views (four corners + centre, and their reflections); and the trainer's
+own evaluation of the model it holds (`evaluate_model`, summed over ranks)."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,7 @@ class EvalSettings:
     split: str = "val"
     ten_crop: bool = False
     batch_size: int = 128
-    loader: str = "dali"
+    loader: str = "auto"
     device: str = "cpu"
     num_threads: int = 2
 
@@ -37,27 +37,29 @@ def average_softmax(models, images):
     return probs.view(images.shape[0], views, -1).mean(1)
 
 
-def load_model(path: Path | str, device="cpu"):
-    """A checkpoint written by train -> (model in eval mode, its training settings); the one loader of
-    evaluate and viz. A file that is not such a checkpoint raises UserError."""
-    from alexnet_pipe.model import build_model
-    from alexnet_pipe.train import load_checkpoint, settings_from_dict
-    state = load_checkpoint(path)
-    try:
-        s = settings_from_dict(state["settings"])
-        model = build_model(s.arch, state["num_classes"], s.width, lrn_alpha=s.lrn_alpha, dropout=s.dropout)
-        model.load_state_dict(state["model"])
-    except (TypeError, ValueError, RuntimeError) as exc:  # settings or weights that do not fit together
-        raise UserError(f"{path}: its weights do not fit the model its settings describe "
-                        f"({str(exc).strip().splitlines()[0]})") from None
-    return model.to(device).eval(), s
+def evaluate_model(model, loader, device, world: int) -> dict:
+    """Centre-crop top-1/top-5 error over the val loader, summed over ranks."""
+    import torch
+    import torch.distributed as dist
+    was_training = model.training
+    model.eval()
+    counts = torch.zeros(3, dtype=torch.float64, device=device)
+    with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+        for images, labels in loader.epoch(0):
+            c1, c5 = topk_correct(model(images).float(), labels, (1, 5))
+            counts += torch.tensor([c1, c5, len(labels)], dtype=torch.float64, device=device)
+    if world > 1:
+        dist.all_reduce(counts)
+    model.train(was_training)
+    n = counts[2].item()
+    return {"top1_error": 1 - counts[0].item() / n, "top5_error": 1 - counts[1].item() / n, "images": int(n)}
 
 
-def check_eval_data(ts, data, split: str, purpose: str = "") -> dict:
-    """The data dir is ready for a checkpoint trained with settings `ts` and holds `split`; -> its manifest.
+def check_eval_data(data, split: str, purpose: str = "") -> dict:
+    """The data dir is ready for evaluating a checkpoint and holds `split`; -> its manifest.
     The one check of evaluate and viz."""
-    from alexnet_pipe.train import check_data
-    manifest = check_data(dataclasses.replace(ts, data=str(data), eval_every=0))
+    from alexnet_pipe.datadir import check_data
+    manifest = check_data(data, need_val=False)
     if split not in manifest["splits"]:
         raise UserError(f"{data} has no {split} split{purpose}")
     return manifest
@@ -66,7 +68,7 @@ def check_eval_data(ts, data, split: str, purpose: str = "") -> dict:
 def eval_loader(data, split: str, ts, device, *, batch_size: int, loader: str, num_threads: int,
                 ten_crop: bool = False, with_params: bool = False):
     """The eval pipeline (centre crop or ten views, no augmentation) for a checkpoint trained with `ts`."""
-    from alexnet_pipe.pipeline import LoaderSettings, make_loader
+    from alexnet_pipe.loaders import LoaderSettings, make_loader
     return make_loader(LoaderSettings(
         data=Path(data), split=split, train=False, batch_size=batch_size, crop=ts.crop, loader=loader,
         device="gpu" if device.type == "cuda" else "cpu", normalize=ts.normalize,
@@ -77,13 +79,14 @@ def evaluate(es: EvalSettings) -> dict:
     """-> {"top1_error", "top5_error", "images", "views", "checkpoints", "split"}."""
     import torch
     device = torch.device(es.device)
+    from alexnet_pipe.checkpoint import load_model
     loaded = [load_model(p, device) for p in es.checkpoints]
     models, first = [m for m, _ in loaded], loaded[0][1]
     for path, (_, s) in zip(es.checkpoints[1:], loaded[1:]):
         if (s.crop, s.normalize) != (first.crop, first.normalize):
             raise UserError(f"{path} was trained on crop {s.crop}/{s.normalize}, the first checkpoint on "
                             f"{first.crop}/{first.normalize}: an ensemble needs the same input")
-    check_eval_data(first, es.data, es.split)
+    check_eval_data(es.data, es.split)
     loader = eval_loader(es.data, es.split, first, device, batch_size=es.batch_size, loader=es.loader,
                          num_threads=es.num_threads, ten_crop=es.ten_crop)
     correct1 = correct5 = images = 0

@@ -13,10 +13,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-ARCHS = ("alexnet", "alexnet-owt")
-LRN_CONVENTIONS = ("paper", "caffe")
-INITS = ("paper", "kaiming")
-MIN_CROP = 63  # below this the third 3x3/2 max pool sees less than 3x3
+from alexnet_pipe.config import ARCHS, INITS, LRN_ALPHAS as LRN_CONVENTIONS, MIN_CROP  # noqa: F401 (MIN_CROP: API)
 
 # (name, out channels, kernel, stride, padding, groups) per conv layer; pools/LRN placed by build_model.
 _CONVS = {

@@ -133,7 +133,7 @@ class FiltersSettings:
 
 def render_filters(s: FiltersSettings) -> dict:
     """-> {"output", "width", "height", "kernels", "groups"}."""
-    from .evaluate import load_model
+    from .checkpoint import load_model
     model, ts = load_model(s.checkpoint)
     weights = model.features.conv1.weight.detach().float().cpu().numpy()
     groups = conv1_groups(ts.arch)
@@ -186,8 +186,7 @@ def nearest(queries, batches, k: int) -> tuple[np.ndarray, np.ndarray, int]:
 def centre_crops(index, records, crop: int) -> tuple[np.ndarray, np.ndarray]:
     """(n, crop, crop, 3) uint8 centre crops decoded from the stored records, and their labels."""
     from .augment import centre_offset
-    from .pipeline import release_shards
-    from .torch_loader import decode_rgb
+    from .loaders.records import decode_rgb, release_shards
     at = centre_offset(index.size, crop)
     images, labels = [], []
     for i in records:
@@ -232,7 +231,7 @@ class NeighborsSettings:
     k: int = 5
     limit: int = 0            # training images searched; 0: all
     batch_size: int = 64
-    loader: str = "dali"
+    loader: str = "auto"
     device: str = "cpu"
     num_threads: int = 2
 
@@ -245,7 +244,7 @@ def _eval_loader(s: NeighborsSettings, ts, split: str, device):
 
 def _check_data(s: NeighborsSettings, ts) -> list[str]:
     from .evaluate import check_eval_data
-    manifest = check_eval_data(ts, s.data, s.split, " to take queries from")
+    manifest = check_eval_data(s.data, s.split, " to take queries from")
     return [c.get("name", c.get("wnid", "?")) for c in manifest.get("classes", [])]
 
 
@@ -254,7 +253,7 @@ def find_neighbors(s: NeighborsSettings):
     the two loaders' record indices (for the pixels) and the class names."""
     import torch
     device = torch.device(s.device)
-    from .evaluate import load_model
+    from .checkpoint import load_model
     model, ts = load_model(s.checkpoint, device)
     names = _check_data(s, ts)
     query_loader = _eval_loader(s, ts, s.split, device)
@@ -293,7 +292,7 @@ def render_neighbors(s: NeighborsSettings) -> dict:
 
 def read_run_metrics(run: Path) -> list[dict]:
     """RUN/metrics.jsonl rows (train.read_metrics), or one sentence saying what is wrong."""
-    from .train import read_metrics
+    from .runlog import read_metrics
     path = Path(run) / "metrics.jsonl"
     if not path.is_file():
         raise UserError(f"{run} has no metrics.jsonl: pass the run dir that `alexnet-pipe train` wrote")
@@ -400,7 +399,7 @@ def render_augment(s: VizAugmentSettings) -> tuple[int, int]:
     import matplotlib
     matplotlib.use("Agg")
 
-    from alexnet_pipe.pipeline import LoaderSettings, make_loader
+    from alexnet_pipe.loaders import LoaderSettings, make_loader
     loader = make_loader(LoaderSettings(s.data, batch_size=s.n, crop=s.crop, loader=s.loader,
                                         lighting=s.lighting, lighting_scale=s.lighting_scale,
                                         seed=s.seed, with_params=True))

@@ -1,7 +1,7 @@
 """`alexnet-pipe bench ...`: benchmarks that report ratios against a baseline measured in the same run."""
 import click
 
-from alexnet_pipe_cli.main import LazyGroup
+from alexnet_pipe_cli.lazy import LazyGroup
 
 BENCH_COMMANDS = {
     "prepare": ("alexnet_pipe_cli.bench_prepare:bench_prepare", "prepare vs a one-process PIL script and bare decode."),

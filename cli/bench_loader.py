@@ -47,7 +47,8 @@ def timed_rate(batches, warmup: int, count: int) -> float:
 
 
 def _loader_batches(s: BenchLoaderSettings):
-    from alexnet_pipe.pipeline import CaffeReaderLoader, DaliLoader, LoaderSettings, make_loader
+    from alexnet_pipe.loaders import LoaderSettings, make_loader
+    from alexnet_pipe.loaders.dali import CaffeReaderLoader, DaliLoader
     settings = LoaderSettings(s.data, batch_size=s.batch_size, crop=s.crop, loader=s.loader,
                               device=s.device, num_threads=s.threads, reader=s.reader,
                               fancy_upsampling=s.fancy_upsampling)

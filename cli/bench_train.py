@@ -29,7 +29,8 @@ def bench_train(arch: str, width: float | None, crop: int | None, batch_size: in
     """
     import torch
 
-    from alexnet_pipe.train import TrainSettings, bench_train_step
+    from alexnet_pipe.bench_train import bench_train_step
+    from alexnet_pipe.config import TrainSettings
 
     gpu = torch.cuda.is_available() and not cpu
     settings = TrainSettings(

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from alexnet_pipe.loaders import LOADERS
 from alexnet_pipe_cli.common import data_option, print_settings
 
 
@@ -13,7 +14,8 @@ from alexnet_pipe_cli.common import data_option, print_settings
 @click.option("--val-per-class", type=click.IntRange(2), default=20, show_default=True)
 @click.option("--epochs", type=click.IntRange(1), default=12, show_default=True)
 @click.option("--nproc", type=click.IntRange(1, 8), default=2, show_default=True, help="gloo DDP processes.")
-@click.option("--loader", type=click.Choice(["dali", "torch"]), default="dali", show_default=True)
+@click.option("--loader", type=click.Choice(LOADERS), default="auto", show_default=True,
+              help="auto: DALI where it is installed, else the torch DataLoader.")
 @click.option("--pictures/--no-pictures", default=True, show_default=True)
 def demo(data, **options):
     """The whole job on the built-in synthetic sample data, in a few CPU minutes.

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from alexnet_pipe.loaders import LOADERS
+
 from alexnet_pipe_cli.common import data_option, run_and_report
 
 
@@ -14,7 +16,8 @@ from alexnet_pipe_cli.common import data_option, run_and_report
 @click.option("--split", default="val", show_default=True, help="Split of the data dir to evaluate on.")
 @click.option("--ten-crop", is_flag=True, help="Average the softmax over the paper's 10 views (corners, centre, flips).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--loader", type=click.Choice(["dali", "torch"]), default="dali", show_default=True)
+@click.option("--loader", type=click.Choice(LOADERS), default="auto", show_default=True,
+              help="auto: DALI where it is installed, else the torch DataLoader.")
 @click.option("--gpu", is_flag=True, help="Run on CUDA device 0.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (top1_error, top5_error, images, views).")
 def evaluate(checkpoints: tuple[Path, ...], data: Path, split: str, ten_crop: bool, batch_size: int, loader: str,

@@ -5,12 +5,10 @@ torch or DALI, and `prepare` works on a machine without torch.
 """
 from __future__ import annotations
 
-import importlib
-
 import click
 
 from alexnet_pipe import __version__
-from alexnet_pipe.errors import UserError
+from alexnet_pipe_cli.lazy import LazyGroup
 
 # name -> "module:attribute"; the module is imported only when the command runs.
 COMMANDS = {
@@ -27,41 +25,7 @@ COMMANDS = {
 }
 
 
-class LazyGroup(click.Group):
-    """A group whose subcommands are loaded on first use, and whose UserErrors become one line.
-
-    `lazy_commands` maps name -> ("module:attribute", short help).
-    """
-
-    def __init__(self, *args, lazy_commands: dict | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.lazy_commands = lazy_commands if lazy_commands is not None else COMMANDS
-
-    def list_commands(self, ctx):
-        return sorted(self.lazy_commands)
-
-    def get_command(self, ctx, name):
-        if name not in self.lazy_commands:
-            return None
-        module, attr = self.lazy_commands[name][0].split(":")
-        return getattr(importlib.import_module(module), attr)
-
-    def format_commands(self, ctx, formatter):
-        # short help from the table: listing must not import every command module
-        rows = [(name, self.lazy_commands[name][1]) for name in self.list_commands(ctx)]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except UserError as exc:
-            error = click.ClickException(str(exc))
-            error.exit_code = getattr(exc, "exit_code", 1)
-            raise error from None
-
-
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="alexnet-pipe")
 def cli():
     """AlexNet (NIPS 2012) from the raw ImageNet download to a trained model.

@@ -1,7 +1,7 @@
 """`alexnet-pipe viz ...`: pictures (PNG, matplotlib)."""
 import click
 
-from alexnet_pipe_cli.main import LazyGroup
+from alexnet_pipe_cli.lazy import LazyGroup
 
 VIZ_COMMANDS = {
     "augment": ("alexnet_pipe_cli.viz_augment:viz_augment", "A grid of augmented training views."),

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from alexnet_pipe.loaders import LOADERS
+
 from alexnet_pipe_cli.common import data_option, print_settings
 
 
@@ -19,7 +21,8 @@ from alexnet_pipe_cli.common import data_option, print_settings
               help="Sigma of the PCA lighting alphas (exaggerate it to see the effect).")
 @click.option("--lighting-scale", type=click.Choice(["convnet2", "fbresnet"]), default="convnet2",
               show_default=True)
-@click.option("--loader", type=click.Choice(["dali", "torch"]), default="dali", show_default=True)
+@click.option("--loader", type=click.Choice(LOADERS), default="auto", show_default=True,
+              help="auto: DALI where it is installed, else the torch DataLoader.")
 def viz_augment(data, output, n, seed, crop, lighting, lighting_scale, loader):
     """A grid of augmented training views (crop, flip, lighting) as the network sees them, with the
     mean added back and clipped to 0..255.

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from alexnet_pipe.loaders import LOADERS
+
 from alexnet_pipe_cli.common import data_option, print_settings
 
 _CKPT = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -45,7 +47,8 @@ def viz_filters(checkpoint: Path, output: Path | None, scale: int):
 @click.option("--limit", type=click.IntRange(0), default=0, show_default=True,
               help="Training images searched (the first N in record order); 0: all of them.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--loader", type=click.Choice(["dali", "torch"]), default="dali", show_default=True)
+@click.option("--loader", type=click.Choice(LOADERS), default="auto", show_default=True,
+              help="auto: DALI where it is installed, else the torch DataLoader.")
 @click.option("--num-threads", type=click.IntRange(0), default=2, show_default=True,
               help="DALI threads / torch DataLoader workers.")
 @click.option("--gpu", is_flag=True, help="Run on CUDA device 0.")

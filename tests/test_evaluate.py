@@ -94,7 +94,7 @@ def test_train_then_evaluate_end_to_end(tmp_path, data_dir):
 def test_load_model_turns_any_unreadable_file_into_one_sentence(tmp_path):
     """torch.load raises UnpicklingError, EOFError, KeyError, RuntimeError... for junk: all one UserError."""
     from alexnet_pipe.errors import UserError
-    from alexnet_pipe.evaluate import load_model
+    from alexnet_pipe.checkpoint import load_model
     files = {"empty.pt": b"", "junk.pt": b"not a checkpoint at all", "zip.pt": b"PK\x03\x04 cut short"}
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
@@ -111,9 +111,9 @@ def test_load_model_turns_any_unreadable_file_into_one_sentence(tmp_path):
 def test_weights_that_do_not_fit_their_settings_are_one_sentence(tmp_path):
     from dataclasses import asdict
     from alexnet_pipe.errors import UserError
-    from alexnet_pipe.evaluate import load_model
+    from alexnet_pipe.checkpoint import load_model
     from alexnet_pipe.model import build_model
-    from alexnet_pipe.train import TrainSettings
+    from alexnet_pipe.config import TrainSettings
     state = {"model": build_model("alexnet", 3, 0.125).state_dict(), "num_classes": 3,
              "settings": asdict(TrainSettings(width=0.0625))}
     torch.save(state, tmp_path / "other.pt")

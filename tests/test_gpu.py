@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from alexnet_pipe.model import build_model
-from alexnet_pipe.train import read_metrics, resolve_settings, run_training
+from alexnet_pipe.config import resolve_settings
+from alexnet_pipe.runlog import read_metrics
+from alexnet_pipe.train import run_training
 
 
 def short_run(device: str, run_dir, steps: int = 4) -> dict:
@@ -69,7 +71,7 @@ def _gpu_graph(ten_crop: bool, encoded: bool, normalize_in: str):
     dali = pytest.importorskip("nvidia.dali")
     from nvidia.dali import fn, types
     from alexnet_pipe import augment
-    from alexnet_pipe.pipeline import process
+    from alexnet_pipe.loaders.dali import process
     norm = augment.Normalizer("mean-image", mean_image=np.zeros((16, 16, 3), np.float32))
 
     @dali.pipeline_def(batch_size=2, num_threads=1, device_id=0)
@@ -124,7 +126,7 @@ def test_gpu_decoding_pass_without_cuda_is_one_sentence(tmp_path, monkeypatch):
 @pytest.mark.parametrize("dtype", ["UINT8", "FLOAT16", "FLOAT"])
 def test_dali_gpu_batch_to_torch_is_an_exact_copy(dtype):
     from nvidia.dali import fn, pipeline_def, types
-    from alexnet_pipe.pipeline import _to_torch
+    from alexnet_pipe.loaders.dali import _to_torch
     host = np.random.default_rng(0).integers(0, 255, (3, 5, 7, 3)).astype(np.uint8)
 
     @pipeline_def(batch_size=3, num_threads=1, device_id=0)
@@ -144,8 +146,9 @@ def test_dali_gpu_batch_to_torch_is_an_exact_copy(dtype):
 @pytest.mark.parametrize("case", ["ten-crop", "train-dali-normalize", "caffe-reader"])
 def test_dali_gpu_graph_matches_cpu_on_raw_records(tmp_path, case):
     """Raw records: no decoder difference, so GPU and CPU builds agree to float rounding."""
-    from alexnet_pipe.pipeline import CaffeReaderLoader, DaliLoader, LoaderSettings
-    from test_pipeline import CROP, build_data
+    from alexnet_pipe.loaders import LoaderSettings
+    from alexnet_pipe.loaders.dali import CaffeReaderLoader, DaliLoader
+    from test_loaders import CROP, build_data
     data = build_data(tmp_path / "raw", "raw")
     kw = dict(batch_size=8, crop=CROP, with_params=False)
     if case == "ten-crop":

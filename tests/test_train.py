@@ -12,8 +12,10 @@ import torch
 from click.testing import CliRunner
 
 from alexnet_pipe.errors import UserError
-from alexnet_pipe.train import (FAIL_ENV, Plateau, TrainSettings, checkpoints, finalize, latest_checkpoint,
-                                load_checkpoint, lr_at, read_metrics, resolve_settings, run_training)
+from alexnet_pipe.checkpoint import checkpoints, latest_checkpoint, load_checkpoint
+from alexnet_pipe.config import TrainSettings, resolve_settings
+from alexnet_pipe.runlog import read_metrics
+from alexnet_pipe.train import finalize, run_training
 from alexnet_pipe_cli.main import cli
 
 TRAIN_ROW = ("step", "epoch", "loss", "lr")
@@ -38,48 +40,6 @@ def assert_same_weights(a: dict, b: dict, atol=1e-6):
 
 def train_rows(run: Path) -> list[tuple]:
     return [tuple(r[k] for k in TRAIN_ROW) for r in read_metrics(run) if "loss" in r]
-
-
-# ---------------------------------------------------------------- pure maths
-
-def test_step_schedule():
-    lrs = [lr_at("step", 0.01, e, step_epochs=(30, 60, 80)) for e in (0, 29.99, 30, 59.5, 60, 80, 89)]
-    np.testing.assert_allclose(lrs, [0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-5, 1e-5])
-
-
-def test_plateau_lr_follows_drops():
-    assert [lr_at("plateau", 0.01, 5.0, drops=d) for d in range(4)] == pytest.approx([0.01, 1e-3, 1e-4, 1e-5])
-
-
-def test_cosine_and_warmup():
-    assert lr_at("cosine", 0.1, 0, epochs=10) == pytest.approx(0.1)
-    assert lr_at("cosine", 0.1, 5, epochs=10) == pytest.approx(0.05)
-    assert lr_at("cosine", 0.1, 10, epochs=10) == pytest.approx(0.0, abs=1e-12)
-    # 2 warm-up epochs of 4 steps: step k (0-based, starting at k/4 epochs) gets (k+1)/8 of the rate
-    got = [lr_at("step", 0.08, k / 4, warmup_epochs=2, steps_per_epoch=4, step_epochs=()) for k in range(10)]
-    np.testing.assert_allclose(got, [0.01 * (k + 1) for k in range(8)] + [0.08, 0.08])
-
-
-def test_plateau_rule_drops_at_most_three_times():
-    p = Plateau(patience=2, max_drops=3)
-    errors = [0.9, 0.8, 0.8, 0.81, 0.7, 0.7, 0.7, 0.75, 0.75, 0.75, 0.75, 0.75, 0.75, 0.75]
-    drops = [p.update(e) for e in errors]
-    assert [i for i, d in enumerate(drops) if d] == [3, 6, 8]
-    assert p.drops == 3 and p.best == 0.7
-    q = Plateau(2, 3)
-    q.load_state_dict(p.state_dict())
-    assert q == p
-
-
-def test_recipes_and_explicit_options():
-    small = resolve_settings("small")
-    assert (small.init, small.schedule, small.bias_init, small.width) == ("kaiming", "cosine", 0.0, 0.25)
-    assert resolve_settings("small", lr=0.05, width=None).lr == 0.05  # explicit beats recipe, None is "not given"
-    paper = resolve_settings("paper")
-    assert (paper.lr, paper.momentum, paper.weight_decay, paper.batch_size, paper.epochs, paper.schedule) == \
-        (0.01, 0.9, 5e-4, 128, 90, "plateau")
-    with pytest.raises(UserError, match="recipe"):
-        resolve_settings("fast")
 
 
 # ---------------------------------------------------------------- checks before a launch
@@ -164,11 +124,12 @@ def test_two_processes_match_one(tmp_path, reference):
 
 
 @pytest.mark.slow
-def test_killed_worker_restarts_from_checkpoint(tmp_path, reference, monkeypatch, capfd):
-    """Rank 1 dies at step 3 on the first attempt; the launcher restarts both, they resume from step 2."""
-    monkeypatch.setenv(FAIL_ENV, "3")
+def test_killed_worker_restarts_from_checkpoint(tmp_path, reference, capfd):
+    """Rank 1 dies after step 3 on the first attempt; the launcher restarts both, they resume from step 2."""
+    import faults
+    assert faults.DIE_AFTER == 3
     run = tmp_path / "ft"
-    run_training(tiny(run, dropout=0.0, max_steps=6, nproc=2, ckpt_every=2, max_restarts=1))
+    run_training(tiny(run, dropout=0.0, max_steps=6, nproc=2, ckpt_every=2, max_restarts=1), worker=faults.train_dying)
     assert "resumed from" in capfd.readouterr().out
     assert [r[0] for r in train_rows(run)] == [1, 2, 3, 4, 5, 6]
     assert_same_weights(weights(run), weights(reference, 6), atol=1e-5)
@@ -248,16 +209,6 @@ def test_resume_with_a_damaged_settings_json_is_one_sentence(tmp_path):
     assert "settings.json is not the settings.json that `alexnet-pipe train` writes" in result.output
 
 
-def test_read_metrics_skips_only_a_cut_last_row(tmp_path):
-    """A run killed mid-write leaves half a row; resume and viz curves must still read the rest."""
-    rows = [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}]
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "lo')
-    assert read_metrics(tmp_path) == rows
-    (tmp_path / "metrics.jsonl").write_text('{"step": 3, "lo\n' + json.dumps(rows[0]) + "\n")
-    with pytest.raises(UserError, match="line 1"):
-        read_metrics(tmp_path)
-
-
 def test_a_deleted_shard_dir_is_found_before_any_worker_starts(tmp_path):
     import shutil
     from shardgen import make_data_dir, random_images
@@ -285,8 +236,9 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
 
 
 def test_lighting_scale_reaches_the_loader(monkeypatch):
-    import alexnet_pipe.pipeline as pipeline
-    from alexnet_pipe.train import make_loaders, resolve_settings
+    import alexnet_pipe.loaders as pipeline
+    from alexnet_pipe.config import resolve_settings
+    from alexnet_pipe.train import make_loaders
     seen = []
     monkeypatch.setattr(pipeline, "make_loader", lambda ls: seen.append(ls) or ls)
     s = resolve_settings("paper", data="d", lighting_scale="fbresnet", crop=224)

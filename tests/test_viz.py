@@ -20,7 +20,9 @@ def trained(tmp_path_factory):
     """(data dir, checkpoint): 2 steps of the real trainer (recipe small, width 0.25, crop 64) on a
     data dir from shardgen with stats from `alexnet_pipe.stats`."""
     from alexnet_pipe.stats import StatsSettings, run_stats
-    from alexnet_pipe.train import latest_checkpoint, resolve_settings, run_training
+    from alexnet_pipe.checkpoint import latest_checkpoint
+    from alexnet_pipe.config import resolve_settings
+    from alexnet_pipe.train import run_training
     root = tmp_path_factory.mktemp("viz")
     images = random_images(N_TRAIN + N_VAL, S, seed=5)
     labels = np.arange(N_TRAIN + N_VAL) % CLASSES
@@ -80,7 +82,7 @@ def test_filter_grid_single_block_for_owt():
 
 def test_viz_filters_command(trained, tmp_path):
     import torch
-    from alexnet_pipe.train import load_checkpoint, save_atomic
+    from alexnet_pipe.checkpoint import load_checkpoint, save_atomic
     _, ckpt = trained
     state = load_checkpoint(ckpt)
     w = state["model"]["features.conv1.weight"]
@@ -141,8 +143,8 @@ def test_nearest_matches_numpy_reference():
 def fc7_reference(ckpt, data, split):
     """Every record's fc7 by a plain loop: torch loader batches of 1, model.fc7, float64."""
     import torch
-    from alexnet_pipe.evaluate import load_model
-    from alexnet_pipe.pipeline import LoaderSettings, make_loader
+    from alexnet_pipe.checkpoint import load_model
+    from alexnet_pipe.loaders import LoaderSettings, make_loader
     model, ts = load_model(ckpt, torch.device("cpu"))
     loader = make_loader(LoaderSettings(data, split=split, train=False, batch_size=1, crop=ts.crop, loader="torch",
                                         normalize=ts.normalize, num_threads=0))
@@ -232,7 +234,7 @@ def test_help(name):
 
 
 def test_viz_uses_the_one_checkpoint_loader(tmp_path):
-    """An empty file (EOFError inside torch.load) is one sentence in viz too, from evaluate.load_model."""
+    """An empty file (EOFError inside torch.load) is one sentence in viz too, from checkpoint.load_model."""
     import alexnet_pipe.viz as viz
     assert not hasattr(viz, "load_model")  # no second copy of the loader
     empty = tmp_path / "empty.pt"

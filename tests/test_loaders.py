@@ -11,7 +11,10 @@ from click.testing import CliRunner
 
 from alexnet_pipe import augment
 from alexnet_pipe.errors import UserError
-from alexnet_pipe.pipeline import DaliLoader, LoaderSettings, RecordIndex, TorchNormalizer, make_loader
+from alexnet_pipe.loaders import LoaderSettings, make_loader
+from alexnet_pipe.loaders.base import TorchNormalizer
+from alexnet_pipe.loaders.dali import DaliLoader
+from alexnet_pipe.loaders.records import RecordIndex
 from shardgen import make_data_dir, random_images
 
 S, CROP, N_TRAIN, N_VAL = 40, 32, 50, 10

@@ -16,25 +16,14 @@ from typing import Iterator
 
 import numpy as np
 
-from . import augment
-from .errors import UserError
-from .pipeline import BaseLoader, LoaderSettings, RecordIndex, cuda_device_id, release_shards
+from .. import augment
+from .base import BaseLoader, LoaderSettings, cuda_device_id
+from .records import RecordIndex, decode_rgb, release_shards
 
 
 def _init_worker(_worker_id: int) -> None:
     import cv2
     cv2.setNumThreads(1)
-
-
-def decode_rgb(datum, index: RecordIndex) -> np.ndarray:
-    """(S, S, 3) uint8 RGB of one record (OpenCV for JPEG; EXIF orientation ignored as in prepare)."""
-    if not datum.encoded:
-        return index.pixels(datum)
-    from .images import decode_stored_jpeg
-    rgb = decode_stored_jpeg(datum.data)
-    if rgb is None or rgb.shape != (index.size, index.size, 3):
-        raise UserError(f"a record does not decode to a {index.size}x{index.size} RGB image")
-    return rgb
 
 
 class ViewDataset:

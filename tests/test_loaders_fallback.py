@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet_pipe.pipeline import LoaderSettings, make_loader
-from test_pipeline import CROP, N_TRAIN, N_VAL, build_data, check_train, decoded, reference_ten
+from alexnet_pipe.loaders import LoaderSettings, make_loader
+from test_loaders import CROP, N_TRAIN, N_VAL, build_data, check_train, decoded, reference_ten
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,50 @@
+"""The house's rules: the import contracts hold, every module is placed in them, options are declared once."""
+from __future__ import annotations
+
+import dataclasses
+import pkgutil
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import alexnet_pipe
+from alexnet_pipe.config import TrainSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_lint_imports_keeps_every_contract():
+    lint = Path(sys.executable).with_name("lint-imports")
+    result = subprocess.run([str(lint), str(ROOT / "pyproject.toml")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+def _layered_modules() -> set[str]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layers = next(c for c in config if c["type"] == "layers" and "containers" not in c)["layers"]
+    return {name.strip() for layer in layers for name in re.split(r"[|:]", layer)}
+
+
+def test_every_library_module_has_a_layer():
+    """A new module cannot escape the layer rules by being left out of them."""
+    top = {f"alexnet_pipe.{m.name}" for m in pkgutil.iter_modules(alexnet_pipe.__path__)} - {"alexnet_pipe.__main__"}
+    assert top == _layered_modules()
+
+
+def test_train_options_are_generated_from_the_settings():
+    """Each offered setting is one option whose choices and shown default come from TrainSettings."""
+    from click.testing import CliRunner
+    from alexnet_pipe_cli.main import cli
+    from alexnet_pipe_cli.train import train
+    offered = {p.name: p for p in train.params}
+    for f in dataclasses.fields(TrainSettings):
+        opt = f.metadata["opt"]
+        if opt.cli:
+            assert offered[f.name].default is None, f.name  # so a recipe's value applies unless given
+            assert tuple(getattr(offered[f.name].type, "choices", ())) == opt.choices, f.name
+    help_text = " ".join(CliRunner().invoke(cli, ["train", "--help"]).output.split())
+    assert "[default: 90 (small: 30)]" in help_text and "[plateau|step|cosine]" in help_text
