@@ -83,21 +83,32 @@ def random_resized_windows(rng: np.random.Generator, n: int, height: int, width:
     round) whose window fits, at a uniform position; else ``fallback_window``.
 
     Every image consumes the same draws whether or not an attempt fits, so a window depends only
-    on the generator's state, never on how many attempts the images before it needed.
+    on the generator's state, never on how many attempts the images before it needed.  Drawn in
+    blocks of a fixed size (part of the stream's definition) to bound the memory of an epoch of
+    ImageNet (~60 MB of temporaries instead of ~700 MB).
     """
+    blocks = [_window_block(rng, min(_WINDOW_BLOCK, n - start), height, width, scale, ratio, attempts)
+              for start in range(0, n, _WINDOW_BLOCK)]
+    return np.concatenate(blocks) if blocks else np.zeros((0, 4), np.int32)
+
+
+_WINDOW_BLOCK = 1 << 16
+
+
+def _window_block(rng, n, height, width, scale, ratio, attempts) -> np.ndarray:
     area = height * width * rng.uniform(scale[0], scale[1], (n, attempts))
     aspect = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), (n, attempts)))
     w = np.rint(np.sqrt(area * aspect)).astype(np.int64)
     h = np.rint(np.sqrt(area / aspect)).astype(np.int64)
     fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = np.argmax(fits, axis=1)  # the first attempt that fits (0 when none does: masked below)
+    first = np.argmax(fits, axis=1)  # the first attempt that fits (0 when none does: replaced below)
     w, h = w[np.arange(n), first], h[np.arange(n), first]
     fell_back = ~fits.any(axis=1)
-    w[fell_back], h[fell_back] = fallback_window(height, width, ratio)[2:]
-    # integers(0, k) needs k >= 1: a fallback window always fits, so the spans are >= 1
-    x = rng.integers(0, width - w + 1)
+    fx, fy, fw, fh = fallback_window(height, width, ratio)
+    w[fell_back], h[fell_back] = fw, fh
+    x = rng.integers(0, width - w + 1)  # every span is >= 1: a fallback window fits too
     y = rng.integers(0, height - h + 1)
-    x[fell_back], y[fell_back] = fallback_window(height, width, ratio)[:2]
+    x[fell_back], y[fell_back] = fx, fy
     return np.stack([x, y, w, h], axis=1).astype(np.int32)
 
 

@@ -135,12 +135,25 @@ def jitter_image(image: np.ndarray, factors, order) -> np.ndarray:
 
 # --- torch, batched: (B, 3, H, W) float in 0..255, any memory format ---------------------
 
-def jitter_batch_(x, factors: np.ndarray, order: np.ndarray):
-    """Jitter a float batch in place (and return it): at each of the four positions, each op is
-    applied to the images that have it there, with a non-identity factor."""
-    import torch
+def jitter_batch_(x, factors: np.ndarray, order: np.ndarray, per_image: bool | None = None):
+    """Jitter a float batch in place (and return it).
+
+    per_image (the default on the CPU): each image's ops run in its order on a view of it, every
+    op in place, so the image stays in cache and nothing is copied.  Batched (the default
+    elsewhere, where a launch per image would cost more than the work): at each of the four
+    positions, each op runs once on the images that have it there.  Both skip identity factors."""
     factors = np.asarray(factors, np.float32)
     order = np.asarray(order)
+    if per_image is None:
+        per_image = x.device.type == "cpu"
+    if per_image:
+        for i, (f, ops) in enumerate(zip(factors.tolist(), order.tolist())):
+            view = x[i:i + 1]
+            for op in ops:
+                if f[op] != IDENTITY[op]:
+                    _TORCH_ADJUST[op](view, f[op])
+        return x
+    import torch
     table = torch.as_tensor(factors, device=x.device).to(x.dtype)
     for position in range(4):
         for op in range(4):
@@ -151,6 +164,8 @@ def jitter_batch_(x, factors: np.ndarray, order: np.ndarray):
     return x
 
 
+# Each op works in place on (B, 3, H, W) with a float factor or a (B, 1, 1, 1) tensor of them.
+
 def _gray_t(x):
     import torch
     luma = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
@@ -158,19 +173,22 @@ def _gray_t(x):
 
 
 def _brightness_t(x, b):
-    return (x * b).clamp_(0.0, 255.0)
+    return x.mul_(b).clamp_(0.0, 255.0)
 
 
 def _contrast_t(x, c):
-    mean = _gray_t(x).mean(dim=(1, 2, 3), keepdim=True)
-    return (c * x + (1.0 - c) * mean).clamp_(0.0, 255.0)
+    import torch
+    luma = torch.tensor(LUMA, dtype=x.dtype, device=x.device)
+    mean = (x.mean(dim=(2, 3)) * luma).sum(dim=1).view(-1, 1, 1, 1)  # the grey's mean, from 3 numbers
+    return x.mul_(c).add_((1.0 - c) * mean).clamp_(0.0, 255.0)
 
 
 def _saturation_t(x, s):
-    return (s * x + (1.0 - s) * _gray_t(x)).clamp_(0.0, 255.0)
+    gray = _gray_t(x)
+    return x.mul_(s).add_(gray.mul_(1.0 - s)).clamp_(0.0, 255.0)
 
 
-def _hue_t(x, h):  # h: (B, 1, 1, 1) like the others
+def _hue_t(x, h):
     """Hue rotation through HSV, with the closed form of HSV -> RGB: channel n (R 5, G 3, B 1) is
     v - v s clip(min(k, 4 - k), 0, 1), k = (n + 6 hue) mod 6."""
     import torch
@@ -181,13 +199,13 @@ def _hue_t(x, h):  # h: (B, 1, 1, 1) like the others
     d = torch.where(delta > 0, delta, torch.ones_like(delta))
     hue = torch.where(v == r, (g - b) / d, torch.where(v == g, 2.0 + (b - r) / d, 4.0 + (r - g) / d))
     hue = torch.where(delta > 0, hue / 6.0, torch.zeros_like(hue))
-    hue = torch.remainder(hue + h.view(-1, 1, 1), 1.0)
+    shift = h.view(-1, 1, 1) if isinstance(h, torch.Tensor) else h
+    hue = torch.remainder(hue + shift, 1.0)
     sat = torch.where(v > 0, delta / torch.where(v > 0, v, torch.ones_like(v)), torch.zeros_like(v))
-    out = []
-    for n in (5.0, 3.0, 1.0):
+    for c, n in enumerate((5.0, 3.0, 1.0)):
         k = torch.remainder(n + 6.0 * hue, 6.0)
-        out.append(v - v * sat * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0))
-    return torch.stack(out, dim=1) * 255.0
+        x[:, c] = (v - v * sat * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)) * 255.0
+    return x
 
 
 _TORCH_ADJUST = (_brightness_t, _contrast_t, _saturation_t, _hue_t)

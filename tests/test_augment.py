@@ -286,3 +286,15 @@ def test_resized_window_of_crop_size_is_the_plain_crop():
                                       augment.flipped_window(image, 5, 7, 32, flip))
     with pytest.raises(ValueError, match="outside"):
         augment.resized_window(image, (10, 0, 32, 32), 32)
+
+
+def test_windows_drawn_in_blocks_stay_valid_and_fixed_across_blocks():
+    n = augment._WINDOW_BLOCK + 1000  # a second, partial block
+    a, b = (augment.random_resized_windows(np.random.default_rng(3), n, 64, 48) for _ in range(2))
+    np.testing.assert_array_equal(a, b)
+    x, y, w, h = a.T
+    assert (w >= 1).all() and (h >= 1).all() and (x + w <= 48).all() and (y + h <= 64).all()
+    head, tail = a[:1000], a[-1000:]
+    assert not np.array_equal(head, tail)  # the second block has draws of its own
+    area = lambda win: (win[:, 2] * win[:, 3]).mean() / (64 * 48)
+    assert abs(area(head) - area(tail)) < 0.05

@@ -82,27 +82,29 @@ def _torch_batch(images, channels_last=False):
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+@pytest.mark.parametrize("per_image", [True, False])
 @pytest.mark.parametrize("op", range(4))
-def test_torch_op_matches_its_reference(op):
+def test_torch_op_matches_its_reference(op, per_image):
     images = [_image(10 + i, 12, 9) for i in range(6)]
     low, high = JitterSpec(1.0, 1.0, 1.0, 0.5).bounds()
     factors = np.tile(jitter.IDENTITY, (6, 1))
     factors[:, op] = np.linspace(low[op], high[op], 6)
     order = np.tile(np.arange(4, dtype=np.int8), (6, 1))
-    got = jitter.jitter_batch_(_torch_batch(images), factors, order).numpy().transpose(0, 2, 3, 1)
+    got = jitter.jitter_batch_(_torch_batch(images), factors, order, per_image).numpy().transpose(0, 2, 3, 1)
     for img, f, g in zip(images, factors, got):
         np.testing.assert_allclose(g, jitter.ADJUST[op](img, float(f[op])), atol=2e-3)
 
 
+@pytest.mark.parametrize("per_image", [True, False])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_torch_batch_matches_reference_with_drawn_factors_and_orders(channels_last):
+def test_torch_batch_matches_reference_with_drawn_factors_and_orders(channels_last, per_image):
     n = 24
     factors, order = JitterSpec.strength(0.8, 0.3).draw(np.random.default_rng(8), n)
     factors[3, :] = jitter.IDENTITY  # an untouched image stays bit-identical
     images = [_image(20 + i, 10, 11) for i in range(n)]
     images[5] = np.clip(images[5] * 1.8, 0, 255)  # bright: clipping happens
     x = _torch_batch(images, channels_last)
-    got = jitter.jitter_batch_(x, factors, order)
+    got = jitter.jitter_batch_(x, factors, order, per_image)
     assert got is x and got.is_contiguous(memory_format=torch.channels_last) == channels_last
     got = got.numpy().transpose(0, 2, 3, 1)
     for img, f, o, g in zip(images, factors, order, got):
