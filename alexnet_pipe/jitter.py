@@ -148,10 +148,7 @@ def jitter_batch_(x, factors: np.ndarray, order: np.ndarray, per_image: bool | N
         per_image = x.device.type == "cpu"
     if per_image:
         for i, (f, ops) in enumerate(zip(factors.tolist(), order.tolist())):
-            view = x[i:i + 1]
-            for op in ops:
-                if f[op] != IDENTITY[op]:
-                    _TORCH_ADJUST[op](view, f[op])
+            jitter_one_(x[i:i + 1], f, ops)
         return x
     import torch
     table = torch.as_tensor(factors, device=x.device).to(x.dtype)
@@ -162,6 +159,15 @@ def jitter_batch_(x, factors: np.ndarray, order: np.ndarray, per_image: bool | N
                 idx = torch.as_tensor(sel, device=x.device)
                 x[idx] = _TORCH_ADJUST[op](x[idx], table[idx, op].view(-1, 1, 1, 1))
     return x
+
+
+def jitter_one_(view, factors, ops):
+    """One image, (1, 3, H, W) float in 0..255 (a view into a batch is fine), in place: the
+    normaliser's per-sample loop can call it between the uint8 -> float copy and the mean."""
+    for op in ops:
+        if factors[op] != IDENTITY[op]:
+            _TORCH_ADJUST[op](view, float(factors[op]))
+    return view
 
 
 # Each op works in place on (B, 3, H, W) with a float factor or a (B, 1, 1, 1) tensor of them.

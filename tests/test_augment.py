@@ -224,7 +224,7 @@ def _torchvision_get_params(rnd, height, width, scale, ratio):
 
 
 def test_windows_match_an_independent_simulation_when_attempts_fail():
-    # 300x200 with areas up to 1.2: ~3 in 4 attempts fail, ~6% of the images fall back
+    # 300x200 with areas up to 1.2: ~3 in 4 attempts fail, ~5% of the images fall back
     scale, ratio, n = (0.5, 1.2), augment.RRC_RATIO, 4000
     ours = _windows(n, 200, 300, scale=scale, seed=5)
     import random
