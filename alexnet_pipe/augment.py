@@ -85,7 +85,7 @@ def random_resized_windows(rng: np.random.Generator, n: int, height: int, width:
     Every image consumes the same draws whether or not an attempt fits, so a window depends only
     on the generator's state, never on how many attempts the images before it needed.  Drawn in
     blocks of a fixed size (part of the stream's definition) to bound the memory of an epoch of
-    ImageNet (~60 MB of temporaries instead of ~700 MB).
+    ImageNet (~30 MB of temporaries instead of ~700 MB).
     """
     blocks = [_window_block(rng, min(_WINDOW_BLOCK, n - start), height, width, scale, ratio, attempts)
               for start in range(0, n, _WINDOW_BLOCK)]
