@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -107,3 +108,193 @@ def test_missing_stats_say_what_to_run(tmp_path):
     np.save(tmp_path / "mean.npy", np.zeros((30, 30, 3), np.float32))
     with pytest.raises(UserError, match="30"):
         augment.load_normalizer(tmp_path, "mean-image", 40)
+
+
+# --- the plan with the modern augmentations ------------------------------------------------
+
+def _paper_draws(n, seed, epoch, size, crop, sigma):
+    """The paper plan's draws as they were before the modern augmentations existed."""
+    order = np.random.default_rng(np.random.SeedSequence([seed, epoch, 0])).permutation(n)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, 1]))
+    crop_xy = rng.integers(0, size - crop + 1, (n, 2), dtype=np.int32)
+    flip = rng.random(n) < 0.5
+    alpha = rng.normal(0.0, sigma, (n, 3)).astype(np.float32)
+    return order, crop_xy, flip, alpha
+
+
+@pytest.mark.parametrize("crops", ["translate", "random-resized"])
+@pytest.mark.parametrize("with_jitter", [False, True])
+def test_paper_draws_are_unchanged_by_the_modern_options(crops, with_jitter):
+    order, crop_xy, flip, alpha = _paper_draws(500, 7, 3, 40, 32, 0.1)
+    spec = augment.JitterSpec.strength(0.4, 0.1) if with_jitter else None
+    plan = augment.train_plan(500, seed=7, epoch=3, size=40, crop=32, sigma=0.1, crops=crops, jitter=spec)
+    np.testing.assert_array_equal(plan.order, order)
+    np.testing.assert_array_equal(plan.flip, flip)
+    np.testing.assert_array_equal(plan.alpha, alpha)
+    if crops == "translate":
+        np.testing.assert_array_equal(plan.crop_xy, crop_xy)
+        np.testing.assert_array_equal(plan.window, np.concatenate([crop_xy, np.full((500, 2), 32)], axis=1))
+    else:
+        np.testing.assert_array_equal(plan.crop_xy, plan.window[:, :2])
+    assert (plan.jitter is not None) == with_jitter
+
+
+def test_modern_plan_is_fixed_by_seed_and_epoch_and_sliced_with_the_rest():
+    kw = dict(size=64, crop=56, sigma=0.0, crops="random-resized", jitter=augment.JitterSpec.strength(0.4, 0.2))
+    a, b = (augment.train_plan(300, seed=1, epoch=4, **kw) for _ in range(2))
+    c = augment.train_plan(300, seed=1, epoch=5, **kw)
+    for f in ("window", "jitter", "jitter_order"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+        assert not np.array_equal(getattr(a, f), getattr(c, f))
+    # the rank split and resume slice every per-position array alike
+    layout = augment.StepLayout(300, 16, 3)
+    for step in (0, layout.steps - 1):
+        start, size = layout.rank_span(step, 2)
+        part = a.take(start, size)
+        np.testing.assert_array_equal(part["window"], a.window[start:start + size])
+        np.testing.assert_array_equal(part["jitter"], a.jitter[start:start + size])
+        np.testing.assert_array_equal(part["jitter_order"], a.jitter_order[start:start + size])
+        np.testing.assert_array_equal(part["crop_x"], a.window[start:start + size, 0])
+    x, y, w, h = a.window.T
+    assert (x >= 0).all() and (y >= 0).all() and (w >= 1).all() and (h >= 1).all()
+    assert (x + w <= 64).all() and (y + h <= 64).all()
+    assert "jitter" not in augment.train_plan(10, seed=1, epoch=0, size=64, crop=56, sigma=0).take(0, 5)
+
+
+def test_eval_plan_windows_are_the_centre_crop():
+    plan = augment.eval_plan(5, size=256, crop=224)
+    assert plan.window.tolist() == [[16, 16, 224, 224]] * 5 and plan.jitter is None
+
+
+def _windows(n, height, width, scale=augment.RRC_SCALE, seed=0):
+    return augment.random_resized_windows(np.random.default_rng(seed), n, height, width, scale=scale)
+
+
+def test_windows_follow_the_documented_distributions_when_every_attempt_fits():
+    # area <= 0.5 and ratio <= 4/3 give sides <= sqrt(2/3) of the image: the first attempt always fits
+    side = 2048
+    x, y, w, h = _windows(10000, side, side, scale=(0.08, 0.5)).T.astype(np.float64)
+    log_r = math.log(4 / 3)
+    assert sps.kstest(w * h / side ** 2, sps.uniform(0.08, 0.42).cdf).pvalue > 1e-3
+    assert sps.kstest(np.log(w / h), sps.uniform(-log_r, 2 * log_r).cdf).pvalue > 1e-3
+    # positions uniform over the slack left by each window
+    assert sps.kstest(x / (side - w + 1), "uniform").pvalue > 1e-3
+    assert sps.kstest(y / (side - h + 1), "uniform").pvalue > 1e-3
+
+
+def test_windows_follow_the_conditional_distribution_with_the_full_scale():
+    # Square image: a draw (A, l) fits iff A <= exp(-|l|), so the accepted pairs are uniform on
+    # that region: marginal density of A ~ min(L, -ln A), of l ~ exp(-|l|) - 0.08.
+    side, a0, big_l = 2048, 0.08, math.log(4 / 3)
+    _, _, w, h = _windows(10000, side, side).T.astype(np.float64)
+    edge = math.exp(-big_l)
+
+    def area_cdf(a):
+        a = np.asarray(a, np.float64)
+        anti = lambda t: t - t * np.log(t)  # integral of -ln t
+        below = big_l * (np.minimum(a, edge) - a0)
+        above = np.where(a > edge, anti(np.maximum(a, edge)) - anti(edge), 0.0)
+        return (below + above) / (big_l * (edge - a0) + anti(1.0) - anti(edge))
+
+    def log_ratio_cdf(v):
+        v = np.asarray(v, np.float64)
+        half = lambda u: 1 - np.exp(-u) - a0 * u
+        return 0.5 + np.sign(v) * half(np.abs(v)) / (2 * half(big_l))
+
+    assert sps.kstest(w * h / side ** 2, area_cdf).pvalue > 1e-3
+    assert sps.kstest(np.log(w / h), log_ratio_cdf).pvalue > 1e-3
+
+
+def _torchvision_get_params(rnd, height, width, scale, ratio):
+    """RandomResizedCrop.get_params as its documentation describes it, one image, Python's random."""
+    for _ in range(10):
+        area = height * width * rnd.uniform(*scale)
+        aspect = math.exp(rnd.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        w, h = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return rnd.randint(0, width - w), rnd.randint(0, height - h), w, h
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        w, h = int(round(height * max(ratio))), height
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def test_windows_match_an_independent_simulation_when_attempts_fail():
+    # 300x200 with areas up to 1.2: ~3 in 4 attempts fail, ~5% of the images fall back
+    scale, ratio, n = (0.5, 1.2), augment.RRC_RATIO, 4000
+    ours = _windows(n, 200, 300, scale=scale, seed=5)
+    import random
+    rnd = random.Random(5)
+    ref = np.array([_torchvision_get_params(rnd, 200, 300, scale, ratio) for _ in range(n)])
+    for col in range(4):
+        assert sps.ks_2samp(ours[:, col], ref[:, col]).pvalue > 1e-3
+    fallback = [16, 0, 267, 200]
+    rate_ours, rate_ref = (np.all(a == fallback, axis=1).mean() for a in (ours, ref))
+    assert 0.03 < rate_ref < 0.1 and abs(rate_ours - rate_ref) < 0.03
+
+
+@pytest.mark.parametrize("height,width,want", [(64, 64, (0, 0, 64, 64)), (101, 300, (82, 0, 135, 101)),
+                                               (300, 101, (0, 82, 101, 135)), (90, 100, (0, 0, 100, 90))])
+def test_fallback_is_the_largest_centred_window_of_clamped_ratio(height, width, want):
+    # areas of 2 to 3 times the image never fit: every image falls back (101 * 4/3 = 134.7 -> 135)
+    got = _windows(6, height, width, scale=(2.0, 3.0))
+    assert got.tolist() == [list(want)] * 6
+    assert augment.fallback_window(height, width) == want
+
+
+# --- the resize reference -----------------------------------------------------------------
+
+def _bilinear(image, window, crop):
+    """Bilinear resampling with pixel centres aligned: source = (dest + 0.5) * in / out - 0.5,
+    clamped to the window (the definition cv2's INTER_LINEAR, DALI's linear resize and
+    torch's interpolate(align_corners=False) share)."""
+    x, y, w, h = window
+    win = image[y:y + h, x:x + w].astype(np.float64)
+
+    def taps(size):
+        src = np.clip((np.arange(crop) + 0.5) * size / crop - 0.5, 0, size - 1)
+        lo = np.floor(src).astype(int)
+        return lo, np.minimum(lo + 1, size - 1), src - lo
+
+    y0, y1, fy = taps(h)
+    x0, x1, fx = taps(w)
+    rows = win[y0] * (1 - fy)[:, None, None] + win[y1] * fy[:, None, None]
+    return rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
+
+
+@pytest.mark.parametrize("window", [(3, 5, 20, 30), (0, 0, 64, 64), (10, 2, 50, 37), (40, 40, 24, 24), (7, 9, 1, 3)])
+def test_resized_window_is_bilinear_with_aligned_centres(window):
+    image = np.random.default_rng(6).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    got = augment.resized_window(image, window, 32)
+    assert got.shape == (32, 32, 3) and got.dtype == np.uint8 and got.flags.c_contiguous
+    want = _bilinear(image, window, 32)
+    diff = np.abs(got.astype(np.float64) - want)
+    assert diff.max() <= 1.0 and diff.mean() < 0.5  # cv2's fixed-point weights: within one level
+    np.testing.assert_array_equal(augment.resized_window(image, window, 32, flip=True), got[:, ::-1])
+    mean_image = image.astype(np.float32) * 0.7
+    np.testing.assert_allclose(augment.resized_window(mean_image, window, 32), want * 0.7, atol=2e-2)
+
+
+def test_resized_window_of_crop_size_is_the_plain_crop():
+    image = np.random.default_rng(7).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    for flip in (False, True):
+        np.testing.assert_array_equal(augment.resized_window(image, (5, 7, 32, 32), 32, flip),
+                                      augment.flipped_window(image, 5, 7, 32, flip))
+    with pytest.raises(ValueError, match="outside"):
+        augment.resized_window(image, (10, 0, 32, 32), 32)
+
+
+def test_windows_drawn_in_blocks_stay_valid_and_fixed_across_blocks():
+    n = augment._WINDOW_BLOCK + 1000  # a second, partial block
+    a, b = (augment.random_resized_windows(np.random.default_rng(3), n, 64, 48) for _ in range(2))
+    np.testing.assert_array_equal(a, b)
+    x, y, w, h = a.T
+    assert (w >= 1).all() and (h >= 1).all() and (x + w <= 48).all() and (y + h <= 64).all()
+    head, tail = a[:1000], a[-1000:]
+    assert not np.array_equal(head, tail)  # the second block has draws of its own
+    area = lambda win: (win[:, 2] * win[:, 3]).mean() / (64 * 48)
+    assert abs(area(head) - area(tail)) < 0.05
