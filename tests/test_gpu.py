@@ -68,13 +68,12 @@ def test_training_on_cuda_resumes_on_cpu(tmp_path):
 
 def _gpu_graph(ten_crop: bool, encoded: bool, normalize_in: str):
     """process() on device "gpu", defined but not built (building needs CUDA): its operators."""
-    dali = pytest.importorskip("nvidia.dali")
-    from nvidia.dali import fn, types
+    from nvidia.dali import fn, pipeline_def, types
     from alexnet_pipe import augment
     from alexnet_pipe.loaders.dali import process
     norm = augment.Normalizer("mean-image", mean_image=np.zeros((16, 16, 3), np.float32))
 
-    @dali.pipeline_def(batch_size=2, num_threads=1, device_id=0)
+    @pipeline_def(batch_size=2, num_threads=1, device_id=0)
     def graph():
         data, anchor, flip, cmn = fn.external_source(source=lambda: None, num_outputs=4, batch=True,
                                                      dtype=[types.UINT8, types.INT32, types.INT32, types.FLOAT])
@@ -91,6 +90,7 @@ def _gpu_graph(ten_crop: bool, encoded: bool, normalize_in: str):
 @pytest.mark.parametrize("ten_crop", [False, True])
 @pytest.mark.parametrize("encoded", [True, False])
 @pytest.mark.parametrize("normalize_in", ["torch", "dali"])
+@pytest.mark.dali
 def test_gpu_graph_places_every_input_where_dali_wants_it(ten_crop, encoded, normalize_in):
     """Runs without a GPU: mixed decoders read host bytes; slice anchors/shapes and argument inputs stay on
     the host (a GPU-side anchor or shape costs a device-to-host copy and a sync per run, fn.slice docs)."""
@@ -110,8 +110,8 @@ def test_gpu_graph_places_every_input_where_dali_wants_it(ten_crop, encoded, nor
     assert pipe._graph_outputs[0].device == "gpu"
 
 
+@pytest.mark.dali
 def test_gpu_decoding_pass_without_cuda_is_one_sentence(tmp_path, monkeypatch):
-    pytest.importorskip("nvidia.dali")
     import alexnet_pipe.decode as decode
     from alexnet_pipe.errors import UserError
     from alexnet_pipe.shards import shard_dirs

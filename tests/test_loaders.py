@@ -107,6 +107,7 @@ def test_dali_train_matches_numpy_reference(dirs, pixels, enc):
     check_train(loader, pixels[enc, "train"], dirs[enc] / "stats")
 
 
+@pytest.mark.dali
 def test_dali_float_path_matches_numpy_reference(dirs, pixels):
     """The former default (the float work in DALI's operators), kept for the benchmark."""
     check_train(DaliLoader(settings(dirs["jpeg"]), normalize_in="dali"), pixels["jpeg", "train"],
@@ -170,6 +171,7 @@ def test_same_seed_epoch_same_batches_and_resume_is_the_tail(dirs):
     assert list(make_loader(settings(dirs["raw"], seed=3)).epoch(3))[0][2]["key"].tolist() != full[0][2]["key"].tolist()
 
 
+@pytest.mark.dali
 def test_one_pipeline_serves_every_finished_epoch(dirs):
     """Epochs run to their end reuse the built pipeline; after an abandoned one (batches prefetched
     and never taken) the next epoch starts on a fresh one. Either way each epoch gives exactly
@@ -238,6 +240,7 @@ def test_dtype_and_channels_last(dirs):
     assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, x0)
 
 
+@pytest.mark.dali
 def test_caffe_reader_is_deterministic_and_complete(dirs):
     import torch
     ranks = [make_loader(settings(dirs["jpeg"], reader="caffe", rank=r, world_size=2)) for r in (0, 1)]
@@ -324,6 +327,7 @@ def test_help_of_both_commands():
         assert result.exit_code == 0 and "Usage" in result.output
 
 
+@pytest.mark.dali
 def test_bench_loader_json(dirs):
     from alexnet_pipe_cli.main import cli
     result = CliRunner().invoke(cli, ["bench", "loader", "--data", str(dirs["jpeg"]), "--crop", "32",

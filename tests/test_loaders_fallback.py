@@ -46,6 +46,7 @@ def test_torch_ten_crop_matches_numpy(dirs):
 
 @pytest.mark.parametrize("enc", ["raw", "jpeg"])
 @pytest.mark.parametrize("views", ["center", "ten-crop"])
+@pytest.mark.dali
 def test_dali_and_torch_agree_exactly_on_eval(dirs, enc, views):
     out = {}
     for name in ("dali", "torch"):
@@ -56,6 +57,7 @@ def test_dali_and_torch_agree_exactly_on_eval(dirs, enc, views):
     assert torch.equal(out["dali"][0], out["torch"][0]) and torch.equal(out["dali"][1], out["torch"][1])
 
 
+@pytest.mark.dali
 def test_dali_and_torch_agree_on_training_batches(dirs):
     a = list(make_loader(settings(dirs["jpeg"], loader="dali", seed=9)).epoch(2, start_step=1))
     b = list(make_loader(settings(dirs["jpeg"], seed=9)).epoch(2, start_step=1))

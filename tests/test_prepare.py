@@ -179,6 +179,7 @@ def test_verify_names_a_damaged_shard(tree, tmp_path):
     assert bad.exit_code == 1 and "train/shard-00001" in bad.output and "Traceback" not in bad.output
 
 
+@pytest.mark.dali
 def test_dali_caffe_reader_reads_the_shards(tree, tmp_path):
     from nvidia.dali import fn, pipeline_def, types
     root, summary = tree

@@ -255,6 +255,7 @@ def test_binaryproto_is_the_mean_in_bgr_chw(dirs, tmp_path):
 # --- the decoding pass ----------------------------------------------------------------
 
 @pytest.mark.parametrize("encoding", ["raw", "jpeg"])
+@pytest.mark.dali
 def test_iter_decoded_reads_every_record_once_in_key_order(dirs, encoding):
     data = dirs[encoding]
     ref = decoded_records(data)

@@ -152,6 +152,7 @@ def fc7_reference(ckpt, data, split):
         return np.concatenate([model.fc7(x).double().numpy() for x, _ in loader.epoch(0)])
 
 
+@pytest.mark.dali
 def test_neighbors_of_training_images_are_themselves(trained):
     from alexnet_pipe.viz import NeighborsSettings, find_neighbors
     data, ckpt = trained
