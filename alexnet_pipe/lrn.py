@@ -22,13 +22,16 @@ LRN_IMPLS = ("fused", "reference", "compiled")
 
 
 def _window_sum(t: torch.Tensor, size: int, below: int) -> torch.Tensor:
-    """out_i = sum of t_j for j in [i - below, i - below + size - 1] over channels, zero beyond the edges.
-    Shifted slices rather than a pooling op: exact, any memory format, and fusible by torch.compile."""
+    """out_i = sum of t_j for j in [i - below, i - below + size - 1] over channels, zero beyond the edges; a new
+    tensor the caller may overwrite. Shifted slices rather than a pooling op: exact, any memory format, and
+    fusible by torch.compile; in place after the first sum to spare eager mode an allocation per shift."""
     padded = F.pad(t, (0, 0, 0, 0, below, size - 1 - below))
-    channels = t.shape[1]
-    total = padded[:, :channels]
-    for shift in range(1, size):
-        total = total + padded[:, shift:shift + channels]
+    shifted = [padded[:, shift:shift + t.shape[1]] for shift in range(size)]
+    if size == 1:
+        return shifted[0]
+    total = shifted[0] + shifted[1]
+    for more in shifted[2:]:
+        total.add_(more)
     return total
 
 
@@ -45,12 +48,12 @@ def lrn_reference(x: torch.Tensor, size: int, alpha: float, beta: float, k: floa
 
 
 def _denominator(a: torch.Tensor, size: int, alpha: float, k: float) -> torch.Tensor:
-    return k + alpha * _window_sum(a * a, size, size // 2)  # window of output i: i - n//2 .. i + (n-1)//2
+    return _window_sum(a * a, size, size // 2).mul_(alpha).add_(k)  # output i's window: i - n//2 .. i + (n-1)//2
 
 
 def _forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
     a = x.to(_compute_dtype(x))
-    return (a * _denominator(a, size, alpha, k).pow(-beta)).to(x.dtype)
+    return (a * _denominator(a, size, alpha, k).pow_(-beta)).to(x.dtype)
 
 
 def _backward(x: torch.Tensor, g: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
@@ -58,8 +61,8 @@ def _backward(x: torch.Tensor, g: torch.Tensor, size: int, alpha: float, beta: f
     d = _denominator(a, size, alpha, k)
     scale = d.pow(-beta)
     # input j feeds the outputs i whose window holds it: i in j - (n-1)//2 .. j + n//2, the reflected window
-    cross = _window_sum(g * a * scale / d, size, (size - 1) // 2)
-    return (g * scale - (2.0 * alpha * beta) * a * cross).to(x.dtype)
+    cross = _window_sum((g * a).mul_(scale).div_(d), size, (size - 1) // 2)
+    return (g * scale).addcmul_(a, cross, value=-2.0 * alpha * beta).to(x.dtype)
 
 
 _COMPILED: dict = {}

@@ -120,3 +120,15 @@ def test_compiled_region_matches_reference():
     ref_out, ref_grad = _forward_backward(lrn_reference, x, g, **STRONG)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_fused_function_inside_a_compiled_model():
+    """--compile traces the whole model, the autograd.Function included."""
+    x = torch.relu(_inputs((2, 16, 7, 7), torch.float32, scale=40.0)).detach()
+    g = _inputs((2, 16, 7, 7), torch.float32, seed=1).detach()
+    compiled = torch.compile(LocalResponseNorm(impl="fused"), fullgraph=True)
+    out, grad = _forward_backward(lambda t, **c: compiled(t), x, g)
+    ref_out, ref_grad = _forward_backward(lrn_reference, x, g, **CONSTANTS)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
