@@ -2,7 +2,7 @@
 paper's shapes, all measured in the same run (alternating, best of --repeats), as ratios to the reference.
 
     python benchmarks/lrn_speed.py                          # CPU, fp32, batch 32
-    python benchmarks/lrn_speed.py --device cuda --dtype bf16 --batch 256 --channels-last
+    python benchmarks/lrn_speed.py --device cuda --dtype bfloat16 --batch 256 --channels-last
 """
 from __future__ import annotations
 
