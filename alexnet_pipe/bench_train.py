@@ -10,7 +10,7 @@ from pathlib import Path
 from alexnet_pipe.config import TrainSettings
 from alexnet_pipe.loaders.synthetic import SyntheticLoader
 from alexnet_pipe.runlog import read_metrics
-from alexnet_pipe.train import build, train
+from alexnet_pipe.train import build, make_opt, train
 
 
 def bare_step_time(s: TrainSettings, steps: int, warmup: int) -> float:
@@ -22,7 +22,7 @@ def bare_step_time(s: TrainSettings, steps: int, warmup: int) -> float:
     images, labels = SyntheticLoader(s.batch_size, s.crop, s.num_classes or 10, device=device,
                                      channels_last=device.type == "cuda", pool=1).batches[0]
     model = build(s, s.num_classes or 10, device)
-    opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    opt = make_opt(s, model)
     for i in range(warmup + steps):
         if i == warmup:
             if device.type == "cuda":

@@ -125,7 +125,8 @@ def load_model(path: Path | str, device="cpu"):
     state = load_checkpoint(path)
     try:
         s = settings_from_dict(state["settings"])
-        model = build_model(s.arch, state["num_classes"], s.width, lrn_alpha=s.lrn_alpha, dropout=s.dropout)
+        model = build_model(s.arch, state["num_classes"], s.width, lrn_alpha=s.lrn_alpha, dropout=s.dropout,
+                            lrn_impl=s.lrn_impl, conv=s.conv)
         model.load_state_dict(state["model"])
     except (TypeError, ValueError, RuntimeError) as exc:  # settings or weights that do not fit together
         raise UserError(f"{path}: its weights do not fit the model its settings describe "

@@ -15,10 +15,17 @@ from alexnet_pipe.augment import LIGHTING_SCALES, NORMALIZE
 from alexnet_pipe.errors import UserError
 from alexnet_pipe.schedule import SCHEDULES
 
-# The model's choices are declared here, not in model.py, so that this module (and `train --help`) needs no torch.
+# The model's and optimiser's choices are declared here, not in model.py / lrn.py / optim.py, so that this module
+# (and `train --help`) needs no torch; the first of each tuple is the default.
 ARCHS = ("alexnet", "alexnet-owt")
 INITS = ("paper", "kaiming")
-LRN_ALPHAS = ("paper", "caffe")
+# alpha-over-n: alpha / n on the window sum, what trained the paper's network (cuda-convnet's cross-map norm) and
+# what Caffe and torch.nn.LocalResponseNorm compute; alpha-as-printed: the paper's formula as printed, 5x stronger.
+LRN_CONVENTIONS = ("alpha-over-n", "alpha-as-printed")
+_LRN_OLD_NAMES = {"caffe": "alpha-over-n", "paper": "alpha-as-printed"}  # settings saved before the rename
+LRN_IMPLS = ("fused", "reference", "compiled")
+CONV_IMPLS = ("grouped", "split")  # cuDNN's grouped kernel, or one dense convolution per half
+MOMENTUM_FORMS = ("paper", "torch")
 MIN_CROP = 63  # below this the third 3x3/2 max pool sees less than 3x3
 LOADERS = (*loaders.LOADERS, "synthetic")
 DEVICES = ("cpu", "cuda")
@@ -56,6 +63,12 @@ class TrainSettings:
     lr: float = setting(0.01, "Base learning rate.", min=0, min_open=True)
     momentum: float = setting(0.9, "SGD momentum.", min=0, max=1)
     weight_decay: float = setting(5e-4, "L2 weight decay.", min=0)
+    momentum_form: str = setting(MOMENTUM_FORMS[0], "paper: v <- m v - wd lr w - lr g, w <- w + v (the lr stays "
+                                 "inside the velocity, as the paper prints it); torch: torch.optim.SGD.",
+                                 choices=MOMENTUM_FORMS)
+    bias_lr_mult: float = setting(2.0, "Biases' learning rate over the weights' (cuda-convnet2 and Caffe: 2).",
+                                  min=0, min_open=True)
+    bias_decay: bool = setting(False, "Weight decay on biases too (cuda-convnet2 and Caffe: weights only).")
     schedule: str = setting("plateau", "plateau: lr / 10 when val error stops improving, at most --max-drops "
                                        "times (the paper); step: at --step-epochs; cosine.", choices=SCHEDULES)
     patience: int = setting(2, "Evaluations without a new best before a plateau drop.", min=1)
@@ -65,8 +78,14 @@ class TrainSettings:
     warmup_epochs: float = setting(0.0, "Linear lr warm-up, in epochs.", min=0)
     init: str = setting("paper", "paper: N(0, 0.01) weights; kaiming: He init.", choices=INITS)
     bias_init: float = setting(1.0, "Bias of conv2/4/5, fc6/7: paper 1, Caffe 0.1.")
-    lrn_alpha: str = setting("paper", "paper: alpha as printed; caffe: alpha / n (torch.nn.LocalResponseNorm).",
-                             choices=LRN_ALPHAS)
+    lrn_alpha: str = setting(LRN_CONVENTIONS[0], "LRN scale: alpha-over-n is what cuda-convnet2 (and so the "
+                             "paper's numbers), Caffe and torch.nn.LocalResponseNorm compute; alpha-as-printed is the "
+                             "paper's printed formula, 5x stronger.", choices=LRN_CONVENTIONS)
+    lrn_impl: str = setting(LRN_IMPLS[0], "LRN implementation: one fused op with an analytic backward, the "
+                            "reference (several passes through autograd), or the fused maths through torch.compile.",
+                            choices=LRN_IMPLS)
+    conv: str = setting(CONV_IMPLS[0], "Grouped layers as one grouped convolution or one dense convolution per half "
+                        "(same weights, same outputs).", choices=CONV_IMPLS)
     dropout: float = setting(0.5, "Dropout probability of the fully-connected layers.", min=0, max=1,
                              max_open=True)
     crop: int = setting(0, "Training crop; 0: 7/8 of the stored size, 224 from 256 as in the paper.", min=0)
@@ -103,8 +122,17 @@ RECIPES: dict[str, dict] = {
     # biases to 0.1 for the same reason). He init on per-channel-normalised input keeps activations at unit
     # scale without the biases; a short linear warm-up then cosine decay; quarter width.
     "small": dict(width=0.25, epochs=30, batch_size=64, lr=0.01, schedule="cosine", warmup_epochs=2.0,
-                  init="kaiming", bias_init=0.0, normalize="channel", patience=2, log_every=5),
+                  init="kaiming", bias_init=0.0, normalize="channel", patience=2, log_every=5,
+                  momentum_form="torch", bias_lr_mult=1.0, bias_decay=True),
 }
+
+
+def lrn_convention(name: str) -> str:
+    """A convention name, old ones ("paper", "caffe" in settings saved before the rename) mapped to today's."""
+    name = _LRN_OLD_NAMES.get(name, name)
+    if name not in LRN_CONVENTIONS:
+        raise ValueError(f"LRN convention must be one of {LRN_CONVENTIONS}, not {name!r}")
+    return name
 
 
 def opt_of(name: str) -> Opt:
@@ -156,7 +184,12 @@ def settings_from_dict(values: dict) -> TrainSettings:
     if not isinstance(values, dict):
         raise UserError("the saved settings are not a JSON object of train settings")
     names = {f.name for f in dataclasses.fields(TrainSettings)}
-    return TrainSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
+    known = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
+    if isinstance(known.get("lrn_alpha"), str) and known["lrn_alpha"] in _LRN_OLD_NAMES:
+        known["lrn_alpha"] = lrn_convention(known["lrn_alpha"])
+    # settings saved before these options existed trained with torch's SGD on every parameter alike
+    old = {"momentum_form": "torch", "bias_lr_mult": 1.0, "bias_decay": True}
+    return TrainSettings(**{**(old if "momentum_form" not in values else {}), **known})
 
 
 def resolve_settings(recipe: str = "paper", **overrides) -> TrainSettings:

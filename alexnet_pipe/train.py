@@ -21,6 +21,7 @@ from alexnet_pipe.config import MIN_CROP, TrainSettings, check
 from alexnet_pipe.datadir import check_data
 from alexnet_pipe.errors import Interrupted, UserError
 from alexnet_pipe.evaluate import evaluate_model
+from alexnet_pipe.optim import set_lr
 from alexnet_pipe.runlog import Meter, RunLog
 from alexnet_pipe.schedule import Plateau, lr_at
 
@@ -56,7 +57,7 @@ def build(s: TrainSettings, num_classes: int, device):
     import torch
     from alexnet_pipe.model import build_model
     model = build_model(s.arch, num_classes, s.width, lrn_alpha=s.lrn_alpha, bias_init=s.bias_init,
-                        dropout=s.dropout, init=s.init)
+                        dropout=s.dropout, init=s.init, lrn_impl=s.lrn_impl, conv=s.conv)
     return model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
 
 
@@ -71,9 +72,9 @@ def train_step(net, opt, images, labels, autocast: bool):
     return loss.detach()
 
 
-def set_lr(opt, lr: float) -> None:
-    for group in opt.param_groups:
-        group["lr"] = lr
+def make_opt(s: TrainSettings, model):
+    from alexnet_pipe.optim import make_optimizer
+    return make_optimizer(model, s.momentum_form, s.lr, s.momentum, s.weight_decay, s.bias_lr_mult, s.bias_decay)
 
 
 def restore(path: Path, model, opt, plateau: Plateau, rank: int, device) -> Position:
@@ -116,7 +117,7 @@ def train(s: TrainSettings) -> dict:
         model = build(s, classes, device)
         net = DDP(model, device_ids=[local_rank] if cuda else None) if world > 1 else model
         net = torch.compile(net) if s.compile else net
-        opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        opt = make_opt(s, model)
         plateau = Plateau(s.patience, s.max_drops)
         path = resume_path(s)
         pos = restore(path, model, opt, plateau, rank, device) if path is not None else Position()

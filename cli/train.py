@@ -65,8 +65,9 @@ def settings_options(func):
         if not o.cli:
             continue
         flag = f"--{f.name.replace('_', '-')}"
-        if f.type == "bool":
-            option = click.option(flag, f.name, is_flag=True, default=None, help=o.help)
+        if f.type == "bool":  # --x/--no-x: a recipe's True can be switched off, its False on
+            option = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None,
+                                  help=f"{o.help}  [default: {default_text(f.name)}]")
         else:
             option = click.option(flag, f.name, type=_click_type(f), default=None, hidden=o.hidden,
                                   help=f"{o.help}  [default: {default_text(f.name)}]")

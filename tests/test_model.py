@@ -1,20 +1,24 @@
 """The model against ALEXNET.md: parameter counts, shapes, init, and LRN against a numpy version of the formula."""
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from alexnet_pipe.model import LocalResponseNorm, build_model, count_parameters, scaled
+from alexnet_pipe.model import (CONV_DEFAULT, CONV_IMPLS, LRN_CONVENTIONS, LRN_DEFAULT, LocalResponseNorm,
+                                build_model, count_parameters, layer_table, lrn_convention, scaled)
 
 
 def lrn_reference(a: np.ndarray, n=5, k=2.0, alpha=1e-4, beta=0.75) -> np.ndarray:
-    """The paper's b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2)^beta, channel axis 1."""
+    """The paper's b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2)^beta, channel axis 1.
+    An even n reaches n/2 maps down and n/2 - 1 up, as torch.nn.LocalResponseNorm does."""
     out = np.empty_like(a, dtype=np.float64)
     channels = a.shape[1]
     for i in range(channels):
-        lo, hi = max(0, i - n // 2), min(channels - 1, i + n // 2)
+        lo, hi = max(0, i - n // 2), min(channels - 1, i + (n - 1) // 2)
         total = (a[:, lo:hi + 1].astype(np.float64) ** 2).sum(axis=1)
         out[:, i] = a[:, i] / (k + alpha * total) ** beta
     return out
@@ -126,3 +130,142 @@ def test_dropout_option_and_bad_arch():
     assert build_model("alexnet", 5, width=0.0625, dropout=0.0).classifier.drop6.p == 0.0
     with pytest.raises(ValueError, match="arch"):
         build_model("vgg", 5)
+
+
+# --- issue 11: dropout where the paper put it, the LRN scale, the layer table --------------------------------
+
+# The state-dict keys of both archs as the code at 4c95b3f (torchvision's dropout placement) wrote them:
+# checkpoints from before the dropout move must load into today's model.
+_KEYS_BEFORE = [f"{part}.{layer}.{kind}" for part, layers in
+                (("features", ("conv1", "conv2", "conv3", "conv4", "conv5")), ("classifier", ("fc6", "fc7", "fc8")))
+                for layer in layers for kind in ("weight", "bias")]
+
+
+def test_alexnet_drops_the_outputs_of_fc6_and_fc7_after_their_relus():
+    model = build_model("alexnet", 1000)
+    assert [n for n, _ in model.classifier.named_children()] == [
+        "fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8"]
+    assert model.classifier.drop6.p == model.classifier.drop7.p == 0.5
+
+
+def test_owt_keeps_torchvisions_dropout_placement():
+    model = build_model("alexnet-owt", 1000)
+    assert [n for n, _ in model.classifier.named_children()] == [
+        "drop6", "fc6", "relu6", "drop7", "fc7", "relu7", "fc8"]
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "alexnet-owt"])
+def test_state_dict_keys_unchanged_so_old_checkpoints_load(arch):
+    assert list(build_model(arch, 10, width=0.125).state_dict()) == _KEYS_BEFORE
+
+
+def test_old_checkpoint_evaluates_the_same():
+    """The old layout (dropout on pool5 and fc6's output) rebuilt around the same Linear layers: equal in eval."""
+    torch.manual_seed(0)
+    old = build_model("alexnet", 7, width=0.125).eval()
+    c = old.classifier
+    old.classifier = nn.Sequential(OrderedDict([
+        ("drop6", nn.Dropout(0.5)), ("fc6", c.fc6), ("relu6", nn.ReLU()), ("drop7", nn.Dropout(0.5)),
+        ("fc7", c.fc7), ("relu7", nn.ReLU()), ("fc8", c.fc8)])).eval()
+    new = build_model("alexnet", 7, width=0.125).eval()
+    new.load_state_dict(old.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(new(x), old(x), rtol=0, atol=0)
+
+
+def test_dropout_masks_hit_fc7_outputs_in_training():
+    """With fc8 the identity on fc7's units, a dropped fc7 unit reaches the logits as an exact zero."""
+    torch.manual_seed(0)
+    model = build_model("alexnet", 8, width=0.00195)  # fc width 8: fc8 can be the identity
+    with torch.no_grad():
+        model.classifier.fc8.weight.copy_(torch.eye(8))
+        model.classifier.fc8.bias.zero_()
+        model.classifier.fc7.bias.fill_(1.0)  # every fc7 output positive before dropout
+        model.classifier.fc7.weight.zero_()
+    out = model.train()(torch.randn(64, 3, 64, 64))
+    assert set(out.unique().tolist()) == {0.0, 2.0}  # dropped, or 1 scaled by 1 / (1 - 0.5)
+
+
+@pytest.mark.parametrize("name", LRN_CONVENTIONS)
+def test_lrn_conventions_against_numpy(name):
+    a = torch.randn(2, 11, 4, 3, dtype=torch.float64) * 40
+    alpha = {"alpha-over-n": 1e-4 / 5, "alpha-as-printed": 1e-4}[name]
+    np.testing.assert_allclose(LocalResponseNorm(convention=name)(a).numpy(), lrn_reference(a.numpy(), alpha=alpha),
+                               rtol=1e-6)
+
+
+def test_lrn_default_is_alpha_over_n_as_torch():
+    assert LRN_DEFAULT == "alpha-over-n" and LRN_DEFAULT in LRN_CONVENTIONS
+    a = torch.randn(2, 9, 5, 5) * 30
+    torch_lrn = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+    torch.testing.assert_close(LocalResponseNorm()(a), torch_lrn(a))
+    model = build_model("alexnet", 5, width=0.0625)
+    torch.testing.assert_close(model.features.norm1(a), torch_lrn(a))
+
+
+@pytest.mark.parametrize("old, new", [("paper", "alpha-as-printed"), ("caffe", "alpha-over-n")])
+def test_old_lrn_names_from_saved_settings_map_to_the_same_formula(old, new):
+    assert lrn_convention(old) == new and lrn_convention(new) == new
+    a = torch.randn(2, 9, 3, 3) * 30
+    torch.testing.assert_close(LocalResponseNorm(convention=old)(a), LocalResponseNorm(convention=new)(a))
+    with pytest.raises(ValueError, match="alpha-over-n"):
+        lrn_convention("torch")
+
+
+def test_layer_table_at_the_papers_size():
+    table = layer_table(build_model("alexnet", 1000), crop=224)
+    shapes = {row["name"]: row["shape"] for row in table["layers"]}
+    assert shapes["conv1"] == (96, 55, 55) and shapes["pool1"] == (96, 27, 27) and shapes["norm2"] == (256, 27, 27)
+    assert shapes["conv5"] == (256, 13, 13) and shapes["pool5"] == (256, 6, 6)
+    assert shapes["fc6"] == shapes["fc7"] == (4096,) and shapes["fc8"] == (1000,)
+    params = {row["name"]: row["parameters"] for row in table["layers"] if row["parameters"]}
+    # 11*11*3*96 + 96, 5*5*48*256 + 256, ...: the paper's table by hand
+    assert params == {"conv1": 34_944, "conv2": 307_456, "conv3": 885_120, "conv4": 663_936, "conv5": 442_624,
+                      "fc6": 37_752_832, "fc7": 16_781_312, "fc8": 4_097_000}
+    assert table["parameters"] == sum(params.values()) == 60_965_224
+
+
+def test_layer_table_leaves_the_model_as_it_was():
+    model = build_model("alexnet", 5, width=0.0625).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    table = layer_table(model, crop=112)
+    assert model.training and not model.features._forward_hooks
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert dict((r["name"], r["shape"]) for r in table["layers"])["pool5"] == (16, 2, 2)
+
+
+# --- issue 13: cuDNN's grouped convolution or two dense convolutions on the halves ----------------------------
+
+def test_conv_choices_exported():
+    assert CONV_IMPLS == ("grouped", "split") and CONV_DEFAULT == "grouped"
+    assert build_model("alexnet", 5, width=0.0625).features.conv2.groups == 2
+    with pytest.raises(ValueError, match="grouped"):
+        build_model("alexnet", 5, width=0.0625, conv="dense")
+
+
+def test_split_convs_give_the_grouped_outputs_and_gradients():
+    torch.manual_seed(0)
+    grouped = build_model("alexnet", 6, width=0.125, dropout=0.0, conv="grouped").double()
+    split = build_model("alexnet", 6, width=0.125, dropout=0.0, conv="split").double()
+    assert list(split.state_dict()) == list(grouped.state_dict()) == _KEYS_BEFORE
+    split.load_state_dict(grouped.state_dict())
+    assert any(type(m) is not type(g) for m, g in zip(split.modules(), grouped.modules()))  # not the same code
+    x = torch.randn(3, 3, 64, 64, dtype=torch.float64)
+    outs = [m(x) for m in (grouped, split)]
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
+    for out in outs:
+        out.square().sum().backward()
+    for (name, g), (_, s) in zip(grouped.named_parameters(), split.named_parameters()):
+        torch.testing.assert_close(s.grad, g.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_split_conv_is_not_a_dense_conv():
+    """Each half sees only its own half of the input channels: a change in the second half leaves the first alone."""
+    conv = build_model("alexnet", 5, width=0.125, conv="split").features.conv4
+    x = torch.randn(1, conv.in_channels, 7, 7)
+    y = x.clone()
+    y[:, conv.in_channels // 2:] += 1.0
+    half = conv.out_channels // 2
+    a, b = conv(x), conv(y)
+    torch.testing.assert_close(a[:, :half], b[:, :half])
+    assert not torch.allclose(a[:, half:], b[:, half:])

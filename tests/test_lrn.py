@@ -1,0 +1,134 @@
+"""The fused LRN (issue 13): its analytic backward against float64 finite differences, and against the unfused
+reference in fp32 and bf16. The reference itself is checked against numpy and torch in test_model.py."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from alexnet_pipe.lrn import LRN_IMPLS, lrn, lrn_reference
+from alexnet_pipe.model import LRN_IMPL_DEFAULT, LocalResponseNorm, build_model
+from test_model import lrn_reference as lrn_numpy
+
+CONSTANTS = dict(size=5, alpha=1e-4 / 5, beta=0.75, k=2.0)
+# Larger alpha than AlexNet's so that the sum term, and with it the cross-channel part of the gradient, is of the
+# same order as k: a backward that dropped it or mis-shifted the window would show.
+STRONG = dict(size=5, alpha=0.05, beta=0.75, k=2.0)
+
+
+def _inputs(shape, dtype=torch.float64, scale=3.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dtype).requires_grad_()
+
+
+@pytest.mark.parametrize("size", [5, 4, 1])
+def test_reference_passes_gradcheck_in_float64(size):
+    x = _inputs((2, 7, 3, 3))
+    assert torch.autograd.gradcheck(lambda t: lrn_reference(t, **{**STRONG, "size": size}), (x,))
+
+
+@pytest.mark.parametrize("size, channels", [(5, 7), (4, 7), (5, 3), (3, 1)])
+def test_fused_backward_passes_gradcheck_in_float64(size, channels):
+    x = _inputs((2, channels, 3, 4))
+    assert torch.autograd.gradcheck(lambda t: lrn(t, **{**STRONG, "size": size}), (x,))
+
+
+@pytest.mark.parametrize("size", [5, 4])
+def test_fused_forward_is_the_numpy_formula(size):
+    x = _inputs((2, 9, 3, 3)).detach()
+    want = lrn_numpy(x.numpy(), n=size, k=STRONG["k"], alpha=STRONG["alpha"], beta=STRONG["beta"])
+    np.testing.assert_allclose(lrn(x, **{**STRONG, "size": size}).numpy(), want, rtol=1e-12)
+
+
+def _forward_backward(fn, x, g, **constants):
+    x = x.detach().clone().requires_grad_()
+    out = fn(x, **constants)
+    out.backward(g)
+    return out.detach(), x.grad
+
+
+@pytest.mark.parametrize("constants", [CONSTANTS, STRONG], ids=["alexnet", "strong"])
+def test_fused_matches_reference_in_fp32(constants):
+    x = torch.relu(_inputs((4, 96, 13, 13), torch.float32, scale=40.0)).detach()  # conv1's post-ReLU range
+    g = _inputs((4, 96, 13, 13), torch.float32, seed=1).detach()
+    out, grad = _forward_backward(lrn, x, g, **constants)
+    ref_out, ref_grad = _forward_backward(lrn_reference, x, g, **constants)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_in_and_out_with_fp32_arithmetic():
+    """bf16 tolerance: both round one fp32 result to bf16 (8 significant bits), so they may differ by one bf16 step
+    of the value: rtol 2^-7. The reference is fed the same bf16 values, upcast."""
+    x = torch.relu(_inputs((4, 32, 9, 9), torch.float32, scale=40.0)).detach().bfloat16()
+    g = _inputs((4, 32, 9, 9), torch.float32, seed=1).detach().bfloat16()
+    out, grad = _forward_backward(lrn, x, g, **STRONG)
+    assert out.dtype == grad.dtype == torch.bfloat16
+    ref_out, ref_grad = _forward_backward(lrn_reference, x.float(), g.float(), **STRONG)
+    torch.testing.assert_close(out.float(), ref_out, rtol=2 ** -7, atol=1e-3)
+    torch.testing.assert_close(grad.float(), ref_grad, rtol=2 ** -7, atol=1e-3 * ref_grad.abs().max().item())
+
+
+def test_channels_last_and_non_contiguous_inputs():
+    x = _inputs((2, 12, 5, 6), torch.float32, scale=20.0).detach()
+    want = lrn_reference(x, **STRONG)
+    torch.testing.assert_close(lrn(x.contiguous(memory_format=torch.channels_last), **STRONG), want)
+    wide = _inputs((2, 24, 5, 6), torch.float32, scale=20.0).detach()
+    torch.testing.assert_close(lrn(wide[:, ::2], **STRONG), lrn_reference(wide[:, ::2], **STRONG))
+
+
+def _saved(fn, x):
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        fn(x, **CONSTANTS)
+    return saved
+
+
+def test_fused_keeps_only_its_input_for_backward():
+    """One saved tensor in the input's dtype (bf16 under autocast) instead of the reference's fp32 intermediates."""
+    x = _inputs((2, 16, 5, 5), torch.bfloat16)
+    fused, reference = _saved(lrn, x), _saved(lrn_reference, x)
+    assert len(fused) == 1 and fused[0].dtype == torch.bfloat16 and fused[0].shape == x.shape
+    assert sum(t.numel() * t.element_size() for t in reference) > 4 * x.numel() * x.element_size()
+
+
+def test_model_switch():
+    assert LRN_IMPLS == ("fused", "reference", "compiled") and LRN_IMPL_DEFAULT == "fused"
+    assert build_model("alexnet", 5, width=0.0625).features.norm1.impl == "fused"
+    with pytest.raises(ValueError, match="fused"):
+        LocalResponseNorm(impl="triton")
+
+
+def test_models_with_either_lrn_train_alike():
+    torch.manual_seed(0)
+    models = [build_model("alexnet", 6, width=0.125, dropout=0.0, lrn_impl=impl) for impl in ("reference", "fused")]
+    models[1].load_state_dict(models[0].state_dict())
+    x, y = torch.randn(4, 3, 64, 64) * 50, torch.tensor([0, 1, 2, 3])
+    for model in models:
+        nn.functional.cross_entropy(model(x), y).backward()
+    for (name, a), (_, b) in zip(models[0].named_parameters(), models[1].named_parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_compiled_region_matches_reference():
+    """torch.compile of the same forward and backward formulas (Inductor, a C++ compiler on CPU)."""
+    x = torch.relu(_inputs((2, 16, 7, 7), torch.float32, scale=40.0)).detach()
+    g = _inputs((2, 16, 7, 7), torch.float32, seed=1).detach()
+    out, grad = _forward_backward(lambda t, **c: lrn(t, compiled=True, **c), x, g, **STRONG)
+    ref_out, ref_grad = _forward_backward(lrn_reference, x, g, **STRONG)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_fused_function_inside_a_compiled_model():
+    """--compile traces the whole model, the autograd.Function included."""
+    x = torch.relu(_inputs((2, 16, 7, 7), torch.float32, scale=40.0)).detach()
+    g = _inputs((2, 16, 7, 7), torch.float32, seed=1).detach()
+    compiled = torch.compile(LocalResponseNorm(impl="fused"), fullgraph=True)
+    out, grad = _forward_backward(lambda t, **c: compiled(t), x, g)
+    ref_out, ref_grad = _forward_backward(lrn_reference, x, g, **CONSTANTS)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
