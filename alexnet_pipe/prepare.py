@@ -272,12 +272,19 @@ class NoSpace(Exception):
         self.path = path
 
 
-def _no_space(exc: BaseException) -> bool:
+def _no_space(exc: BaseException, writer: shards.ShardWriter | None = None) -> bool:
     if isinstance(exc, OSError):
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    # lmdb.Error is no OSError; it carries the errno's text only
-    return type(exc).__module__.startswith("lmdb") and any(
-        os.strerror(e) in str(exc) for e in (errno.ENOSPC, errno.EDQUOT))
+    if not type(exc).__module__.startswith("lmdb"):
+        return False
+    # lmdb.Error is no OSError and carries only the errno's text; a commit that meets a full tmpfs
+    # says EIO, so that one counts where the device cannot take another transaction of this shard
+    if any(os.strerror(e) in str(exc) for e in (errno.ENOSPC, errno.EDQUOT)):
+        return True
+    if writer is None or os.strerror(errno.EIO) not in str(exc):
+        return False
+    txn_bytes = writer.TXN_RECORDS * writer.bytes / max(writer.records, 1)
+    return shutil.disk_usage(writer.tmp_dir.parent).free < 2 * txn_bytes + (1 << 20)
 
 
 def _claim_path(dd: DataDir, p: ShardPlan) -> Path:
@@ -379,7 +386,7 @@ def write_shards(dd: DataDir, todo: list[ShardPlan], job: ImageJob, workers: int
                 claims.release(_claim_path(dd, plan))
                 writer, rejects = None, []
     except Exception as exc:
-        if _no_space(exc):
+        if _no_space(exc, writer):
             raise NoSpace(writer.tmp_dir.parent if writer else dd.root) from None
         raise
     finally:
