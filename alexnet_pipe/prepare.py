@@ -472,10 +472,15 @@ def _disk_full(dd: DataDir, path: Path, todo: list[ShardPlan], settings: Prepare
 
 
 def _refuse_overlap(settings: PrepareSettings) -> None:
-    how = overlap(settings.data, settings.source)
+    """A data dir may hold the source (the demo keeps DATA/demo/sample) but not where prepare writes and
+    --overwrite removes: the source inside its train/, val/ or stats/, or the data dir inside the source."""
+    data, how = DataDir(Path(settings.data)), overlap(settings.data, settings.source)
+    if how == "contains" and not any(overlap(place, settings.source) for place in
+                                     (data.split("train"), data.split("val"), data.stats)):
+        return
     if how:
-        raise UserError(f"the data dir {settings.data} {how} the source {settings.source}: prepare reads every "
-                        "file of the source, so choose a --data dir outside it")
+        raise UserError(f"the data dir {settings.data} {how} the source {settings.source}: prepare writes and "
+                        "--overwrite removes files there, so choose a --data dir outside the source")
 
 
 def run(settings: PrepareSettings, echo=print) -> dict:

@@ -53,12 +53,26 @@ def src(tmp_path):
 
 @pytest.mark.parametrize("where", ["same", "inside", "contains"])
 def test_a_data_dir_overlapping_the_source_is_refused_and_nothing_is_deleted(src, tmp_path, where):
-    data = {"same": src, "inside": src / "out", "contains": tmp_path}[where]
+    if where == "contains":  # the source inside the data dir's train/, where prepare writes and removes
+        shutil.copytree(src, tmp_path / "d" / "train" / "mine")
+        src, data = tmp_path / "d" / "train" / "mine", tmp_path / "d"
+    else:
+        data = {"same": src, "inside": src / "out"}[where]
     before = _files(src)
     for extra in ([], ["--overwrite"]):
         error = _one_error(_cli(["prepare", src, "--data", data, "--size", SIZE, "--workers", 1, *extra]))
-        assert "source" in error and "--overwrite" not in error
+        assert "source" in error and "pass --overwrite" not in error
         assert _files(src) == before
+
+
+def test_a_data_dir_may_hold_the_source_beside_its_shards(src, tmp_path):
+    """As the demo does (DATA/demo/sample): --overwrite there leaves the source alone."""
+    data = tmp_path / "d"
+    shutil.copytree(src, data / "sample")
+    before = _files(data / "sample")
+    _prep(data / "sample", data)
+    _prep(data / "sample", data, quality=70, overwrite=True)
+    assert _files(data / "sample") == before
 
 
 def test_overwrite_keeps_files_prepare_did_not_write(src, tmp_path):
