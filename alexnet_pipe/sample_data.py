@@ -22,7 +22,7 @@ Only numpy, OpenCV and Pillow: no torch.
 from __future__ import annotations
 
 import math
-import shutil
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from alexnet_pipe.errors import UserError
+from alexnet_pipe.outdir import check_place, writable_dir
 
 SHAPES = ("disc", "square", "triangle", "stripes", "checker", "ring", "cross", "star")
 SHAPE_PLURALS = ("discs", "squares", "triangles", "stripes", "checkers", "rings", "crosses", "stars")
@@ -47,6 +48,9 @@ REJECT_KINDS = ("truncated", "empty", "not-image")
 # downscaling (shorter side >= 600), two smaller than a 128 crop (prepare upscales them).
 EXTREME_SIZES = ((640, 860), (1000, 620), (96, 120), (150, 100))
 TREE_ENTRIES = ("train", "val", "LOC_val_solution.csv", "LOC_synset_mapping.txt", "README.txt")
+README_MARK = "SYNTHETIC SAMPLE DATA -- NOT IMAGENET"
+WNID = re.compile(r"n\d{8}")
+VAL_FILE = re.compile(r"ILSVRC2012_val_\d{8}\.JPEG")
 
 
 @dataclass(frozen=True)
@@ -329,20 +333,54 @@ def _check_settings(settings: SampleSettings) -> None:
         raise UserError("The sample data needs at least one train and one val image per class.")
 
 
+def _written_here_before(root: Path) -> bool:
+    """Whether root's README.txt is the one this module writes: the mark that its tree may be replaced."""
+    try:
+        with open(root / "README.txt", "rb") as f:
+            return f.read(len(README_MARK)) == README_MARK.encode()
+    except OSError:
+        return False
+
+
+def _remove_matching(folder: Path, pattern: re.Pattern) -> None:
+    """The files of `folder` named as this module names them; the folder too once it is empty."""
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for path in folder.iterdir():
+        if pattern.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+            path.unlink()
+    _rmdir_if_empty(folder)
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _remove_own_tree(root: Path) -> None:
+    """Remove, file by file, what an earlier sample-data run wrote; a user's files (and their folders) stay."""
+    train = root / "train"
+    for folder in sorted(train.iterdir()) if train.is_dir() and not train.is_symlink() else []:
+        if WNID.fullmatch(folder.name):
+            _remove_matching(folder, re.compile(rf"{folder.name}_\d+\.JPEG"))
+    _rmdir_if_empty(train)
+    _remove_matching(root / "val", VAL_FILE)
+    for name in ("LOC_val_solution.csv", "LOC_synset_mapping.txt", "README.txt"):
+        if (root / name).is_file() and not (root / name).is_symlink():
+            (root / name).unlink()
+
+
 def _prepare_root(root: Path, overwrite: bool) -> None:
-    if root.exists() and not root.is_dir():
-        raise UserError(f"{root} exists and is not a directory.")
+    check_place(root, "directory for the sample data")
     if root.is_dir() and any(root.iterdir()):
         if not overwrite:
             raise UserError(f"{root} is not empty; choose an empty directory or pass --overwrite.")
-        # remove only what this module writes, never the user's other files
-        for name in TREE_ENTRIES:
-            target = root / name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            elif target.exists() or target.is_symlink():
-                target.unlink()
-    root.mkdir(parents=True, exist_ok=True)
+        present = [name for name in TREE_ENTRIES if (root / name).exists() or (root / name).is_symlink()]
+        if present and not _written_here_before(root):
+            raise UserError(f"{root} holds {', '.join(present)} that sample-data did not write (its README.txt "
+                            "is not the sample data's); choose an empty directory.")
+        _remove_own_tree(root)
+    writable_dir(root, "directory for the sample data")
 
 
 def _train_image(settings: SampleSettings, k: int, i: int, sizes: dict):
@@ -378,7 +416,7 @@ def source_image(settings: SampleSettings, rel: str) -> np.ndarray:
 def _write_train(root: Path, settings: SampleSettings, wnids: list[str], summary: SampleSummary) -> None:
     sizes, kinds = _train_plan(settings)
     for k, wnid in enumerate(wnids):
-        (root / "train" / wnid).mkdir(parents=True)
+        (root / "train" / wnid).mkdir(parents=True, exist_ok=True)  # a user's file may have kept it
         for i in range(settings.train_per_class):
             rel = f"train/{wnid}/{wnid}_{i}.JPEG"
             kind = kinds.get((k, i), "jpeg")
@@ -394,7 +432,7 @@ def _write_train(root: Path, settings: SampleSettings, wnids: list[str], summary
 def _write_val(root: Path, settings: SampleSettings, wnids: list[str], summary: SampleSummary) -> None:
     labels = _val_labels(settings)
     cmyk_at = len(labels) // 2 if settings.pathologies else -1
-    (root / "val").mkdir()
+    (root / "val").mkdir(exist_ok=True)
     rows = ["ImageId,PredictionString"]
     for n, k in enumerate(labels):
         image_id = f"ILSVRC2012_val_{n + 1:08d}"
@@ -415,7 +453,7 @@ def _readme(settings: SampleSettings) -> str:
     flags = (f"--classes {s.classes} --train-per-class {s.train_per_class} --val-per-class {s.val_per_class} "
              f"--seed {s.seed}" + ("" if s.pathologies else " --no-pathologies"))
     return (
-        "SYNTHETIC SAMPLE DATA -- NOT IMAGENET\n\n"
+        f"{README_MARK}\n\n"
         "Every image in this tree was drawn procedurally by alexnet-pipe (coloured shapes and textures on\n"
         "noisy, cluttered backgrounds). None of it comes from ImageNet or any photograph. The wnids look\n"
         "like ImageNet's but are made up. The layout copies ImageNet's Kaggle download so that\n"

@@ -7,9 +7,12 @@ which also lets many workers read one archive in parallel.
 """
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import io
+import os
+import stat
 import tarfile
 from pathlib import Path
 
@@ -22,6 +25,9 @@ DEVKIT_DIR = "ILSVRC2012_devkit_t12"
 KAGGLE_CSV = "LOC_val_solution.csv"
 SYNSET_MAPPING = "LOC_synset_mapping.txt"
 NESTINGS = (".", "ILSVRC/Data/CLS-LOC", "Data/CLS-LOC", "CLS-LOC")
+# names that say "image"; a split none of whose files has one is sniffed before it is called empty
+IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif",
+                            ".ppm", ".pgm", ".pnm", ".jp2"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -59,20 +65,37 @@ class ValLabels:
 
 # --- label files ------------------------------------------------------------------------
 
+def read_text(path: Path) -> str:
+    """A label file's text: only a regular file is opened (a FIFO would block forever), and it must be UTF-8."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} is not a regular file; give the label file itself")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path} ({exc.strerror or exc})") from None
+
+
 def read_kaggle_csv(path: Path) -> ValLabels:
-    by_stem = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                by_stem[row["ImageId"].strip()] = row["PredictionString"].split()[0]
-            except (KeyError, IndexError, AttributeError):
-                raise UserError(f"{path} is not a Kaggle {KAGGLE_CSV} (expected columns ImageId,PredictionString)") from None
+    by_stem, line_of = {}, {}
+    for line, row in enumerate(csv.DictReader(io.StringIO(read_text(path), newline="")), start=2):
+        try:
+            stem, wnid = row["ImageId"].strip(), row["PredictionString"].split()[0]
+        except (KeyError, IndexError, AttributeError):
+            raise UserError(f"{path} is not a Kaggle {KAGGLE_CSV} (expected columns ImageId,PredictionString)") from None
+        if by_stem.get(stem, wnid) != wnid:
+            raise UserError(f"{path} gives ImageId {stem} two labels: {by_stem[stem]} on line {line_of[stem]} "
+                            f"and {wnid} on line {line}; keep one of the rows")
+        by_stem[stem] = wnid
+        line_of.setdefault(stem, line)
     return ValLabels(by_stem, {}, str(path))
 
 
 def read_synset_mapping(path: Path) -> dict[str, str]:
     names = {}
-    for line in Path(path).read_text().splitlines():
+    for line in read_text(path).splitlines():
         wnid, _, words = line.strip().partition(" ")
         if wnid:
             names[wnid] = words.strip()
@@ -92,8 +115,8 @@ def _parse_meta(meta_bytes: bytes, where: str) -> tuple[dict[int, str], dict[str
     return {r[0]: r[1] for r in leaves}, {r[1]: r[2] for r in leaves}
 
 
-def _labels_from_devkit(meta_bytes: bytes, truth_text: str, where: str) -> ValLabels:
-    id_to_wnid, names = _parse_meta(meta_bytes, where)
+def _labels_from_devkit(meta_bytes: bytes, truth_text: str, meta_where: str, where: str) -> ValLabels:
+    id_to_wnid, names = _parse_meta(meta_bytes, meta_where)
     by_stem = {}
     for i, line in enumerate(truth_text.split(), start=1):
         try:
@@ -107,25 +130,31 @@ def read_devkit_archive(path: Path) -> ValLabels:
     try:
         with tarfile.open(path, "r:*") as tar:
             members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-            meta = tar.extractfile(members["meta.mat"]).read()
-            truth = tar.extractfile(members["ILSVRC2012_validation_ground_truth.txt"]).read().decode()
+            meta_member, truth_member = members["meta.mat"], members["ILSVRC2012_validation_ground_truth.txt"]
+            meta = tar.extractfile(meta_member).read()
+            truth = tar.extractfile(truth_member).read().decode()
+    except UnicodeDecodeError:
+        raise UserError(f"{path}!{truth_member.name} is not UTF-8 text") from None
     except KeyError as exc:
         raise UserError(f"{path} has no {exc.args[0]}: is it the ILSVRC2012 devkit?") from None
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise UserError(f"{path} is not a readable devkit archive ({exc})") from None
-    return _labels_from_devkit(meta, truth, str(path))
+    return _labels_from_devkit(meta, truth, f"{path}!{meta_member.name}", str(path))
 
 
 def read_devkit_files(truth: Path) -> ValLabels:
     meta = truth.parent / "meta.mat"
     if not meta.is_file():
         raise UserError(f"{truth} needs the devkit's meta.mat beside it to map its IDs to wnids")
-    return _labels_from_devkit(meta.read_bytes(), truth.read_text(), str(truth))
+    truth_text = read_text(truth)
+    return _labels_from_devkit(meta.read_bytes(), truth_text, str(meta), str(truth))
 
 
 def read_val_labels(path: Path) -> ValLabels:
     """Any supported label file: Kaggle csv, devkit archive, devkit dir, or ground-truth txt."""
     path = Path(path)
+    if not path.is_dir() and not path.is_file():
+        raise UserError(f"{path} is neither a regular file nor a directory; give the label file or the devkit dir")
     if path.is_dir():
         return read_devkit_files(path / "data" / "ILSVRC2012_validation_ground_truth.txt")
     if path.suffix == ".csv":
@@ -167,30 +196,61 @@ def find_class_names(root: Path, src: Path) -> dict[str, str]:
 # --- listing the images -----------------------------------------------------------------
 
 def _files_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+    # every non-directory: FIFOs, sockets and devices are listed too, so that they are rejected, not lost
+    return sorted(p for p in folder.rglob("*") if p.is_symlink() or not p.is_dir())
 
 
 def _reject(rejects: list[dict], path, split: str, reason: str) -> None:
     rejects.append({"path": str(path), "split": split, "reason": reason})
 
 
+def _not_regular(path: Path) -> bool:
+    """A FIFO, socket or device (opening a FIFO blocks forever); a dangling link is left to the reader."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # the undecodable bytes of the name, kept as surrogates by os.listdir
+        return False
+    return True
+
+
+def _regular_files(files: list, split: str, rejects: list[dict], path=lambda f: f) -> list:
+    kept = []
+    for f in files:
+        if _not_regular(path(f)):
+            _reject(rejects, path(f), split, "not a regular file (a FIFO, socket or device)")
+        else:
+            kept.append(f)
+    return kept
+
+
 def list_train_folder(train: Path, rejects: list[dict]) -> tuple[list[str], list[tuple[str, Path]]]:
-    """(sorted class names, [(class, file)]); files outside a class folder are rejected."""
-    classes = sorted(p.name for p in train.iterdir() if p.is_dir())
-    files = []
+    """(sorted class names, [(class, file)]); files outside a class folder, or in a class folder whose
+    name is not UTF-8 (it would go into the manifest as the class's wnid), are rejected."""
+    folders = sorted(p.name for p in train.iterdir() if p.is_dir())
+    classes = [w for w in folders if _utf8(w)]
     for path in sorted(train.iterdir()):
         if not path.is_dir():
             _reject(rejects, path, "train", "not inside a class folder")
-    for wnid in classes:
-        files.extend((wnid, f) for f in _files_under(train / wnid))
-    return classes, files
+    for wnid in folders:
+        if wnid not in classes:
+            for f in _files_under(train / wnid):
+                _reject(rejects, f, "train", "its class folder's name is not UTF-8 (rename the folder)")
+    files = [(wnid, f) for wnid in classes for f in _files_under(train / wnid)]
+    return classes, _regular_files(files, "train", rejects, path=lambda wf: wf[1])
 
 
 def _val_folder_items(val: Path, index: dict[str, int], labels: ValLabels | None,
                       rejects: list[dict]) -> list[Item]:
     items = []
     sorted_into_classes = any(p.is_dir() for p in val.iterdir())
-    for path in _files_under(val):
+    for path in _regular_files(_files_under(val), "val", rejects):
         rel = path.relative_to(val)
         if sorted_into_classes:
             wnid = rel.parts[0] if len(rel.parts) > 1 else None
@@ -274,8 +334,34 @@ def discover_folders(src: Path, root: Path, val_labels: Path | None) -> Inventor
     train = [Item(f"train/{w}/{f.relative_to(train_dir / w).as_posix()}", index[w], str(f))
              for w, f in train_files]
     val = _val_folder_items(val_dir, index, labels, rejects) if val_dir.is_dir() else []
+    for split, folder, items in (("train", train_dir, train), ("val", val_dir, val)):
+        if folder.is_dir():
+            _refuse_imageless(split, folder, items, rejects)
     return Inventory("folders", [(w, names.get(w, w)) for w in wnids], {"train": train, "val": val},
                      rejects, labels.source if labels else None)
+
+
+def _sniffs_as_image(path: str) -> bool:
+    from .images import sniff
+    try:
+        with open(path, "rb") as f:
+            return sniff(f.read(64)) is not None
+    except OSError:
+        return False
+
+
+def _refuse_imageless(split: str, folder: Path, items: list[Item], rejects: list[dict]) -> None:
+    """A split folder that exists but holds no image is a mistake (a wrong path, an unfinished download)."""
+    found = [it.path for it in items] + [r["path"] for r in rejects if r["split"] == split]
+    if any(Path(f).suffix.lower() in IMAGE_SUFFIXES for f in found):
+        return
+    regular = [f for f in found if not _not_regular(Path(f))]
+    if any(_sniffs_as_image(f) for f in regular[:20]):  # images without a telling name
+        return
+    suffixes = collections.Counter(Path(f).suffix.lower() or "no extension" for f in found)
+    kinds = ", ".join(s for s, _ in suffixes.most_common(4))
+    raise UserError(f"found no images in {folder}, the {split} split: {len(found)} files"
+                    + (f" ({kinds})" if kinds else "") + f"; point prepare at the folder whose {split}/ holds them")
 
 
 def discover_archives(src: Path, val_labels: Path | None) -> Inventory:

@@ -17,12 +17,12 @@ def _cores() -> int:
 
 
 def _shard_range(ctx, param, value):
-    if value is None:
-        return None
+    if value is None or value == "auto":
+        return value
     try:
         a, b = (int(x) for x in value.split(":"))
     except ValueError:
-        raise click.BadParameter("expected A:B, e.g. 0:16 (shards A to B-1 of each split)") from None
+        raise click.BadParameter("expected A:B, e.g. 0:16 (shards A to B-1 of each split), or auto") from None
     if not 0 <= a < b:
         raise click.BadParameter("expected 0 <= A < B")
     return a, b
@@ -47,9 +47,13 @@ def _shard_range(ctx, param, value):
 @click.option("--workers", type=click.IntRange(min=1), default=_cores, show_default="all cores")
 @click.option("--val-labels", type=click.Path(exists=True, path_type=Path), default=None,
               help="LOC_val_solution.csv, the devkit (.tar.gz or dir) or its ground-truth .txt.")
-@click.option("--only-shards", callback=_shard_range, default=None, metavar="A:B",
-              help="Write only shards A..B-1 of each split (cluster use); a last plain run finalises.")
-@click.option("--overwrite", is_flag=True, help="Replace what the data dir holds.")
+@click.option("--only-shards", callback=_shard_range, default=None, metavar="A:B|auto",
+              help="Write only shards A..B-1 of each split (cluster use); a last plain run finalises. auto: this "
+                   "task's share in a Slurm array job or a Kubernetes indexed Job (docs/getting-started.md).")
+@click.option("--array-count", type=click.IntRange(min=1), default=None,
+              help="With --only-shards auto under Kubernetes: the indexed Job's completions (Slurm says its own).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the shards, manifest and stats prepare wrote in the data dir; other files stay.")
 @click.option("--dry-run", is_flag=True, help="Find the inputs and print the plan; write nothing.")
 def prepare(source, data, dry_run, **options):
     """Turn an ImageNet download (folders, Kaggle, or the official tars) into shards.
@@ -75,6 +79,9 @@ def prepare(source, data, dry_run, **options):
 def _print_summary(summary: dict, data: Path) -> None:
     click.echo(f"wrote {summary['written_now']} images in {summary['seconds']:.1f} s "
                f"({summary['images_per_sec']:.0f} img/s, {summary['shards_written_now']} shards)")
+    if summary["left_to_others"]:
+        click.echo(f"{len(summary['left_to_others'])} shards were being written by another prepare and were left "
+                   f"to it ({', '.join(summary['left_to_others'][:3])})")
     manifest = summary["manifest"]
     if manifest is None:
         click.echo("these shards are done; run prepare without --only-shards once all parts are written")
