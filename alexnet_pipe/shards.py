@@ -14,11 +14,12 @@ import dataclasses
 import hashlib
 import json
 import os
+import struct
 from pathlib import Path
 from typing import Iterator
 
 from .errors import UserError
-from .files import atomic_write, fsync_path, write_json_atomic
+from .files import UnreadableFile, atomic_write, fsync_path, read_regular_bytes, write_json_atomic
 
 FORMAT_VERSION = 1
 SHARD_STATS = "stats.npz"  # per-shard sufficient statistics, inside the shard dir
@@ -182,9 +183,77 @@ def _unreadable(path: Path | str, exc: Exception) -> ShardFormatError:
     return err
 
 
+def _damaged_lmdb(path: Path | str, why: str) -> ShardFormatError:
+    err = ShardFormatError(f"shard {path} is damaged ({why}): delete that shard dir and run the same "
+                           "`alexnet-pipe prepare` command again to rewrite it")
+    err.reason = why
+    return err
+
+
+@dataclasses.dataclass(frozen=True)
+class LmdbMeta:
+    """What an LMDB environment's meta page says (the newer of its two)."""
+    psize: int  # page size
+    map_size: int  # address space every process that opens it without its own map size reserves
+    last_pgno: int  # last page in use: the file holds at least (last_pgno + 1) * psize bytes
+    txnid: int
+    entries: int
+
+    @property
+    def bytes_needed(self) -> int:
+        return (self.last_pgno + 1) * self.psize
+
+
+# LMDB 0.9 on 64-bit little-endian hosts (its files are not portable): a 16-byte page header, then
+# MDB_meta {u32 magic, u32 version, void *address, size_t mapsize, MDB_db dbs[2], pgno last_pg,
+# txnid}; MDB_db {u32 pad, u16 flags, u16 depth, pgno branch, leaf, overflow, size_t entries,
+# pgno root}; the page size is stored in dbs[0].pad.
+_META = struct.Struct("<IIQQ48s48sQQ")
+_DB = struct.Struct("<IHHQQQQQ")
+_META_OFFSET = 16
+LMDB_MAGIC, LMDB_VERSION = 0xBEEFC0DE, 1
+_MAX_PSIZE = 1 << 16
+
+
+def _parse_meta(page: bytes) -> LmdbMeta | None:
+    if len(page) < _META_OFFSET + _META.size:
+        return None
+    magic, version, _address, map_size, free_db, main_db, last_pgno, txnid = _META.unpack_from(page, _META_OFFSET)
+    if magic != LMDB_MAGIC or version != LMDB_VERSION:
+        return None
+    return LmdbMeta(_DB.unpack(free_db)[0], map_size, last_pgno, txnid, _DB.unpack(main_db)[6])
+
+
+def read_lmdb_meta(path: Path | str) -> LmdbMeta:
+    """The meta page of a shard's data.mdb, read with plain file reads: no page is mapped, so a
+    truncated file cannot kill the process with SIGBUS, as a reader mapping it would."""
+    try:
+        head = read_regular_bytes(Path(path) / "data.mdb", limit=2 * _MAX_PSIZE)
+    except FileNotFoundError:
+        raise _unreadable(path, "no data.mdb") from None
+    except UnreadableFile as exc:
+        raise _unreadable(path, f"data.mdb: {exc.reason}") from None
+    first = _parse_meta(head)
+    if first is None or not 512 <= first.psize <= _MAX_PSIZE or first.psize & (first.psize - 1):
+        raise _damaged_lmdb(path, "data.mdb does not start with an LMDB meta page")
+    second = _parse_meta(head[first.psize:])
+    return first if second is None or second.txnid < first.txnid else second
+
+
+def _check_size(path: Path | str, meta: LmdbMeta) -> None:
+    size = os.stat(Path(path) / "data.mdb").st_size
+    if size < meta.bytes_needed:
+        raise _damaged_lmdb(path, f"data.mdb is truncated: {size} bytes, its LMDB header says "
+                                  f"{meta.bytes_needed} are in use")
+
+
 def open_reader(path: Path | str):
-    """A read-only LMDB environment; a missing or damaged shard raises ShardFormatError."""
+    """A read-only LMDB environment; a missing, truncated or damaged shard raises ShardFormatError.
+
+    Every reader of a shard comes through here: the file size is checked against the meta page
+    before LMDB maps a single data page."""
     import lmdb
+    _check_size(path, read_lmdb_meta(path))
     try:
         return lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True,
                          max_readers=512)
@@ -203,6 +272,50 @@ def iter_records(path: Path | str) -> Iterator[tuple[bytes, bytes]]:
         raise _unreadable(path, exc) from None
     finally:
         env.close()
+
+
+# --- one record, checked ---------------------------------------------------------------
+
+class DamagedRecord(ShardFormatError):
+    """A record that is not a Datum of this data dir; names the shard and the key."""
+
+    def __init__(self, shard: Path | str, key: bytes, reason: str):
+        super().__init__(f"record {key.decode(errors='replace')} of shard {shard} is damaged ({reason}): "
+                         "run `alexnet-pipe verify` to list every damaged shard, delete those shard dirs and "
+                         "run the same `alexnet-pipe prepare` command again to rewrite them")
+        self.shard, self.key, self.reason = Path(shard), key, reason
+
+
+def read_datum(shard: Path | str, key: bytes, value: bytes, num_classes: int | None = None) -> Datum:
+    """The Datum stored under `key`; DamagedRecord (naming shard and key) where it is not one, or
+    where its label is outside 0..num_classes-1."""
+    try:
+        datum = Datum.from_bytes(value)
+    except ShardFormatError as exc:
+        raise DamagedRecord(shard, key, f"not a Datum: {exc}") from None
+    if num_classes is not None and not 0 <= datum.label < num_classes:
+        raise DamagedRecord(shard, key, f"label {datum.label} outside 0..{num_classes - 1}")
+    return datum
+
+
+def record_pixels(shard: Path | str, key: bytes, datum: Datum, size: int) -> "np.ndarray":
+    """A record's image as uint8 (size, size, 3) RGB: JPEG/PNG decoded (a truncated JPEG, which
+    libjpeg would fill with grey, is refused), raw bytes reshaped; DamagedRecord otherwise."""
+    import numpy as np
+
+    from .images import Reject, decode_rgb
+    if datum.encoded:
+        try:
+            pixels = decode_rgb(datum.data)
+        except Reject as exc:
+            raise DamagedRecord(shard, key, str(exc)) from None
+    elif len(datum.data) == size * size * 3:
+        pixels = np.frombuffer(datum.data, np.uint8).reshape(size, size, 3)
+    else:
+        raise DamagedRecord(shard, key, f"{len(datum.data)} raw bytes, not {size}x{size}x3")
+    if pixels.shape != (size, size, 3):
+        raise DamagedRecord(shard, key, f"image shape {pixels.shape}, expected {(size, size, 3)}")
+    return pixels
 
 
 # --- manifest -------------------------------------------------------------------------
