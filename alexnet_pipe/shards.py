@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import struct
 from pathlib import Path
@@ -318,26 +317,45 @@ def record_pixels(shard: Path | str, key: bytes, datum: Datum, size: int) -> "np
     return pixels
 
 
-# --- manifest -------------------------------------------------------------------------
+# --- manifest, shard meta, rejects ------------------------------------------------------
 
 MANIFEST = "manifest.json"
+REJECTS = "rejects.jsonl"
+_PREPARE_AGAIN = "run `alexnet-pipe prepare` again"
+
+
+def _shapes():
+    """The metadata formats (docs/format.md) as checks; built on first use, metadata imports this module."""
+    from . import metadata as m
+    shard_entry = {"name": m.string(r"shard-\d{5,}"), "records": m.integer(), "bytes": m.integer(),
+                   "checksum": m.string(r"[0-9a-f]{64}")}
+    split = m.record({"count": m.integer(), "rejects": m.integer(), "shards": m.list_of(m.record(shard_entry))})
+    manifest = m.record({
+        "format_version": m.anything,  # compared on its own, for a message naming both versions
+        "settings": m.record({"size": m.integer(1)}, {"encoding": m.string("jpeg|raw"), "quality": m.integer(1, 100)}),
+        "classes": m.list_of(m.record({"wnid": m.string(), "name": m.string()})),
+        "splits": m.mapping_of(split)})
+    meta = m.record(shard_entry, {"split": m.string(), "first_index": m.integer(), "last_index": m.integer(-1),
+                                  "rejects": m.integer(), "fingerprint": m.string()})
+    reject = m.record({"path": m.string(), "split": m.string(), "reason": m.string()})
+    return manifest, meta, reject
 
 
 def read_manifest(data_dir: Path) -> dict:
+    """manifest.json of a data dir, checked against its format: ShardFormatError naming it otherwise."""
+    from . import metadata
     path = Path(data_dir) / MANIFEST
+    what = "a manifest written by `alexnet-pipe prepare`"
+    text = metadata.read_text(path, what, _PREPARE_AGAIN,
+                              missing=f"no {MANIFEST} in {data_dir}: run `alexnet-pipe prepare` first")
     try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ShardFormatError(f"no {MANIFEST} in {data_dir}: run `alexnet-pipe prepare` first") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ShardFormatError(f"{path} is unreadable ({exc}); run `alexnet-pipe prepare` again") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
-        raise ShardFormatError(f"{path} is not a manifest written by `alexnet-pipe prepare`; "
-                               "run `alexnet-pipe prepare` again")
-    if manifest.get("format_version") != FORMAT_VERSION:
+        manifest = metadata.parse_json(text)
+    except ValueError as exc:
+        raise ShardFormatError(f"{path} is unreadable ({exc}); {_PREPARE_AGAIN}") from None
+    if isinstance(manifest, dict) and "format_version" in manifest and manifest["format_version"] != FORMAT_VERSION:
         raise ShardFormatError(f"{path} has format version {manifest.get('format_version')}, "
                                f"this alexnet-pipe reads {FORMAT_VERSION}")
-    return manifest
+    return metadata.check_document(manifest, _shapes()[0], path, what, _PREPARE_AGAIN)
 
 
 def shard_dirs(data_dir: Path, split: str, manifest: dict | None = None) -> list[Path]:
@@ -346,6 +364,23 @@ def shard_dirs(data_dir: Path, split: str, manifest: dict | None = None) -> list
     if split not in manifest["splits"]:
         raise ShardFormatError(f"{data_dir} has no '{split}' split")
     return [Path(data_dir) / split / s["name"] for s in manifest["splits"][split]["shards"]]
+
+
+def load_shard_meta(shard_dir: Path) -> dict | None:
+    """The meta.json of a shard, checked; None where it is absent (the shard is not committed)."""
+    from . import metadata
+    path = Path(shard_dir) / SHARD_META
+    if not os.path.lexists(path):
+        return None
+    return metadata.read_json(path, _shapes()[1], "a shard's meta.json",
+                              "delete that shard dir and run the same `alexnet-pipe prepare` command again")
+
+
+def read_rejects(path: Path) -> list[dict]:
+    """A rejects.jsonl (the data dir's or a shard's): one {"path", "split", "reason"} per line."""
+    from . import metadata
+    return metadata.read_json_lines(Path(path), _shapes()[2], "a rejects list written by `alexnet-pipe prepare`",
+                                    _PREPARE_AGAIN)
 
 
 # --- per-shard sufficient statistics --------------------------------------------------
@@ -394,18 +429,26 @@ class ShardStats:
 
     @classmethod
     def load(cls, path: Path) -> "ShardStats":
+        """A stats.npz, checked: integer arrays of the documented shapes; ShardFormatError otherwise."""
+        import io
+        import zipfile
+
         import numpy as np
         try:
-            with np.load(path) as z:
-                stats = cls(z["pixel_sum"].astype(np.int64), z["rgb_outer"].astype(np.int64),
-                            int(z["count"]))
+            with np.load(io.BytesIO(read_regular_bytes(path)), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in ("pixel_sum", "rgb_outer", "count")}
         except FileNotFoundError:
             raise ShardFormatError(f"{path} is missing") from None
-        except (OSError, KeyError, ValueError) as exc:
-            raise ShardFormatError(f"{path} is damaged ({exc})") from None
-        if stats.pixel_sum.ndim != 3 or stats.pixel_sum.shape[2] != 3 or stats.rgb_outer.shape != (3, 3):
+        except UnreadableFile as exc:
+            raise ShardFormatError(f"{path} cannot be read ({exc.reason})") from None
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise ShardFormatError(f"{path} is damaged ({str(exc).splitlines()[0][:80]})") from None
+        pixel_sum, rgb_outer, count = arrays["pixel_sum"], arrays["rgb_outer"], arrays["count"]
+        if any(a.dtype.kind not in "iu" for a in arrays.values()) or count.shape != ():
+            raise ShardFormatError(f"{path} holds arrays of other types than the integer sums it should")
+        if pixel_sum.ndim != 3 or pixel_sum.shape[2] != 3 or rgb_outer.shape != (3, 3):
             raise ShardFormatError(f"{path} has arrays of the wrong shape")
-        return stats
+        return cls(pixel_sum.astype(np.int64), rgb_outer.astype(np.int64), int(count))
 
 
 def _outer_exact(x: "np.ndarray") -> "np.ndarray":
@@ -487,8 +530,9 @@ class ShardWriter:
 
 
 def read_shard_meta(shard_dir: Path) -> dict | None:
-    """The meta of a committed shard, or None where the shard is absent or incomplete."""
+    """The checked meta of a committed shard, or None where the shard is absent, incomplete or its
+    meta.json damaged (prepare then writes the shard again)."""
     try:
-        return json.loads((Path(shard_dir) / SHARD_META).read_text())
-    except (OSError, json.JSONDecodeError):
+        return load_shard_meta(shard_dir)
+    except ShardFormatError:
         return None
