@@ -28,7 +28,7 @@ import numpy as np
 
 from .datadir import DataDir
 from .files import UnreadableFile, atomic_write, read_regular_bytes, write_json_atomic
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .shards import (MANIFEST, SHARD_META, SHARD_STATS, ShardFormatError, ShardStats, varint,
                      encode_field_bytes, encode_field_varint, open_reader, read_manifest,
                      load_shard_meta, shard_dirs)
@@ -344,6 +344,19 @@ class StatsRun:
 
 
 def run_stats(settings: StatsSettings, *, backend: str = "auto") -> StatsRun:
+    stage = ["the decoding pass"]
+    try:
+        return _run_stats(settings, backend, stage)
+    except KeyboardInterrupt:  # every output is written atomically: each file is the old one or the new
+        out = DataDir(Path(settings.data)).stats
+        if stage[0] == "the decoding pass":
+            raise Interrupted(f"interrupted during {stage[0]}: nothing was written, the shards and {out} are "
+                              "as they were; run the same command again") from None
+        raise Interrupted(f"interrupted while writing {out}: each file there is whole (the previous or the new "
+                          "version), but they may not match each other; run the same command again") from None
+
+
+def _run_stats(settings: StatsSettings, backend: str, stage: list[str]) -> StatsRun:
     data = Path(settings.data)
     manifest = _manifest_or_none(data, settings.recompute or settings.sample is not None)
     source, repaired = "shard-stats", []
@@ -354,6 +367,7 @@ def run_stats(settings: StatsSettings, *, backend: str = "auto") -> StatsRun:
         total, per = recompute(shards, device=settings.device, limit=settings.sample, backend=backend,
                                raw_layout="hwc_rgb" if manifest else "chw_bgr")
         source = "recompute" if settings.sample is None else "sample"
+        stage[0] = "writing"
         if manifest and settings.sample is None:
             repaired = repair_shard_stats(shards, per, manifest)
     else:
@@ -361,6 +375,7 @@ def run_stats(settings: StatsSettings, *, backend: str = "auto") -> StatsRun:
     out = DataDir(data).stats
     # eigenpairs come from the same sums for free: never drop ones that describe these shards
     result = compute(total, settings.pca or _has_current_pca(data))
+    stage[0] = "writing"
     write_outputs(out, result, pca_document(result, source=source, sample=settings.sample, manifest=manifest),
                   settings)
     files = [out / "mean.npy", out / "mean.binaryproto", out / "pca.json"]
