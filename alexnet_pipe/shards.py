@@ -10,6 +10,7 @@ tested against a reference encoding).  Field numbers are Caffe's (caffe.proto):
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -23,7 +24,11 @@ from .files import UnreadableFile, atomic_write, fsync_path, read_regular_bytes,
 FORMAT_VERSION = 1
 SHARD_STATS = "stats.npz"  # per-shard sufficient statistics, inside the shard dir
 SHARD_META = "meta.json"  # per-shard record count, bytes, checksum, rejects
-MAP_SIZE = 1 << 40  # address space only; LMDB files grow as written
+# The map size a shard starts with; it doubles as the shard grows. LMDB stores the last one in the
+# meta page, and every reader that sets none (DALI, Caffe's own reader) reserves that much address
+# space per shard: 1 TiB, as shards were once written, let DALI open only ~126 shards per process
+# (docs/format.md). Growing from 64 MiB keeps the stored size under twice the data.
+INITIAL_MAP_SIZE = 64 << 20
 
 
 class ShardFormatError(UserError):
@@ -476,16 +481,18 @@ class ShardWriter:
     run deletes.  Records must come in increasing key order (the checksum relies on it).
     """
     TXN_RECORDS = 256
+    INITIAL_MAP_SIZE = INITIAL_MAP_SIZE
 
     def __init__(self, final_dir: Path, size: int):
         import lmdb
         self.final_dir = Path(final_dir)
         self.tmp_dir = self.final_dir.with_name(f".{self.final_dir.name}.tmp-{os.getpid()}")
         self.tmp_dir.mkdir(parents=True)
-        self.env = lmdb.open(str(self.tmp_dir), map_size=MAP_SIZE, subdir=True, sync=False,
+        self.env = lmdb.open(str(self.tmp_dir), map_size=self.INITIAL_MAP_SIZE, subdir=True, sync=False,
                              metasync=False, lock=True)
+        self.map_size = self.INITIAL_MAP_SIZE
         self.txn = self.env.begin(write=True)
-        self.pending = 0
+        self.pending: list[tuple[bytes, bytes]] = []  # this transaction's records, replayed after a resize
         self.stats = ShardStats.zeros(size)
         self.checksum = RecordChecksum()
         self.records = 0
@@ -496,19 +503,51 @@ class ShardWriter:
         if key <= self._last_key:
             raise ValueError(f"keys must increase: {key!r} after {self._last_key!r}")
         self._last_key = key
-        self.txn.put(key, value, overwrite=False)
+        self.pending.append((key, value))
+        self._put(key, value)
         self.checksum.update(key, value)
         self.records += 1
         self.bytes += len(value)
-        self.pending += 1
-        if self.pending >= self.TXN_RECORDS:
-            self.txn.commit()
+        if len(self.pending) >= self.TXN_RECORDS:
+            self._commit_txn()
             self.txn = self.env.begin(write=True)
-            self.pending = 0
+
+    def _put(self, key: bytes, value: bytes) -> None:
+        import lmdb
+        try:
+            self.txn.put(key, value, overwrite=False)
+        except lmdb.MapFullError:
+            self._grow_and_rewrite()
+
+    def _grow_and_rewrite(self) -> None:
+        """The map is full and the transaction void: double the map, write this transaction's records again."""
+        import lmdb
+        while True:
+            with contextlib.suppress(lmdb.Error):  # a failed commit has already ended the transaction
+                self.txn.abort()
+            self.map_size *= 2
+            self.env.set_mapsize(self.map_size)
+            self.txn = self.env.begin(write=True)
+            try:
+                for k, v in self.pending:
+                    self.txn.put(k, v, overwrite=False)
+                return
+            except lmdb.MapFullError:
+                continue
+
+    def _commit_txn(self) -> None:
+        import lmdb
+        while True:
+            try:
+                self.txn.commit()
+                break
+            except lmdb.MapFullError:  # the pages written at commit (free list) did not fit
+                self._grow_and_rewrite()
+        self.pending = []
 
     def commit(self, extra_meta: dict | None = None) -> dict:
         """Sync everything, then make the shard visible under its final name."""
-        self.txn.commit()
+        self._commit_txn()
         self.env.sync(True)
         self.env.close()
         self.stats.save(self.tmp_dir / SHARD_STATS)

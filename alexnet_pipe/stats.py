@@ -207,7 +207,7 @@ def accumulate(batches: Iterable[tuple[np.ndarray, np.ndarray]], counts: Sequenc
 def recompute(shards: Sequence[Path], *, device: str, limit: int | None, raw_layout: str,
               backend: str = "auto") -> tuple[ShardStats, list[ShardStats | None]]:
     """One decoding pass: (total sums, per-shard sums; None for shards the pass did not reach)."""
-    from .decode import iter_decoded
+    from .decode import dali_error_cause, iter_decoded
     from .progress import Progress
     counts = shard_record_counts(shards)
     total_records = sum(counts) if limit is None else min(limit, sum(counts))
@@ -216,7 +216,7 @@ def recompute(shards: Sequence[Path], *, device: str, limit: int | None, raw_lay
         per = accumulate(iter_decoded(shards, device=device, limit=limit, raw_layout=raw_layout,
                                       backend=backend), counts, progress.update)
     except RuntimeError as exc:  # DALI reports a missing GPU or a bad LMDB as RuntimeError
-        raise UserError(f"the decoding pass failed ({str(exc).splitlines()[0]})"
+        raise UserError(f"the decoding pass failed ({dali_error_cause(exc)})"
                         + ("; try --device cpu" if device != "cpu" else "")) from None
     progress.close()
     reached = [p for p in per if p is not None]
