@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .errors import UserError
-from .shards import Datum, iter_records, read_lmdb_meta
+from .shards import Datum, iter_records, read_datum, read_lmdb_meta
 
 # DALI opens each LMDB with the map size stored in its meta page (it sets none itself) and maps that
 # much address space per shard. x86-64 gives a process 128 TiB; shards written with a 1 TiB map (this
@@ -47,8 +47,8 @@ class ShardProbe:
 def probe(shard_dirs: Sequence[Path]) -> ShardProbe:
     """Read the first record: encoded or raw, and the stored size."""
     for shard in shard_dirs:
-        for _key, value in iter_records(shard):
-            datum = Datum.from_bytes(value)
+        for key, value in iter_records(shard):
+            datum = read_datum(shard, key, value)
             return ShardProbe(datum.encoded, datum.height, datum.width)
     raise UserError(f"the shards {', '.join(str(s) for s in shard_dirs[:3])} hold no records")
 
@@ -236,8 +236,8 @@ def _iter_opencv(shard_dirs, batch_size, limit, raw_layout):
     info = probe(shard_dirs)
     images, labels, seen = [], [], 0
     for shard in shard_dirs:
-        for _key, value in iter_records(shard):
-            datum = Datum.from_bytes(value)
+        for key, value in iter_records(shard):
+            datum = read_datum(shard, key, value)
             images.append(_decode_datum(datum, info, raw_layout))
             labels.append(datum.label)
             seen += 1
