@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .errors import UserError
-from .shards import Datum, iter_records, read_datum, read_lmdb_meta
+from .shards import Datum, check_lmdb, iter_records, read_datum
 
 # DALI opens each LMDB with the map size stored in its meta page (it sets none itself) and maps that
 # much address space per shard. x86-64 gives a process 128 TiB; shards written with a 1 TiB map (this
@@ -103,7 +103,7 @@ def dali_reader_groups(shard_dirs: Sequence[Path], budget: int = DALI_LMDB_ADDRE
     groups: list[list[Path]] = []
     used = 0
     for shard in shard_dirs:
-        size = read_lmdb_meta(shard).map_size
+        size = check_lmdb(shard).map_size
         if not groups or used + size > budget:  # a shard over the budget alone still gets a group
             groups.append([])
             used = 0
@@ -114,8 +114,8 @@ def dali_reader_groups(shard_dirs: Sequence[Path], budget: int = DALI_LMDB_ADDRE
 
 def check_dali_can_open(shard_dirs: Sequence[Path], budget: int = DALI_LMDB_ADDRESS_BUDGET) -> None:
     """For a reader that must open every shard at once (a shuffling loader): one sentence where their
-    maps do not fit one process's address space."""
-    total = sum(read_lmdb_meta(s).map_size for s in shard_dirs)
+    maps do not fit one process's address space, or where a shard is truncated (DALI would SIGBUS)."""
+    total = sum(check_lmdb(s).map_size for s in shard_dirs)
     if total > budget:
         raise UserError(f"the {len(shard_dirs)} shards under {Path(shard_dirs[0]).parent} reserve "
                         f"{total / 2**40:.0f} TiB of address space in DALI (their LMDB map size, set when they "

@@ -244,11 +244,15 @@ def read_lmdb_meta(path: Path | str) -> LmdbMeta:
     return first if second is None or second.txnid < first.txnid else second
 
 
-def _check_size(path: Path | str, meta: LmdbMeta) -> None:
+def check_lmdb(path: Path | str) -> LmdbMeta:
+    """The meta page of a shard whose data.mdb holds every page it says is in use; ShardFormatError
+    naming the shard otherwise. Readers that map the file themselves (DALI) call it first."""
+    meta = read_lmdb_meta(path)
     size = os.stat(Path(path) / "data.mdb").st_size
     if size < meta.bytes_needed:
         raise _damaged_lmdb(path, f"data.mdb is truncated: {size} bytes, its LMDB header says "
                                   f"{meta.bytes_needed} are in use")
+    return meta
 
 
 def open_reader(path: Path | str):
@@ -257,7 +261,7 @@ def open_reader(path: Path | str):
     Every reader of a shard comes through here: the file size is checked against the meta page
     before LMDB maps a single data page."""
     import lmdb
-    _check_size(path, read_lmdb_meta(path))
+    check_lmdb(path)
     try:
         return lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True,
                          max_readers=512)

@@ -155,3 +155,20 @@ def test_first_damaged_record_finds_the_overwritten_one(data):
     _overwrite_in_file(dirs[2], value, 0, b"\x0f")
     found = first_damaged_record(dirs, 32, 3)
     assert (found.shard, found.key) == (dirs[2], key) and key.decode() in str(found)
+
+
+def test_decoding_pass_refuses_a_truncated_shard_it_does_not_probe(data):
+    """bench loader's decode-only figure reads through decode.iter_decoded, not through stats' counts."""
+    from alexnet_pipe import decode
+    dirs = [data / "train" / f"shard-0000{i}" for i in range(3)]
+    truncate_half(dirs[2])
+    with pytest.raises(shards.ShardFormatError, match="shard-00002.*truncated"):
+        list(decode.iter_decoded(dirs, backend="opencv"))
+    # DALI maps the files itself: a regression here is SIGBUS, so it runs in a process of its own
+    code = ("import sys; from alexnet_pipe import decode, shards\n"
+            "try:\n    list(decode.iter_decoded(sys.argv[1:], backend='dali'))\n"
+            "except shards.ShardFormatError as exc:\n    print(exc)")
+    out = subprocess.run([sys.executable, "-c", code, *map(str, dirs)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "shard-00002" in out.stdout and "truncated" in out.stdout, out
+    with pytest.raises(shards.ShardFormatError, match="shard-00002.*truncated"):
+        decode.check_dali_can_open(dirs)
