@@ -19,7 +19,17 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .errors import UserError
-from .shards import Datum, iter_records
+from .shards import Datum, check_lmdb, iter_records, read_datum
+
+# DALI opens each LMDB with the map size stored in its meta page (it sets none itself) and maps that
+# much address space per shard. x86-64 gives a process 128 TiB; shards written with a 1 TiB map (this
+# tool before it grew maps from 64 MiB, Caffe's convert_imageset) stop at the 127th env with "LMDB
+# Error: Invalid argument" (measured: 126 open, docs/format.md). A reader keeps its shards' maps under
+# half the address space, so that a train and a val reader and the rest of the process still fit.
+USER_ADDRESS_SPACE = 128 << 40
+DALI_LMDB_ADDRESS_BUDGET = USER_ADDRESS_SPACE // 2
+LEGACY_MAP_SIZE = 1 << 40
+SAFE_LEGACY_LMDBS_PER_DALI_PROCESS = DALI_LMDB_ADDRESS_BUDGET // LEGACY_MAP_SIZE  # 64
 
 DEVICES = ("cpu", "gpu", "mixed")
 RAW_LAYOUTS = ("hwc_rgb", "chw_bgr")
@@ -37,8 +47,8 @@ class ShardProbe:
 def probe(shard_dirs: Sequence[Path]) -> ShardProbe:
     """Read the first record: encoded or raw, and the stored size."""
     for shard in shard_dirs:
-        for _key, value in iter_records(shard):
-            datum = Datum.from_bytes(value)
+        for key, value in iter_records(shard):
+            datum = read_datum(shard, key, value)
             return ShardProbe(datum.encoded, datum.height, datum.width)
     raise UserError(f"the shards {', '.join(str(s) for s in shard_dirs[:3])} hold no records")
 
@@ -84,7 +94,48 @@ def iter_decoded(shard_dirs: Sequence[Path], *, batch_size: int = 64, device: st
         raise ValueError(f"backend must be auto, dali or opencv, not {backend!r}")
 
 
-# --- DALI -----------------------------------------------------------------------------
+# --- DALI ---------------------------------------------------------------------------
+
+def dali_reader_groups(shard_dirs: Sequence[Path], budget: int = DALI_LMDB_ADDRESS_BUDGET) -> list[list[Path]]:
+    """Consecutive groups of shards whose LMDB maps fit `budget` together: one DALI reader each,
+    one after the other. Reading each meta page also refuses a truncated shard before DALI maps it
+    (which would be SIGBUS)."""
+    groups: list[list[Path]] = []
+    used = 0
+    for shard in shard_dirs:
+        size = check_lmdb(shard).map_size
+        if not groups or used + size > budget:  # a shard over the budget alone still gets a group
+            groups.append([])
+            used = 0
+        groups[-1].append(Path(shard))
+        used += size
+    return groups
+
+
+def check_dali_can_open(shard_dirs: Sequence[Path], budget: int = DALI_LMDB_ADDRESS_BUDGET) -> None:
+    """For a reader that must open every shard at once (a shuffling loader): one sentence where their
+    maps do not fit one process's address space, or where a shard is truncated (DALI would SIGBUS)."""
+    total = sum(check_lmdb(s).map_size for s in shard_dirs)
+    if total > budget:
+        raise UserError(f"the {len(shard_dirs)} shards under {Path(shard_dirs[0]).parent} reserve "
+                        f"{total / 2**40:.0f} TiB of address space in DALI (their LMDB map size, set when they "
+                        f"were written), more than the {budget / 2**40:.0f} TiB one process can spare: "
+                        "write them again with this version (`alexnet-pipe prepare --overwrite`, maps that fit "
+                        "the data) or use --loader torch")
+
+
+def dali_error_cause(exc: BaseException) -> str:
+    """The line of a DALI error that says what went wrong (LMDB's message, a missing file), not the
+    'Critical error when building pipeline' that heads it."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for marker in ("LMDB Error", "Assert on", "rror"):
+        found = [line for line in lines if marker in line and not line.startswith("Critical error")]
+        if found:
+            return found[0]
+    return lines[0] if lines else type(exc).__name__
+
+
+
 
 def dali_reader(shard_dirs: Sequence[Path]):
     """The reader half: encoded bytes (or flat raw pixels) and labels, in key order, no shuffle.
@@ -138,9 +189,22 @@ def build_decode_pipeline(shard_dirs: Sequence[Path], *, batch_size: int, device
 def _iter_dali(shard_dirs, batch_size, device, limit, raw_layout, num_threads):
     if device != "cpu" and cuda_devices() == 0:  # else DALI's own assertion, as a traceback
         raise UserError(f"device {device!r} needs a CUDA device, and DALI sees none here: use --device cpu")
+    groups = dali_reader_groups(shard_dirs)
     info = probe(shard_dirs)
     if limit is not None:
         batch_size = max(1, min(batch_size, limit))
+    for group in groups:
+        for batch in _iter_dali_group(group, batch_size, device, limit, raw_layout, num_threads, info):
+            yield batch
+            if limit is not None:
+                limit -= len(batch[0])
+        if limit is not None and limit <= 0:
+            return
+
+
+def _iter_dali_group(shard_dirs, batch_size, device, limit, raw_layout, num_threads, info):
+    """One DALI reader over shards that fit the address-space budget; it is gone (its LMDB maps
+    released) before the next group's reader opens."""
     pipe = build_decode_pipeline(shard_dirs, batch_size=batch_size, device=device,
                                  encoded=info.encoded, num_threads=num_threads)
     try:
@@ -172,8 +236,8 @@ def _iter_opencv(shard_dirs, batch_size, limit, raw_layout):
     info = probe(shard_dirs)
     images, labels, seen = [], [], 0
     for shard in shard_dirs:
-        for _key, value in iter_records(shard):
-            datum = Datum.from_bytes(value)
+        for key, value in iter_records(shard):
+            datum = read_datum(shard, key, value)
             images.append(_decode_datum(datum, info, raw_layout))
             labels.append(datum.label)
             seen += 1

@@ -2,13 +2,48 @@
 
 Shards, manifests, stats and checkpoints all go through `atomic_write` (temp file beside the target, fsync,
 rename, fsync of the directory), so a crash or a kill leaves the old file or the new one, never half of one.
+Reading goes through `read_regular_bytes`: only regular files, so a FIFO or a device in a file's place is
+refused instead of blocking forever or reading without end.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import stat
 from pathlib import Path
+
+from .errors import UserError
+
+
+class UnreadableFile(UserError):
+    """A file that exists but is not a regular file, or cannot be read; `reason` says why."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path} cannot be read ({reason})")
+        self.path, self.reason = Path(path), reason
+
+
+def read_regular_bytes(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of a regular file (at most `limit`); FileNotFoundError where it is absent,
+    UnreadableFile where it is something else (a FIFO, a device, a directory) or unreadable."""
+    path = Path(path)
+    try:
+        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer before fstat can refuse it
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise UnreadableFile(path, exc.strerror or str(exc)) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnreadableFile(path, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read() if limit is None else f.read(limit)
+    except OSError as exc:
+        raise UnreadableFile(path, exc.strerror or str(exc)) from None
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -10,20 +10,25 @@ tested against a reference encoding).  Field numbers are Caffe's (caffe.proto):
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
-import json
 import os
+import struct
 from pathlib import Path
 from typing import Iterator
 
 from .errors import UserError
-from .files import atomic_write, fsync_path, write_json_atomic
+from .files import UnreadableFile, atomic_write, fsync_path, read_regular_bytes, write_json_atomic
 
 FORMAT_VERSION = 1
 SHARD_STATS = "stats.npz"  # per-shard sufficient statistics, inside the shard dir
 SHARD_META = "meta.json"  # per-shard record count, bytes, checksum, rejects
-MAP_SIZE = 1 << 40  # address space only; LMDB files grow as written
+# The map size a shard starts with; it doubles as the shard grows. LMDB stores the last one in the
+# meta page, and every reader that sets none (DALI, Caffe's own reader) reserves that much address
+# space per shard: 1 TiB, as shards were once written, let DALI open only ~126 shards per process
+# (docs/format.md). Growing from 64 MiB keeps the stored size under twice the data.
+INITIAL_MAP_SIZE = 64 << 20
 
 
 class ShardFormatError(UserError):
@@ -46,45 +51,54 @@ def varint(value: int) -> bytes:
             return bytes(out)
 
 
+VARINT, FIXED64, LENGTH_DELIMITED, FIXED32 = 0, 1, 2, 5
+_MAX_VARINT_BYTES = 10  # a 64-bit value in 7-bit groups
+
+
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
+    """A varint as protobuf reads it: at most 10 bytes, bits beyond 64 dropped."""
+    result = 0
+    for i in range(_MAX_VARINT_BYTES):
+        if pos + i >= len(buf):
             raise ShardFormatError("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
+        byte = buf[pos + i]
+        result |= (byte & 0x7F) << (7 * i)
         if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ShardFormatError("varint too long")
+            return result & ((1 << 64) - 1), pos + i + 1
+    raise ShardFormatError("varint longer than 10 bytes")
 
 
-def _signed32(value: int) -> int:
-    value &= (1 << 64) - 1
-    return value - (1 << 64) if value >= 1 << 63 else value
+def _int32(value: int) -> int:
+    """protobuf's int32 from a varint: the low 32 bits, two's complement (so 0xFFFFFFFF is -1)."""
+    value &= (1 << 32) - 1
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _read_field(buf: bytes, pos: int) -> tuple[int, int, object, int]:
+    key, pos = _read_varint(buf, pos)
+    number, wire = key >> 3, key & 7
+    if not 0 < number < 1 << 29:  # protobuf's range of field numbers
+        raise ShardFormatError(f"field number {number} out of range")
+    if wire == VARINT:
+        value, pos = _read_varint(buf, pos)
+        return number, wire, value, pos
+    if wire == LENGTH_DELIMITED:
+        length, pos = _read_varint(buf, pos)
+    elif wire in (FIXED32, FIXED64):
+        length = 4 if wire == FIXED32 else 8
+    else:  # 3 and 4 are proto1 groups, which no Datum holds; 6 and 7 do not exist
+        raise ShardFormatError(f"unsupported wire type {wire} (field {number})")
+    if length > len(buf) - pos:
+        raise ShardFormatError(f"field {number} is truncated ({length} bytes announced, {len(buf) - pos} left)")
+    return number, wire, buf[pos:pos + length], pos + length
 
 
 def iter_fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
-    """Yield (field number, wire type, value) of a protobuf message."""
+    """Yield (field number, wire type, value) of a protobuf message; any malformation is a
+    ShardFormatError."""
     pos = 0
     while pos < len(buf):
-        key, pos = _read_varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _read_varint(buf, pos)
-        elif wire == 2:
-            length, pos = _read_varint(buf, pos)
-            if pos + length > len(buf):
-                raise ShardFormatError("truncated length-delimited field")
-            value, pos = buf[pos:pos + length], pos + length
-        elif wire == 5:
-            value, pos = buf[pos:pos + 4], pos + 4
-        elif wire == 1:
-            value, pos = buf[pos:pos + 8], pos + 8
-        else:
-            raise ShardFormatError(f"unsupported wire type {wire}")
+        number, wire, value, pos = _read_field(buf, pos)
         yield number, wire, value
 
 
@@ -115,13 +129,27 @@ class Datum:
 
     @classmethod
     def from_bytes(cls, buf: bytes) -> "Datum":
+        """Parse a Datum; anything that is not one (wrong wire type, truncation) is a ShardFormatError.
+
+        Fields come last-one-wins and unknown fields are skipped, as protobuf does; a field this
+        reads (not float_data) in another wire type, which protobuf would keep aside as unknown,
+        is refused here: it would otherwise read as an empty image or label 0.
+        """
         fields = {1: 0, 2: 0, 3: 0, 4: b"", 5: 0, 7: 0}
-        for number, _wire, value in iter_fields(buf):
+        for number, wire, value in iter_fields(buf):
             if number in fields:
+                if wire != _DATUM_WIRE[number]:
+                    raise ShardFormatError(f"field {number} ({_DATUM_NAMES[number]}) has wire type {wire}, "
+                                           f"a Datum has {_DATUM_WIRE[number]}")
                 fields[number] = value
-        return cls(data=bytes(fields[4]), label=_signed32(fields[5]), encoded=bool(fields[7]),
-                   channels=_signed32(fields[1]), height=_signed32(fields[2]),
-                   width=_signed32(fields[3]))
+            elif number == 6 and wire == LENGTH_DELIMITED and len(value) % 4:
+                raise ShardFormatError(f"packed float_data of {len(value)} bytes, not a multiple of 4")
+        return cls(data=bytes(fields[4]), label=_int32(fields[5]), encoded=bool(fields[7]),
+                   channels=_int32(fields[1]), height=_int32(fields[2]), width=_int32(fields[3]))
+
+
+_DATUM_NAMES = {1: "channels", 2: "height", 3: "width", 4: "data", 5: "label", 7: "encoded"}
+_DATUM_WIRE = {1: VARINT, 2: VARINT, 3: VARINT, 4: LENGTH_DELIMITED, 5: VARINT, 7: VARINT}
 
 
 # --- keys, names, checksums -----------------------------------------------------------
@@ -159,9 +187,81 @@ def _unreadable(path: Path | str, exc: Exception) -> ShardFormatError:
     return err
 
 
+def _damaged_lmdb(path: Path | str, why: str) -> ShardFormatError:
+    err = ShardFormatError(f"shard {path} is damaged ({why}): delete that shard dir and run the same "
+                           "`alexnet-pipe prepare` command again to rewrite it")
+    err.reason = why
+    return err
+
+
+@dataclasses.dataclass(frozen=True)
+class LmdbMeta:
+    """What an LMDB environment's meta page says (the newer of its two)."""
+    psize: int  # page size
+    map_size: int  # address space every process that opens it without its own map size reserves
+    last_pgno: int  # last page in use: the file holds at least (last_pgno + 1) * psize bytes
+    txnid: int
+    entries: int
+
+    @property
+    def bytes_needed(self) -> int:
+        return (self.last_pgno + 1) * self.psize
+
+
+# LMDB 0.9 on 64-bit little-endian hosts (its files are not portable): a 16-byte page header, then
+# MDB_meta {u32 magic, u32 version, void *address, size_t mapsize, MDB_db dbs[2], pgno last_pg,
+# txnid}; MDB_db {u32 pad, u16 flags, u16 depth, pgno branch, leaf, overflow, size_t entries,
+# pgno root}; the page size is stored in dbs[0].pad.
+_META = struct.Struct("<IIQQ48s48sQQ")
+_DB = struct.Struct("<IHHQQQQQ")
+_META_OFFSET = 16
+LMDB_MAGIC, LMDB_VERSION = 0xBEEFC0DE, 1
+_MAX_PSIZE = 1 << 16
+
+
+def _parse_meta(page: bytes) -> LmdbMeta | None:
+    if len(page) < _META_OFFSET + _META.size:
+        return None
+    magic, version, _address, map_size, free_db, main_db, last_pgno, txnid = _META.unpack_from(page, _META_OFFSET)
+    if magic != LMDB_MAGIC or version != LMDB_VERSION:
+        return None
+    return LmdbMeta(_DB.unpack(free_db)[0], map_size, last_pgno, txnid, _DB.unpack(main_db)[6])
+
+
+def read_lmdb_meta(path: Path | str) -> LmdbMeta:
+    """The meta page of a shard's data.mdb, read with plain file reads: no page is mapped, so a
+    truncated file cannot kill the process with SIGBUS, as a reader mapping it would."""
+    try:
+        head = read_regular_bytes(Path(path) / "data.mdb", limit=2 * _MAX_PSIZE)
+    except FileNotFoundError:
+        raise _unreadable(path, "no data.mdb") from None
+    except UnreadableFile as exc:
+        raise _unreadable(path, f"data.mdb: {exc.reason}") from None
+    first = _parse_meta(head)
+    if first is None or not 512 <= first.psize <= _MAX_PSIZE or first.psize & (first.psize - 1):
+        raise _damaged_lmdb(path, "data.mdb does not start with an LMDB meta page")
+    second = _parse_meta(head[first.psize:])
+    return first if second is None or second.txnid < first.txnid else second
+
+
+def check_lmdb(path: Path | str) -> LmdbMeta:
+    """The meta page of a shard whose data.mdb holds every page it says is in use; ShardFormatError
+    naming the shard otherwise. Readers that map the file themselves (DALI) call it first."""
+    meta = read_lmdb_meta(path)
+    size = os.stat(Path(path) / "data.mdb").st_size
+    if size < meta.bytes_needed:
+        raise _damaged_lmdb(path, f"data.mdb is truncated: {size} bytes, its LMDB header says "
+                                  f"{meta.bytes_needed} are in use")
+    return meta
+
+
 def open_reader(path: Path | str):
-    """A read-only LMDB environment; a missing or damaged shard raises ShardFormatError."""
+    """A read-only LMDB environment; a missing, truncated or damaged shard raises ShardFormatError.
+
+    Every reader of a shard comes through here: the file size is checked against the meta page
+    before LMDB maps a single data page."""
     import lmdb
+    check_lmdb(path)
     try:
         return lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True,
                          max_readers=512)
@@ -182,26 +282,89 @@ def iter_records(path: Path | str) -> Iterator[tuple[bytes, bytes]]:
         env.close()
 
 
-# --- manifest -------------------------------------------------------------------------
+# --- one record, checked ---------------------------------------------------------------
+
+class DamagedRecord(ShardFormatError):
+    """A record that is not a Datum of this data dir; names the shard and the key."""
+
+    def __init__(self, shard: Path | str, key: bytes, reason: str):
+        super().__init__(f"record {key.decode(errors='replace')} of shard {shard} is damaged ({reason}): "
+                         "run `alexnet-pipe verify` to list every damaged shard, delete those shard dirs and "
+                         "run the same `alexnet-pipe prepare` command again to rewrite them")
+        self.shard, self.key, self.reason = Path(shard), key, reason
+
+
+def read_datum(shard: Path | str, key: bytes, value: bytes, num_classes: int | None = None) -> Datum:
+    """The Datum stored under `key`; DamagedRecord (naming shard and key) where it is not one, or
+    where its label is outside 0..num_classes-1."""
+    try:
+        datum = Datum.from_bytes(value)
+    except ShardFormatError as exc:
+        raise DamagedRecord(shard, key, f"not a Datum: {exc}") from None
+    if num_classes is not None and not 0 <= datum.label < num_classes:
+        raise DamagedRecord(shard, key, f"label {datum.label} outside 0..{num_classes - 1}")
+    return datum
+
+
+def record_pixels(shard: Path | str, key: bytes, datum: Datum, size: int) -> "np.ndarray":
+    """A record's image as uint8 (size, size, 3) RGB: JPEG/PNG decoded (a truncated JPEG, which
+    libjpeg would fill with grey, is refused), raw bytes reshaped; DamagedRecord otherwise."""
+    import numpy as np
+
+    from .images import Reject, decode_rgb
+    if datum.encoded:
+        try:
+            pixels = decode_rgb(datum.data)
+        except Reject as exc:
+            raise DamagedRecord(shard, key, str(exc)) from None
+    elif len(datum.data) == size * size * 3:
+        pixels = np.frombuffer(datum.data, np.uint8).reshape(size, size, 3)
+    else:
+        raise DamagedRecord(shard, key, f"{len(datum.data)} raw bytes, not {size}x{size}x3")
+    if pixels.shape != (size, size, 3):
+        raise DamagedRecord(shard, key, f"image shape {pixels.shape}, expected {(size, size, 3)}")
+    return pixels
+
+
+# --- manifest, shard meta, rejects ------------------------------------------------------
 
 MANIFEST = "manifest.json"
+REJECTS = "rejects.jsonl"
+_PREPARE_AGAIN = "run `alexnet-pipe prepare` again"
+
+
+def _shapes():
+    """The metadata formats (docs/format.md) as checks; built on first use, metadata imports this module."""
+    from . import metadata as m
+    shard_entry = {"name": m.string(r"shard-\d{5,}"), "records": m.integer(), "bytes": m.integer(),
+                   "checksum": m.string(r"[0-9a-f]{64}")}
+    split = m.record({"count": m.integer(), "rejects": m.integer(), "shards": m.list_of(m.record(shard_entry))})
+    manifest = m.record({
+        "format_version": m.anything,  # compared on its own, for a message naming both versions
+        "settings": m.record({"size": m.integer(1)}, {"encoding": m.string("jpeg|raw"), "quality": m.integer(1, 100)}),
+        "classes": m.list_of(m.record({"wnid": m.string(), "name": m.string()})),
+        "splits": m.mapping_of(split)})
+    meta = m.record(shard_entry, {"split": m.string(), "first_index": m.integer(), "last_index": m.integer(-1),
+                                  "rejects": m.integer(), "fingerprint": m.string()})
+    reject = m.record({"path": m.string(), "split": m.string(), "reason": m.string()})
+    return manifest, meta, reject
 
 
 def read_manifest(data_dir: Path) -> dict:
+    """manifest.json of a data dir, checked against its format: ShardFormatError naming it otherwise."""
+    from . import metadata
     path = Path(data_dir) / MANIFEST
+    what = "a manifest written by `alexnet-pipe prepare`"
+    text = metadata.read_text(path, what, _PREPARE_AGAIN,
+                              missing=f"no {MANIFEST} in {data_dir}: run `alexnet-pipe prepare` first")
     try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ShardFormatError(f"no {MANIFEST} in {data_dir}: run `alexnet-pipe prepare` first") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ShardFormatError(f"{path} is unreadable ({exc}); run `alexnet-pipe prepare` again") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
-        raise ShardFormatError(f"{path} is not a manifest written by `alexnet-pipe prepare`; "
-                               "run `alexnet-pipe prepare` again")
-    if manifest.get("format_version") != FORMAT_VERSION:
+        manifest = metadata.parse_json(text)
+    except ValueError as exc:
+        raise ShardFormatError(f"{path} is unreadable ({exc}); {_PREPARE_AGAIN}") from None
+    if isinstance(manifest, dict) and "format_version" in manifest and manifest["format_version"] != FORMAT_VERSION:
         raise ShardFormatError(f"{path} has format version {manifest.get('format_version')}, "
                                f"this alexnet-pipe reads {FORMAT_VERSION}")
-    return manifest
+    return metadata.check_document(manifest, _shapes()[0], path, what, _PREPARE_AGAIN)
 
 
 def shard_dirs(data_dir: Path, split: str, manifest: dict | None = None) -> list[Path]:
@@ -210,6 +373,23 @@ def shard_dirs(data_dir: Path, split: str, manifest: dict | None = None) -> list
     if split not in manifest["splits"]:
         raise ShardFormatError(f"{data_dir} has no '{split}' split")
     return [Path(data_dir) / split / s["name"] for s in manifest["splits"][split]["shards"]]
+
+
+def load_shard_meta(shard_dir: Path) -> dict | None:
+    """The meta.json of a shard, checked; None where it is absent (the shard is not committed)."""
+    from . import metadata
+    path = Path(shard_dir) / SHARD_META
+    if not os.path.lexists(path):
+        return None
+    return metadata.read_json(path, _shapes()[1], "a shard's meta.json",
+                              "delete that shard dir and run the same `alexnet-pipe prepare` command again")
+
+
+def read_rejects(path: Path) -> list[dict]:
+    """A rejects.jsonl (the data dir's or a shard's): one {"path", "split", "reason"} per line."""
+    from . import metadata
+    return metadata.read_json_lines(Path(path), _shapes()[2], "a rejects list written by `alexnet-pipe prepare`",
+                                    _PREPARE_AGAIN)
 
 
 # --- per-shard sufficient statistics --------------------------------------------------
@@ -258,18 +438,26 @@ class ShardStats:
 
     @classmethod
     def load(cls, path: Path) -> "ShardStats":
+        """A stats.npz, checked: integer arrays of the documented shapes; ShardFormatError otherwise."""
+        import io
+        import zipfile
+
         import numpy as np
         try:
-            with np.load(path) as z:
-                stats = cls(z["pixel_sum"].astype(np.int64), z["rgb_outer"].astype(np.int64),
-                            int(z["count"]))
+            with np.load(io.BytesIO(read_regular_bytes(path)), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in ("pixel_sum", "rgb_outer", "count")}
         except FileNotFoundError:
             raise ShardFormatError(f"{path} is missing") from None
-        except (OSError, KeyError, ValueError) as exc:
-            raise ShardFormatError(f"{path} is damaged ({exc})") from None
-        if stats.pixel_sum.ndim != 3 or stats.pixel_sum.shape[2] != 3 or stats.rgb_outer.shape != (3, 3):
+        except UnreadableFile as exc:
+            raise ShardFormatError(f"{path} cannot be read ({exc.reason})") from None
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise ShardFormatError(f"{path} is damaged ({str(exc).splitlines()[0][:80]})") from None
+        pixel_sum, rgb_outer, count = arrays["pixel_sum"], arrays["rgb_outer"], arrays["count"]
+        if any(a.dtype.kind not in "iu" for a in arrays.values()) or count.shape != ():
+            raise ShardFormatError(f"{path} holds arrays of other types than the integer sums it should")
+        if pixel_sum.ndim != 3 or pixel_sum.shape[2] != 3 or rgb_outer.shape != (3, 3):
             raise ShardFormatError(f"{path} has arrays of the wrong shape")
-        return stats
+        return cls(pixel_sum.astype(np.int64), rgb_outer.astype(np.int64), int(count))
 
 
 def _outer_exact(x: "np.ndarray") -> "np.ndarray":
@@ -297,16 +485,18 @@ class ShardWriter:
     run deletes.  Records must come in increasing key order (the checksum relies on it).
     """
     TXN_RECORDS = 256
+    INITIAL_MAP_SIZE = INITIAL_MAP_SIZE
 
     def __init__(self, final_dir: Path, size: int):
         import lmdb
         self.final_dir = Path(final_dir)
         self.tmp_dir = self.final_dir.with_name(f".{self.final_dir.name}.tmp-{os.getpid()}")
         self.tmp_dir.mkdir(parents=True)
-        self.env = lmdb.open(str(self.tmp_dir), map_size=MAP_SIZE, subdir=True, sync=False,
+        self.env = lmdb.open(str(self.tmp_dir), map_size=self.INITIAL_MAP_SIZE, subdir=True, sync=False,
                              metasync=False, lock=True)
+        self.map_size = self.INITIAL_MAP_SIZE
         self.txn = self.env.begin(write=True)
-        self.pending = 0
+        self.pending: list[tuple[bytes, bytes]] = []  # this transaction's records, replayed after a resize
         self.stats = ShardStats.zeros(size)
         self.checksum = RecordChecksum()
         self.records = 0
@@ -317,19 +507,51 @@ class ShardWriter:
         if key <= self._last_key:
             raise ValueError(f"keys must increase: {key!r} after {self._last_key!r}")
         self._last_key = key
-        self.txn.put(key, value, overwrite=False)
+        self.pending.append((key, value))
+        self._put(key, value)
         self.checksum.update(key, value)
         self.records += 1
         self.bytes += len(value)
-        self.pending += 1
-        if self.pending >= self.TXN_RECORDS:
-            self.txn.commit()
+        if len(self.pending) >= self.TXN_RECORDS:
+            self._commit_txn()
             self.txn = self.env.begin(write=True)
-            self.pending = 0
+
+    def _put(self, key: bytes, value: bytes) -> None:
+        import lmdb
+        try:
+            self.txn.put(key, value, overwrite=False)
+        except lmdb.MapFullError:
+            self._grow_and_rewrite()
+
+    def _grow_and_rewrite(self) -> None:
+        """The map is full and the transaction void: double the map, write this transaction's records again."""
+        import lmdb
+        while True:
+            with contextlib.suppress(lmdb.Error):  # a failed commit has already ended the transaction
+                self.txn.abort()
+            self.map_size *= 2
+            self.env.set_mapsize(self.map_size)
+            self.txn = self.env.begin(write=True)
+            try:
+                for k, v in self.pending:
+                    self.txn.put(k, v, overwrite=False)
+                return
+            except lmdb.MapFullError:
+                continue
+
+    def _commit_txn(self) -> None:
+        import lmdb
+        while True:
+            try:
+                self.txn.commit()
+                break
+            except lmdb.MapFullError:  # the pages written at commit (free list) did not fit
+                self._grow_and_rewrite()
+        self.pending = []
 
     def commit(self, extra_meta: dict | None = None) -> dict:
         """Sync everything, then make the shard visible under its final name."""
-        self.txn.commit()
+        self._commit_txn()
         self.env.sync(True)
         self.env.close()
         self.stats.save(self.tmp_dir / SHARD_STATS)
@@ -351,8 +573,9 @@ class ShardWriter:
 
 
 def read_shard_meta(shard_dir: Path) -> dict | None:
-    """The meta of a committed shard, or None where the shard is absent or incomplete."""
+    """The checked meta of a committed shard, or None where the shard is absent, incomplete or its
+    meta.json damaged (prepare then writes the shard again)."""
     try:
-        return json.loads((Path(shard_dir) / SHARD_META).read_text())
-    except (OSError, json.JSONDecodeError):
+        return load_shard_meta(shard_dir)
+    except ShardFormatError:
         return None

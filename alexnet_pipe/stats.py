@@ -27,11 +27,11 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .datadir import DataDir
-from .files import atomic_write, write_json_atomic
-from .errors import UserError
+from .files import UnreadableFile, atomic_write, read_regular_bytes, write_json_atomic
+from .errors import Interrupted, UserError
 from .shards import (MANIFEST, SHARD_META, SHARD_STATS, ShardFormatError, ShardStats, varint,
                      encode_field_bytes, encode_field_varint, open_reader, read_manifest,
-                     read_shard_meta, shard_dirs)
+                     load_shard_meta, shard_dirs)
 
 SPLIT = "train"
 SIGN_CONVENTION = "the largest-magnitude component of each eigenvector is positive (first on a tie)"
@@ -131,7 +131,7 @@ def load_shard_stats(shard: Path, entry: dict, size: int) -> ShardStats:
         stats = ShardStats.load(path)
     except ShardFormatError:
         raise _damaged(shard, f"damaged ({SHARD_STATS} does not load)") from None
-    meta = read_shard_meta(shard) or {}
+    meta = load_shard_meta(shard) or {}
     problem = _stats_problem(stats, size, entry.get("records"), meta.get("records"))
     if problem:
         raise _damaged(shard, f"damaged ({problem})")
@@ -207,7 +207,7 @@ def accumulate(batches: Iterable[tuple[np.ndarray, np.ndarray]], counts: Sequenc
 def recompute(shards: Sequence[Path], *, device: str, limit: int | None, raw_layout: str,
               backend: str = "auto") -> tuple[ShardStats, list[ShardStats | None]]:
     """One decoding pass: (total sums, per-shard sums; None for shards the pass did not reach)."""
-    from .decode import iter_decoded
+    from .decode import dali_error_cause, iter_decoded
     from .progress import Progress
     counts = shard_record_counts(shards)
     total_records = sum(counts) if limit is None else min(limit, sum(counts))
@@ -216,7 +216,7 @@ def recompute(shards: Sequence[Path], *, device: str, limit: int | None, raw_lay
         per = accumulate(iter_decoded(shards, device=device, limit=limit, raw_layout=raw_layout,
                                       backend=backend), counts, progress.update)
     except RuntimeError as exc:  # DALI reports a missing GPU or a bad LMDB as RuntimeError
-        raise UserError(f"the decoding pass failed ({str(exc).splitlines()[0]})"
+        raise UserError(f"the decoding pass failed ({dali_error_cause(exc)})"
                         + ("; try --device cpu" if device != "cpu" else "")) from None
     progress.close()
     reached = [p for p in per if p is not None]
@@ -344,6 +344,19 @@ class StatsRun:
 
 
 def run_stats(settings: StatsSettings, *, backend: str = "auto") -> StatsRun:
+    stage = ["the decoding pass"]
+    try:
+        return _run_stats(settings, backend, stage)
+    except KeyboardInterrupt:  # every output is written atomically: each file is the old one or the new
+        out = DataDir(Path(settings.data)).stats
+        if stage[0] == "the decoding pass":
+            raise Interrupted(f"interrupted during {stage[0]}: nothing was written, the shards and {out} are "
+                              "as they were; run the same command again") from None
+        raise Interrupted(f"interrupted while writing {out}: each file there is whole (the previous or the new "
+                          "version), but they may not match each other; run the same command again") from None
+
+
+def _run_stats(settings: StatsSettings, backend: str, stage: list[str]) -> StatsRun:
     data = Path(settings.data)
     manifest = _manifest_or_none(data, settings.recompute or settings.sample is not None)
     source, repaired = "shard-stats", []
@@ -354,6 +367,7 @@ def run_stats(settings: StatsSettings, *, backend: str = "auto") -> StatsRun:
         total, per = recompute(shards, device=settings.device, limit=settings.sample, backend=backend,
                                raw_layout="hwc_rgb" if manifest else "chw_bgr")
         source = "recompute" if settings.sample is None else "sample"
+        stage[0] = "writing"
         if manifest and settings.sample is None:
             repaired = repair_shard_stats(shards, per, manifest)
     else:
@@ -361,6 +375,7 @@ def run_stats(settings: StatsSettings, *, backend: str = "auto") -> StatsRun:
     out = DataDir(data).stats
     # eigenpairs come from the same sums for free: never drop ones that describe these shards
     result = compute(total, settings.pca or _has_current_pca(data))
+    stage[0] = "writing"
     write_outputs(out, result, pca_document(result, source=source, sample=settings.sample, manifest=manifest),
                   settings)
     files = [out / "mean.npy", out / "mean.binaryproto", out / "pca.json"]
@@ -408,18 +423,67 @@ def format_report(run: StatsRun) -> str:
 
 # --- for the stages that read the statistics ------------------------------------------
 
+def _pca_shape(need_pca: bool):
+    from . import metadata as m
+    three, square = m.list_of(m.number(), 3), m.matrix(3, 3)
+    eigen = {"eigval": three, "eigvec": square}
+    fields = {"pca": m.boolean, "size": m.list_of(m.integer(1), 2), "images": m.integer(1),
+              "pixels": m.integer(1), "mean_rgb": three, "std_rgb": three, "covariance": square,
+              "shards_digest": m.string(r"[0-9a-f]{64}")}
+    if need_pca:
+        fields.update(eigen, fbresnet=m.record(eigen))
+    return m.record(fields, {"source": m.string(), "sample": m.optional(m.integer(1))})
+
+
+def read_pca(path: Path, *, need_pca: bool, hint: str | None = None) -> dict:
+    """A pca.json, checked: every number finite, the vectors and matrices 3 and 3x3, eigenpairs
+    where need_pca; one UserError naming the file otherwise."""
+    from . import metadata
+    hint = hint or ("run `alexnet-pipe stats --pca`" if need_pca else "run `alexnet-pipe stats`")
+    doc = metadata.read_json(path, _pca_shape(False), "the statistics `alexnet-pipe stats` writes", hint,
+                             missing=f"{path} is missing: {hint}")
+    if need_pca and not doc["pca"]:
+        raise UserError(f"{path} has no eigenpairs: {hint}")
+    return metadata.check_document(doc, _pca_shape(need_pca), path, "the statistics `alexnet-pipe stats` writes",
+                                   hint)
+
+
 def load_stats(data: Path, *, need_pca: bool) -> dict:
-    """pca.json of a data dir, checked to describe its current train shards."""
+    """pca.json of a data dir, checked (read_pca) and checked to describe its current train shards."""
     path = DataDir(Path(data)).pca
     hint = "run `alexnet-pipe stats --pca`" if need_pca else "run `alexnet-pipe stats`"
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        raise UserError(f"{path} is missing or unreadable: {hint}") from None
-    if need_pca and not doc.get("pca"):
-        raise UserError(f"{path} has no eigenpairs: {hint}")
+    doc = read_pca(path, need_pca=need_pca, hint=hint)
     if (Path(data) / MANIFEST).exists():
         current = fingerprint_digest(shard_fingerprint(read_manifest(Path(data))))
         if doc.get("shards_digest") != current:
             raise UserError(f"{path} describes other train shards than the manifest lists: {hint}")
     return doc
+
+
+def read_mean(path: Path, size: int | None = None, hint: str = "run `alexnet-pipe stats`") -> np.ndarray:
+    """mean.npy, checked: float32 (S, S, 3), every value a finite 0..255 (and S == size if given)."""
+    import io
+    try:
+        data = read_regular_bytes(path)
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: {hint}") from None
+    except UnreadableFile as exc:
+        raise UserError(f"{path} cannot be read ({exc.reason}): {hint}") from None
+    try:
+        mean = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise UserError(f"{path} is not a .npy array ({str(exc).splitlines()[0][:80]}): {hint}") from None
+    problem = _mean_problem(mean, size)
+    if problem:
+        raise UserError(f"{path} is not a mean image ({problem}): {hint}")
+    return mean.astype(np.float32)
+
+
+def _mean_problem(mean: np.ndarray, size: int | None) -> str | None:
+    if mean.dtype.kind not in "fiu" or mean.ndim != 3 or mean.shape[2] != 3 or mean.shape[0] != mean.shape[1]:
+        return f"{mean.dtype} array of shape {mean.shape}, expected float (S, S, 3)"
+    if size is not None and mean.shape[0] != size:
+        return f"{mean.shape[0]}x{mean.shape[1]}, the shards hold {size}x{size} images"
+    if not np.isfinite(mean).all() or mean.min(initial=0) < 0 or mean.max(initial=0) > 255:
+        return "values outside 0..255, or not finite"
+    return None

@@ -4,8 +4,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from . import images, shards
+from . import shards
 from .datadir import DataDir
+from .errors import UserError
 
 
 @dataclasses.dataclass
@@ -24,7 +25,9 @@ def check_shard(shard_dir: Path, expected: dict, size: int, num_classes: int) ->
         for key, value in shards.iter_records(shard_dir):
             check.update(key, value)
             count += 1
-            problems.extend(f"{key.decode(errors='replace')}: {p}" for p in _check_record(value, size, num_classes))
+            problem = record_problem(shard_dir, key, value, size, num_classes)
+            if problem:
+                problems.append(f"{key.decode(errors='replace')}: {problem}")
     except shards.ShardFormatError as exc:  # iter_records turns every lmdb failure into this
         return [f"unreadable LMDB ({getattr(exc, 'reason', exc)})"]
     if count != expected["records"]:
@@ -34,23 +37,30 @@ def check_shard(shard_dir: Path, expected: dict, size: int, num_classes: int) ->
     return problems[:20]
 
 
-def _check_record(value: bytes, size: int, num_classes: int) -> list[str]:
+def check_record(shard_dir: Path, key: bytes, value: bytes, size: int, num_classes: int) -> None:
+    """DamagedRecord where one record is not a Datum of this data dir: the loaders' own checks."""
+    shards.record_pixels(shard_dir, key, shards.read_datum(shard_dir, key, value, num_classes), size)
+
+
+def record_problem(shard_dir: Path, key: bytes, value: bytes, size: int, num_classes: int) -> str | None:
     try:
-        datum = shards.Datum.from_bytes(value)
-    except shards.ShardFormatError as exc:
-        return [f"not a Datum ({exc})"]
-    problems = [] if 0 <= datum.label < num_classes else [f"label {datum.label} out of range"]
-    if datum.encoded:
-        try:
-            pixels = images.decode_rgb(datum.data)
-        except images.Reject as exc:
-            return problems + [str(exc)]
-        shape = pixels.shape
-    else:
-        shape = (len(datum.data) // (3 * size), size, 3) if len(datum.data) % (3 * size) == 0 else None
-    if shape != (size, size, 3):
-        problems.append(f"image shape {shape}, expected {(size, size, 3)}")
-    return problems
+        check_record(shard_dir, key, value, size, num_classes)
+    except shards.DamagedRecord as exc:
+        return exc.reason
+    return None
+
+
+def first_damaged_record(shard_dirs: list[Path], size: int, num_classes: int) -> shards.DamagedRecord | None:
+    """The first record of these shards that does not decode, as the error to raise; None if all do.
+
+    For a reader that decodes out of sight (DALI) and only learns that some record of a batch failed."""
+    for shard in shard_dirs:
+        for key, value in shards.iter_records(shard):
+            try:
+                check_record(shard, key, value, size, num_classes)
+            except shards.DamagedRecord as exc:
+                return exc
+    return None
 
 
 def verify(data: Path, workers: int = 1) -> list[ShardReport]:
@@ -60,12 +70,22 @@ def verify(data: Path, workers: int = 1) -> list[ShardReport]:
     jobs = [(split, entry) for split, info in manifest["splits"].items() for entry in info["shards"]]
     args = [(dd.split(split) / e["name"], e, size, ncls) for split, e in jobs]
     if workers > 1 and len(args) > 1:
-        from .prepare import worker_pool
-        with worker_pool(workers) as pool:
-            found = list(pool.map(check_shard, *zip(*args)))
+        found = _in_workers(args, workers)
     else:
         found = [check_shard(*a) for a in args]
     return [ShardReport(split, e["name"], e["records"], p) for (split, e), p in zip(jobs, found)]
+
+
+def _in_workers(args: list[tuple], workers: int) -> list[list[str]]:
+    from concurrent.futures.process import BrokenProcessPool
+
+    from .prepare import worker_pool
+    try:
+        with worker_pool(workers) as pool:
+            return list(pool.map(check_shard, *zip(*args)))
+    except BrokenProcessPool:  # a shard damaged in a way that crashes LMDB itself, or memory ran out
+        raise UserError("a verify worker process died (a shard damaged so that LMDB crashed reading it, or "
+                        "memory ran out): run `alexnet-pipe verify --workers 1` to see which shard") from None
 
 
 def info(data: Path) -> dict:

@@ -81,3 +81,23 @@ def test_a_missing_shard_dir_is_one_sentence(tmp_path):
         list(shards.iter_records(tmp_path / "shard-00000"))
     with pytest.raises(shards.ShardFormatError, match="missing or unreadable"):
         shards.open_reader(tmp_path / "gone")
+
+
+@pytest.mark.parametrize("records, value_bytes", [(3, 100), (300, 5000), (40, 70000)])
+def test_writer_grows_its_map_and_stores_a_small_one(tmp_path, monkeypatch, records, value_bytes):
+    """The map size LMDB stores is what DALI reserves per shard: it must follow the data, not 1 TiB."""
+    import lmdb
+    monkeypatch.setattr(shards.ShardWriter, "INITIAL_MAP_SIZE", 64 << 10)
+    rng = np.random.default_rng(0)
+    values = [rng.integers(0, 256, value_bytes, dtype=np.uint8).tobytes() for _ in range(records)]
+    writer = shards.ShardWriter(tmp_path / "shard-00000", 4)
+    for i, v in enumerate(values):
+        writer.put(shards.record_key(i, "x"), v)
+    writer.commit()
+    env = lmdb.open(str(tmp_path / "shard-00000"), readonly=True, lock=False)
+    with env.begin() as txn:
+        assert [v for _, v in txn.cursor()] == values
+    used = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    env.close()
+    meta = shards.read_lmdb_meta(tmp_path / "shard-00000")
+    assert used <= meta.map_size <= max(4 * used, 64 << 10)

@@ -404,3 +404,32 @@ def test_device_auto_picks_the_cpu_without_a_gpu(dirs, tmp_path):
     assert result.exit_code == 0, result.output
     expected = "gpu" if cuda_devices() else "cpu"
     assert f'device           "{expected}"' in result.output
+
+
+@pytest.mark.parametrize("when", ["decoding", "writing"])
+def test_ctrl_c_in_recompute_says_what_is_intact(jpeg_copy, monkeypatch, when):
+    import alexnet_pipe.decode
+    import alexnet_pipe.stats
+    before = {p.name: p.read_bytes() for p in (jpeg_copy / "stats").glob("*")} if (jpeg_copy / "stats").is_dir() else {}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    if when == "decoding":
+        real = alexnet_pipe.decode.iter_decoded
+
+        def one_batch_then_ctrl_c(*args, **kwargs):
+            yield next(iter(real(*args, **kwargs)))
+            raise KeyboardInterrupt
+        monkeypatch.setattr(alexnet_pipe.decode, "iter_decoded", one_batch_then_ctrl_c)
+    else:
+        monkeypatch.setattr(alexnet_pipe.stats, "write_outputs", interrupted)
+    result = CliRunner().invoke(cli, ["stats", "--data", str(jpeg_copy), "--recompute", "--device", "cpu"])
+    assert result.exit_code == 130, result.output
+    assert "Aborted" not in result.output and "Traceback" not in result.output
+    assert "interrupted" in result.output and "run the same command again" in result.output
+    if when == "decoding":
+        assert "nothing was written" in result.output
+        after = {p.name: p.read_bytes() for p in (jpeg_copy / "stats").glob("*")} if (jpeg_copy / "stats").is_dir() else {}
+        assert after == before
+    else:
+        assert "each file there is whole" in result.output
