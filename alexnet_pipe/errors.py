@@ -9,3 +9,7 @@ class Interrupted(UserError):
     """Ctrl-C, after the command cleaned up; the CLI exits 130, as a shell does for SIGINT."""
 
     exit_code = 130
+
+
+class ShardFormatError(UserError):
+    """A record or file that is not what the shard format says (shards.py and metadata.py raise it)."""

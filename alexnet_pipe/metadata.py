@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from .files import UnreadableFile, read_regular_bytes
-from .shards import ShardFormatError
+from .errors import ShardFormatError
 
 Check = Callable[[object, str], None]  # raises Mismatch(where, what) where the value does not fit
 

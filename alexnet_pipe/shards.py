@@ -18,7 +18,7 @@ import struct
 from pathlib import Path
 from typing import Iterator
 
-from .errors import UserError
+from .errors import ShardFormatError
 from .files import UnreadableFile, atomic_write, fsync_path, read_regular_bytes, write_json_atomic
 
 FORMAT_VERSION = 1
@@ -29,10 +29,6 @@ SHARD_META = "meta.json"  # per-shard record count, bytes, checksum, rejects
 # space per shard: 1 TiB, as shards were once written, let DALI open only ~126 shards per process
 # (docs/format.md). Growing from 64 MiB keeps the stored size under twice the data.
 INITIAL_MAP_SIZE = 64 << 20
-
-
-class ShardFormatError(UserError):
-    """A record or file that is not what the shard format says."""
 
 
 # --- protobuf wire format -------------------------------------------------------------
