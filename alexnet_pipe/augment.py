@@ -22,7 +22,6 @@ Conventions (docs/pipeline.md):
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import math
@@ -30,6 +29,7 @@ import math
 import numpy as np
 
 from .errors import UserError
+from .statfiles import read_mean, read_pca
 from .jitter import JitterSpec
 
 LIGHTING_SCALES = ("convnet2", "fbresnet")
@@ -160,14 +160,8 @@ class Normalizer:
 def load_normalizer(stats_dir: Path, mode: str, size: int) -> Normalizer:
     stats_dir = Path(stats_dir)
     if mode == "mean-image":
-        path = stats_dir / "mean.npy"
-        if not path.is_file():
-            raise UserError(f"{path} is missing: the mean image is needed for mean subtraction; "
-                            "run `alexnet-pipe stats` first (or use --normalize channel)")
-        mean = np.load(path).astype(np.float32)
-        if mean.shape != (size, size, 3):
-            raise UserError(f"{path} has shape {mean.shape}, the shards hold {size}x{size} images: "
-                            "run `alexnet-pipe stats` again")
+        mean = read_mean(stats_dir / "mean.npy", size, hint="the mean image is needed for mean subtraction; "
+                         "run `alexnet-pipe stats` first (or use --normalize channel)")
         return Normalizer(mode, mean_image=mean)
     if mode == "channel":
         doc = _pca_doc(stats_dir, "per-channel mean/std", "run `alexnet-pipe stats` first")
@@ -183,7 +177,8 @@ def load_normalizer(stats_dir: Path, mode: str, size: int) -> Normalizer:
 
 
 def load_eigen(stats_dir: Path, scale: str) -> Eigen:
-    doc = _pca_doc(stats_dir, "PCA lighting", "run `alexnet-pipe stats --pca` first (or turn lighting off: --lighting 0)")
+    doc = _pca_doc(stats_dir, "PCA lighting", "run `alexnet-pipe stats --pca` first (or turn lighting off: --lighting 0)",
+                   need_pca=True)
     src = doc.get("fbresnet") if scale == "fbresnet" else doc
     try:
         eigval = np.asarray(src["eigval"], np.float64).reshape(3)
@@ -194,14 +189,9 @@ def load_eigen(stats_dir: Path, scale: str) -> Eigen:
     return Eigen(eigval, eigvec, scale)
 
 
-def _pca_doc(stats_dir: Path, purpose: str, fix: str) -> dict:
-    path = Path(stats_dir) / "pca.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing and {purpose} needs it: {fix}") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is unreadable ({exc}): {fix}") from None
+def _pca_doc(stats_dir: Path, purpose: str, fix: str, need_pca: bool = False) -> dict:
+    """pca.json, checked (statfiles.read_pca: finite numbers, 3 and 3x3 shapes, eigenpairs where needed)."""
+    return read_pca(Path(stats_dir) / "pca.json", need_pca=need_pca, hint=f"{purpose} needs it: {fix}")
 
 
 # --- the epoch schedule ---------------------------------------------------------------

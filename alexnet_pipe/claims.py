@@ -97,22 +97,38 @@ def _create(path: Path) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _judging(folder: Path):
+    """Judging and removing a stale claim happen under one local lock, so two recoverers never remove each
+    other's fresh claim; processes on other hosts never judge this host's claims."""
+    fd = os.open(Path(folder) / CLAIMS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def try_claim(path: Path) -> bool:
     """Create the claim file at `path`; False where a live writer holds it. Stale claims are taken over."""
     path = Path(path)
     if _create(path):
         return True
-    # judging and removing a stale claim happen under one local lock, so two recoverers never remove
-    # each other's fresh claim; processes on other hosts never judge this host's claims
-    fd = os.open(path.parent / CLAIMS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with _judging(path.parent):
         if not _stale(path):
             return False
         path.unlink(missing_ok=True)
         return _create(path)
-    finally:
-        os.close(fd)
+
+
+def clear_stale(path: Path) -> None:
+    """Remove the claim at `path` if its writer is gone: one killed after committing its shard, before
+    letting go of the claim, leaves it behind for a shard nobody will write again."""
+    path = Path(path)
+    if path.exists():
+        with _judging(path.parent):
+            if _stale(path):
+                path.unlink(missing_ok=True)
 
 
 def release(path: Path) -> None:

@@ -243,7 +243,9 @@ def pending_shards(dd: DataDir, plan: dict[str, list[ShardPlan]],
             meta = shards.read_shard_meta(folder / p.name)
             if meta is None:
                 todo.append(p)
-            elif meta.get("fingerprint") != p.fingerprint:
+                continue
+            claims.clear_stale(_claim_path(dd, p))
+            if meta.get("fingerprint") != p.fingerprint:
                 raise UserError(f"{folder / p.name} was written from other inputs; pass --overwrite to replace "
                                 "the shards (files prepare did not write stay)")
     return todo

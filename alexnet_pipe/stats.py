@@ -27,7 +27,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .datadir import DataDir
-from .files import UnreadableFile, atomic_write, read_regular_bytes, write_json_atomic
+from .files import atomic_write, write_json_atomic
+from .statfiles import read_pca
 from .errors import Interrupted, UserError
 from .shards import (MANIFEST, SHARD_META, SHARD_STATS, ShardFormatError, ShardStats, varint,
                      encode_field_bytes, encode_field_varint, open_reader, read_manifest,
@@ -421,32 +422,7 @@ def format_report(run: StatsRun) -> str:
     return "\n".join(lines)
 
 
-# --- for the stages that read the statistics ------------------------------------------
-
-def _pca_shape(need_pca: bool):
-    from . import metadata as m
-    three, square = m.list_of(m.number(), 3), m.matrix(3, 3)
-    eigen = {"eigval": three, "eigvec": square}
-    fields = {"pca": m.boolean, "size": m.list_of(m.integer(1), 2), "images": m.integer(1),
-              "pixels": m.integer(1), "mean_rgb": three, "std_rgb": three, "covariance": square,
-              "shards_digest": m.string(r"[0-9a-f]{64}")}
-    if need_pca:
-        fields.update(eigen, fbresnet=m.record(eigen))
-    return m.record(fields, {"source": m.string(), "sample": m.optional(m.integer(1))})
-
-
-def read_pca(path: Path, *, need_pca: bool, hint: str | None = None) -> dict:
-    """A pca.json, checked: every number finite, the vectors and matrices 3 and 3x3, eigenpairs
-    where need_pca; one UserError naming the file otherwise."""
-    from . import metadata
-    hint = hint or ("run `alexnet-pipe stats --pca`" if need_pca else "run `alexnet-pipe stats`")
-    doc = metadata.read_json(path, _pca_shape(False), "the statistics `alexnet-pipe stats` writes", hint,
-                             missing=f"{path} is missing: {hint}")
-    if need_pca and not doc["pca"]:
-        raise UserError(f"{path} has no eigenpairs: {hint}")
-    return metadata.check_document(doc, _pca_shape(need_pca), path, "the statistics `alexnet-pipe stats` writes",
-                                   hint)
-
+# --- for the stages that read the statistics (the file readers: statfiles.py) --------------
 
 def load_stats(data: Path, *, need_pca: bool) -> dict:
     """pca.json of a data dir, checked (read_pca) and checked to describe its current train shards."""
@@ -458,32 +434,3 @@ def load_stats(data: Path, *, need_pca: bool) -> dict:
         if doc.get("shards_digest") != current:
             raise UserError(f"{path} describes other train shards than the manifest lists: {hint}")
     return doc
-
-
-def read_mean(path: Path, size: int | None = None, hint: str = "run `alexnet-pipe stats`") -> np.ndarray:
-    """mean.npy, checked: float32 (S, S, 3), every value a finite 0..255 (and S == size if given)."""
-    import io
-    try:
-        data = read_regular_bytes(path)
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing: {hint}") from None
-    except UnreadableFile as exc:
-        raise UserError(f"{path} cannot be read ({exc.reason}): {hint}") from None
-    try:
-        mean = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise UserError(f"{path} is not a .npy array ({str(exc).splitlines()[0][:80]}): {hint}") from None
-    problem = _mean_problem(mean, size)
-    if problem:
-        raise UserError(f"{path} is not a mean image ({problem}): {hint}")
-    return mean.astype(np.float32)
-
-
-def _mean_problem(mean: np.ndarray, size: int | None) -> str | None:
-    if mean.dtype.kind not in "fiu" or mean.ndim != 3 or mean.shape[2] != 3 or mean.shape[0] != mean.shape[1]:
-        return f"{mean.dtype} array of shape {mean.shape}, expected float (S, S, 3)"
-    if size is not None and mean.shape[0] != size:
-        return f"{mean.shape[0]}x{mean.shape[1]}, the shards hold {size}x{size} images"
-    if not np.isfinite(mean).all() or mean.min(initial=0) < 0 or mean.max(initial=0) > 255:
-        return "values outside 0..255, or not finite"
-    return None

@@ -191,7 +191,7 @@ def centre_crops(index, records, crop: int) -> tuple[np.ndarray, np.ndarray]:
     images, labels = [], []
     for i in records:
         datum = index.read(int(i))
-        images.append(decode_rgb(datum, index)[at:at + crop, at:at + crop])
+        images.append(decode_rgb(datum, index, int(i))[at:at + crop, at:at + crop])
         labels.append(datum.label)
     release_shards()
     return np.stack(images), np.asarray(labels, np.int64)

@@ -5,6 +5,7 @@ manifest.json) through the same ShardWriter, without prepare's decoding of raw i
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -55,3 +56,13 @@ def make_data_dir(root: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], 
         manifest["splits"][split] = {"count": len(images), "rejects": 0, "shards": entries}
     write_json_atomic(root / "manifest.json", manifest)
     return root
+
+
+def write_pca_json(path, eigval, eigvec, mean_rgb, std_rgb, size: int, images: int) -> None:
+    """A stats/pca.json with every field of the format (statfiles.read_pca checks them all), from numpy values."""
+    eigval, eigvec = np.asarray(eigval, np.float64), np.asarray(eigvec, np.float64)
+    doc = {"pca": True, "size": [size, size], "images": images, "pixels": images * size * size,
+           "mean_rgb": list(map(float, mean_rgb)), "std_rgb": list(map(float, std_rgb)),
+           "covariance": (eigvec * eigval) @ eigvec.T, "shards_digest": "0" * 64,
+           "eigval": eigval, "eigvec": eigvec, "fbresnet": {"eigval": eigval / 255 ** 2, "eigvec": eigvec}}
+    Path(path).write_text(json.dumps(doc, default=lambda a: a.tolist()))

@@ -172,3 +172,25 @@ def test_decoding_pass_refuses_a_truncated_shard_it_does_not_probe(data):
     assert out.returncode == 0 and "shard-00002" in out.stdout and "truncated" in out.stdout, out
     with pytest.raises(shards.ShardFormatError, match="shard-00002.*truncated"):
         decode.check_dali_can_open(dirs)
+
+
+@pytest.mark.parametrize("loader", [pytest.param("dali", marks=pytest.mark.dali), "torch"])
+@pytest.mark.parametrize("damage", ["datum", "jpeg"])
+def test_training_loaders_stop_at_a_damaged_record_with_verify_s_sentence(data, loader, damage):
+    """The loaders hitting the record verify names stop with the same sentence, not a DALI/OpenCV traceback."""
+    from alexnet_pipe.loaders import LoaderSettings, make_loader
+    stats = data / "stats"
+    stats.mkdir(exist_ok=True)
+    np.save(stats / "mean.npy", np.full((32, 32, 3), 100, np.float32))
+    shard = data / "train" / "shard-00001"
+    key, value = _record(shard, 2)
+    if damage == "datum":
+        _overwrite_in_file(shard, value, 0, b"\x0f")
+    else:
+        _overwrite_in_file(shard, value, value.index(b"\xff\xd8") + 2, b"\x00" * 8)
+    settings = LoaderSettings(data=data, batch_size=4, crop=28, loader=loader, lighting=0.0, num_threads=1)
+    with pytest.raises(shards.DamagedRecord) as caught:
+        for _ in make_loader(settings).epoch(0):
+            pass
+    assert caught.value.key == key and caught.value.shard == shard
+    assert "train/shard-00001" in str(caught.value) and key.decode() in str(caught.value)

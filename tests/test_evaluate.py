@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from alexnet_pipe.evaluate import average_softmax, topk_correct
 from alexnet_pipe_cli.main import cli
-from shardgen import make_data_dir, random_images
+from shardgen import make_data_dir, random_images, write_pca_json
 
 S = 72  # stored size; crop 64 (the smallest crop the network takes is 63)
 
@@ -61,9 +61,7 @@ def data_dir(tmp_path_factory) -> Path:
     pixels = images[:40].reshape(-1, 3).astype(np.float64)
     w, v = np.linalg.eigh(np.cov(pixels.T))
     w, v = w[::-1], v[:, ::-1]
-    (root / "stats" / "pca.json").write_text(json.dumps({
-        "eigval": w.tolist(), "eigvec": v.tolist(), "mean_rgb": pixels.mean(0).tolist(),
-        "std_rgb": pixels.std(0).tolist(), "fbresnet": {"eigval": (w / 255 ** 2).tolist(), "eigvec": v.tolist()}}))
+    write_pca_json(root / "stats" / "pca.json", w, v, pixels.mean(0), pixels.std(0), S, 40)
     return root
 
 

@@ -15,7 +15,7 @@ from alexnet_pipe.loaders import LoaderSettings, make_loader
 from alexnet_pipe.loaders.base import TorchNormalizer
 from alexnet_pipe.loaders.dali import DaliLoader
 from alexnet_pipe.loaders.records import RecordIndex
-from shardgen import make_data_dir, random_images
+from shardgen import make_data_dir, random_images, write_pca_json
 
 S, CROP, N_TRAIN, N_VAL = 40, 32, 50, 10
 
@@ -33,9 +33,7 @@ def build_data(root: Path, encoding: str) -> Path:
     a = rng.normal(size=(3, 3))
     w, v = np.linalg.eigh(a @ a.T * 300)
     w, v = w[::-1], v[:, ::-1]
-    (stats / "pca.json").write_text(json.dumps({
-        "eigval": w.tolist(), "eigvec": v.tolist(), "mean_rgb": [120.0, 110.0, 100.0],
-        "std_rgb": [60.0, 55.0, 50.0], "fbresnet": {"eigval": (w / 255 ** 2).tolist(), "eigvec": v.tolist()}}))
+    write_pca_json(stats / "pca.json", w, v, [120.0, 110.0, 100.0], [60.0, 55.0, 50.0], S, N_TRAIN)
     return root
 
 

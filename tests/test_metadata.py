@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from alexnet_pipe import shards, stats, verify
+from alexnet_pipe import shards, statfiles, stats, verify
 from alexnet_pipe.errors import UserError
 from shardgen import make_data_dir, random_images
 
@@ -185,7 +185,7 @@ def test_a_fifo_in_place_of_a_metadata_file_is_refused_not_waited_on(data, tmp_p
     os.mkfifo(copy_ / name)
     readers = {"manifest.json": lambda: shards.read_manifest(copy_),
                "stats/pca.json": lambda: stats.load_stats(copy_, need_pca=False),
-               "stats/mean.npy": lambda: stats.read_mean(copy_ / name),
+               "stats/mean.npy": lambda: statfiles.read_mean(copy_ / name),
                "train/shard-00000/stats.npz": lambda: shards.ShardStats.load(copy_ / name)}
     assert "not a regular file" in _finishes(readers[name])
 
@@ -203,8 +203,8 @@ def test_bad_mean_npy(data, kind):
         with open(path, "wb") as f:
             np.save(f, MEANS[kind], allow_pickle=True)
         with pytest.raises(UserError, match="mean.npy"):
-            stats.read_mean(path, 16)
-    assert stats.read_mean(path, 16).shape == (16, 16, 3)
+            statfiles.read_mean(path, 16)
+    assert statfiles.read_mean(path, 16).shape == (16, 16, 3)
 
 
 @pytest.mark.parametrize("arrays", [{"pixel_sum": np.zeros((4, 4, 3)), "rgb_outer": np.zeros((3, 3), int), "count": 1},

@@ -160,6 +160,18 @@ def test_a_stale_claim_of_a_dead_process_is_taken_over(tree, clean, tmp_path):
     assert _splits(summary["manifest"]) == _splits(clean[1]) and not _leftovers(data)
 
 
+def test_a_stale_claim_on_a_committed_shard_is_cleared(tree, clean, tmp_path):
+    """A writer killed after committing its shard but before letting go of the claim: the next run, which has
+    nothing to write there, still removes the claim (seen as a flake of the SIGKILL test in test_prepare.py)."""
+    import shutil
+    data = tmp_path / "d"
+    shutil.copytree(clean[0], data)
+    claim = data / "train" / ".shard-00002.claim"
+    claim.write_text(json.dumps({"host": socket.gethostname(), "pid": _dead_pid(), "start": None}))
+    summary = _prep(tree, data)
+    assert summary["written_now"] == 0 and not _leftovers(data)
+
+
 def test_a_live_claim_is_left_to_its_writer_and_finalising_names_it(tree, tmp_path):
     data = tmp_path / "d"
     (data / "train").mkdir(parents=True)

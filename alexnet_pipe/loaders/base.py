@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import augment
 from ..errors import UserError
-from .records import RecordIndex, release_shards
+from .records import RecordIndex, decode_rgb, release_shards
 
 LOADERS = ("auto", "dali", "torch")  # auto: DALI where it is installed, else torch
 DEVICES = ("cpu", "gpu")
@@ -299,9 +299,15 @@ class BaseLoader:
             public = {k: params[k] for k in ("crop_x", "crop_y", "flip", "alpha", "index")}
             # derived only here: decoding every record's key each epoch would be wasted without with_params
             public["key"] = params["key"] if "key" in params else np.array(
-                [self.index.keys[i].decode() for i in params["index"]])
+                [os.fsdecode(self.index.keys[i]) for i in params["index"]])  # keys of non-UTF-8 names: raw bytes
             return images, labels, public
         return images, labels
+
+    def raise_damaged(self, in_flight: list[dict]) -> None:
+        """Raise shards.DamagedRecord for the first record of these batches that does not decode: a backend
+        that decodes out of sight (DALI, DataLoader workers) only learns that something in a batch failed."""
+        for i in (int(i) for params in in_flight for i in params["index"] if i >= 0):
+            decode_rgb(self.index.read(i), self.index, i)
 
     def close(self) -> None:
         release_shards()

@@ -20,6 +20,7 @@ import numpy as np
 from .. import augment
 from ..errors import UserError
 from .base import BaseLoader, LoaderSettings, cuda_device_id
+from ..decode import check_dali_can_open, dali_error_cause
 from .records import release_shards
 
 
@@ -182,7 +183,7 @@ class DaliLoader(BaseLoader):
         feeder.steps, finished = steps, False
         try:
             for k, params in enumerate(steps, 1):
-                images, labels = pipe.run()
+                images, labels = self._run(pipe, steps[k - 1:k + self.PREFETCH])
                 batch = self.finish(self._images(images, params),
                                     _to_torch(labels, None).view(-1).to(self._device, non_blocking=True),
                                     params)  # copies: DALI's buffers are free again
@@ -197,6 +198,16 @@ class DaliLoader(BaseLoader):
     def close(self) -> None:
         self._pipe = self._feeder = None
         super().close()
+
+    def _run(self, pipe, in_flight: list[dict]):
+        """pipe.run(); a DALI error becomes one sentence: the damaged record among the batches in flight
+        (DALI works ahead, so the failing one may be a later step's), else DALI's own reason."""
+        try:
+            return pipe.run()
+        except RuntimeError as exc:
+            self.raise_damaged(in_flight)
+            raise UserError(f"the DALI pipeline failed ({dali_error_cause(exc)}); `alexnet-pipe verify` decodes "
+                            "every record and names a damaged one") from None
 
     @property
     def _device(self) -> str:
@@ -226,7 +237,7 @@ class DaliLoader(BaseLoader):
         if self.index.encoded:
             data = [np.frombuffer(d.data, np.uint8) for d in datums]
         else:
-            data = np.stack([self.index.pixels(d) for d in datums])
+            data = np.stack([self.index.pixels(d, i) for d, i in zip(datums, params["index"])])
         anchor = np.stack([params["crop_x"], params["crop_y"]], axis=1).astype(np.int32)
         return (data, anchor, params["flip"].astype(np.int32), self.cmn_mean(params["light"]),
                 np.array([d.label for d in datums], np.int64))
@@ -266,6 +277,7 @@ class CaffeReaderLoader(DaliLoader):
 
     def __init__(self, settings: LoaderSettings, **kwargs):
         super().__init__(settings, **kwargs)
+        check_dali_can_open(self.index.dirs)  # fn.readers.caffe maps every shard at once
         n, world, b = len(self.index), settings.world_size, settings.batch_size
         self.shard_sizes = [(r + 1) * n // world - r * n // world for r in range(world)]
         steps = {-(-size // b) for size in self.shard_sizes}
@@ -290,7 +302,7 @@ class CaffeReaderLoader(DaliLoader):
                                  int(seq.generate_state(2)[1] % (1 << 31)))
         try:
             for step, params in enumerate(batches):
-                images, labels = pipe.run()
+                images, labels = self._run(pipe, [])
                 if step < start_step:
                     continue
                 take = len(params["alpha"])

@@ -38,11 +38,23 @@ class ViewDataset:
 
     def __getitem__(self, spec) -> tuple[np.ndarray, int]:
         datum = self.index.read(spec[0])
-        image = decode_rgb(datum, self.index)
+        image = decode_rgb(datum, self.index, spec[0])
         if self.ten_crop:
             return augment.ten_windows(image, self.crop), datum.label
         _, x, y, flip = spec
         return augment.flipped_window(image, x, y, self.crop, flip), datum.label
+
+
+def _named_failures(loader, owner: "TorchLoader", steps: list[dict]):
+    """The DataLoader's batches; a worker's failure (re-raised by torch as a RuntimeError carrying a traceback)
+    becomes the damaged record's own sentence, found again here in the main process."""
+    batches = iter(loader)
+    for k in range(len(steps)):
+        try:
+            yield next(batches)
+        except RuntimeError:
+            owner.raise_damaged(steps[k:k + 1])
+            raise
 
 
 def _collate(items):
@@ -75,7 +87,7 @@ class TorchLoader(BaseLoader):
                             worker_init_fn=_init_worker if workers else None,
                             pin_memory=self.device != "cpu", prefetch_factor=4 if workers else None)
         try:
-            for (images, labels), params in zip(loader, steps):
+            for (images, labels), params in zip(_named_failures(loader, self, steps), steps):
                 if self.device != "cpu":
                     images = images.to(self.device, non_blocking=True)
                     labels = labels.to(self.device, non_blocking=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..shards import Datum, open_reader, read_manifest, shard_dirs
+from ..shards import DamagedRecord, Datum, open_reader, read_datum, read_manifest, shard_dirs
 
 _TXNS: dict[tuple[int, str], tuple] = {}
 
@@ -70,25 +70,33 @@ class RecordIndex:
         return len(self.keys)
 
     def read(self, i: int) -> Datum:
-        value = _txn(self.dirs[self.shard_of[i]]).get(self.keys[i])
+        """Record i; a damaged one is one sentence naming its shard and key (shards.DamagedRecord)."""
+        shard, key = self.dirs[self.shard_of[i]], self.keys[i]
+        value = _txn(shard).get(key)
         if value is None:
-            raise UserError(f"record {self.keys[i]!r} vanished from {self.dirs[self.shard_of[i]]}")
-        return Datum.from_bytes(value)
+            raise UserError(f"record {key!r} vanished from {shard}")
+        return read_datum(shard, key, value, self.num_classes or None)
 
-    def pixels(self, datum: Datum) -> np.ndarray:
-        """The (S, S, 3) uint8 array of a raw record."""
+    def damaged(self, i: int, reason: str) -> DamagedRecord:
+        """The error for record i when its pixels cannot be had (a decoder refused them)."""
+        return DamagedRecord(self.dirs[self.shard_of[i]], self.keys[i], reason)
+
+    def pixels(self, datum: Datum, i: int | None = None) -> np.ndarray:
+        """The (S, S, 3) uint8 array of a raw record (record i, named in the error when given)."""
         flat = np.frombuffer(datum.data, np.uint8)
         if flat.size != self.size * self.size * 3:
-            raise UserError(f"a raw record holds {flat.size} bytes, not {self.size}x{self.size}x3")
+            reason = f"a raw record holds {flat.size} bytes, not {self.size}x{self.size}x3"
+            raise self.damaged(i, reason) if i is not None else UserError(reason)
         return flat.reshape(self.size, self.size, 3)
 
 
-def decode_rgb(datum, index: RecordIndex) -> np.ndarray:
-    """(S, S, 3) uint8 RGB of one record (OpenCV for JPEG; EXIF orientation ignored as in prepare)."""
+def decode_rgb(datum, index: RecordIndex, i: int) -> np.ndarray:
+    """(S, S, 3) uint8 RGB of record i (OpenCV for JPEG; EXIF orientation ignored as in prepare); a record that
+    does not decode to that is one sentence naming its shard and key."""
     if not datum.encoded:
-        return index.pixels(datum)
+        return index.pixels(datum, i)
     from ..images import decode_stored_jpeg
     rgb = decode_stored_jpeg(datum.data)
     if rgb is None or rgb.shape != (index.size, index.size, 3):
-        raise UserError(f"a record does not decode to a {index.size}x{index.size} RGB image")
+        raise index.damaged(i, f"does not decode to a {index.size}x{index.size} RGB image")
     return rgb
