@@ -7,6 +7,9 @@ half of one and a crash leaves the previous checkpoints as they were.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 import random
 import shutil
@@ -108,14 +111,55 @@ def resume_path(s: TrainSettings) -> Path | None:
     return None
 
 
-def check_resumable(state: dict, s: TrainSettings) -> None:
-    """The checkpoint's model must be the one these settings build (options given with --resume may differ)."""
-    saved = settings_from_dict(state["settings"])
-    differ = [f"--{k.replace('_', '-')} {getattr(saved, k)} (now {getattr(s, k)})"
-              for k in ("arch", "width", "lrn_alpha") if getattr(saved, k) != getattr(s, k)]
-    if differ:
-        raise UserError(f"--resume: the checkpoint was trained with {', '.join(differ)}; "
-                        "resume with the same model options or start a new --run")
+# Settings a resumed run may change: how long it runs, how often it reports and saves, where and how fast it
+# computes (device, processes, loader backend, implementations with the same maths). Every other setting defines
+# the run (model, data, optimiser, schedule, augmentation, seed) and must stay as it was.
+FREE_ON_RESUME = ("epochs", "max_steps", "eval_every", "ckpt_every", "keep", "log_every", "num_threads", "nproc",
+                  "max_restarts", "resume", "run", "data", "device", "loader", "compile", "lrn_impl", "conv",
+                  "tensorboard")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def resume_changes(saved: TrainSettings, now: TrainSettings) -> tuple[list[str], dict]:
+    """(the run-defining settings that differ, each as 'OPTION saved (now new)'; the free ones that differ,
+    name -> [saved, now])."""
+    refused, allowed = [], {}
+    for f in dataclasses.fields(TrainSettings):
+        before, after = getattr(saved, f.name), getattr(now, f.name)
+        if before == after or f.name == "resume":  # how this process was started, not what the run does
+            continue
+        if f.name in FREE_ON_RESUME:
+            allowed[f.name] = [before, after]
+        else:
+            refused.append(f"{_flag(f.name)} {_show(before)} (now {_show(after)})")
+    return refused, allowed
+
+
+def _show(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def check_resumable(state: dict, s: TrainSettings, data_fingerprint: str | None = None) -> None:
+    """A resume continues the same run: the settings that define it, and the data, as the checkpoint's."""
+    refused, _ = resume_changes(settings_from_dict(state["settings"]), s)
+    if refused:
+        raise UserError(f"--resume: the checkpoint was trained with {', '.join(refused)}; resume with the run's "
+                        "own settings (only epochs, max steps, cadences, threads, processes and device may change) "
+                        "or start a new --run")
+    saved = state.get("data_fingerprint")
+    if saved and data_fingerprint and saved != data_fingerprint:
+        raise UserError(f"--resume: the checkpoint was trained on other data than {s.data} holds now (manifest "
+                        f"fingerprint {saved} vs {data_fingerprint}); pass the run's own --data or start a new --run")
+
+
+def data_fingerprint(manifest: dict) -> str:
+    """What identifies a data dir's contents: every split's shards (names, record counts, checksums)."""
+    splits = {name: [(e.get("name"), e.get("records"), e.get("checksum")) for e in info.get("shards", [])]
+              for name, info in manifest.get("splits", {}).items()}
+    return hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_model(path: Path | str, device="cpu"):

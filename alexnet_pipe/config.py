@@ -109,7 +109,7 @@ class TrainSettings:
     log_every: int = setting(20, "Steps per metrics row.", min=1)
     max_restarts: int = setting(0, "Restarts of the whole group after a worker dies (resumes from the last "
                                    "checkpoint).", min=0)
-    resume: str = setting("", cli=False)  # "" | "latest" | a checkpoint path
+    resume: str = setting("", cli=False)  # "" | "latest" | "auto" (latest if any, else start) | a checkpoint path
     num_threads: int = setting(2, "Loader threads per process (DALI threads, or torch DataLoader workers: 0 reads "
                                   "in the training process).", min=0)
     synthetic_steps: int = setting(8, "Steps per epoch of the synthetic loader.", min=1, hidden=True)

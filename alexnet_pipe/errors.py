@@ -11,5 +11,12 @@ class Interrupted(UserError):
     exit_code = 130
 
 
+class Preempted(UserError):
+    """SIGTERM (a scheduler's notice): the run stopped after a whole step and a checkpoint; `--resume` continues it.
+    Exits with signals.PREEMPTED_EXIT (75)."""
+
+    exit_code = 75
+
+
 class ShardFormatError(UserError):
     """A record or file that is not what the shard format says (shards.py and metadata.py raise it)."""

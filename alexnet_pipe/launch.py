@@ -10,7 +10,8 @@ import os
 import uuid
 from typing import Any, Callable
 
-from alexnet_pipe.errors import UserError
+from alexnet_pipe.errors import Preempted, UserError
+from alexnet_pipe.signals import PREEMPTED_EXIT
 
 
 def launch(fn: Callable, args: tuple, nproc: int, max_restarts: int = 0) -> dict[int, Any]:
@@ -33,6 +34,9 @@ def launch(fn: Callable, args: tuple, nproc: int, max_restarts: int = 0) -> dict
         return elastic_launch(config, fn)(*args)
     except ChildFailedError as exc:
         first = exc.get_first_failure()[1]
+        if first.exitcode == PREEMPTED_EXIT:
+            raise Preempted("stopped by SIGTERM after a whole step and a checkpoint; continue with "
+                            "`alexnet-pipe train --run RUN --resume`") from None
         raise UserError(f"worker rank {first.local_rank} failed (exit code {first.exitcode}) after "
                         f"{max_restarts} restart(s); its error is printed above") from None
 

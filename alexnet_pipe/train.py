@@ -11,19 +11,22 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from alexnet_pipe.checkpoint import (check_resumable, gather_rng, latest_checkpoint, load_checkpoint, resume_path,
-                                     set_rng_state, write_checkpoint)
+from alexnet_pipe.checkpoint import (check_resumable, data_fingerprint, gather_rng, latest_checkpoint, load_checkpoint,
+                                     resume_changes, resume_path, set_rng_state, settings_from_dict, write_checkpoint)
 from alexnet_pipe.config import MIN_CROP, TrainSettings, check
 from alexnet_pipe.datadir import check_data
-from alexnet_pipe.errors import Interrupted, UserError
+from alexnet_pipe.errors import Interrupted, Preempted, UserError
 from alexnet_pipe.evaluate import evaluate_model
 from alexnet_pipe.optim import set_lr
 from alexnet_pipe.runlog import Meter, RunLog
 from alexnet_pipe.schedule import Plateau, lr_at
+from alexnet_pipe.signals import PREEMPTED_EXIT, StopRequest
 
 
 @dataclass
@@ -77,24 +80,58 @@ def make_opt(s: TrainSettings, model):
     return make_optimizer(model, s.momentum_form, s.lr, s.momentum, s.weight_decay, s.bias_lr_mult, s.bias_decay)
 
 
-def restore(path: Path, model, opt, plateau: Plateau, rank: int, device) -> Position:
-    """Load a checkpoint into the model, optimiser and schedule, and this rank's RNG; -> where it stood."""
+def restore(path: Path, model, opt, plateau: Plateau, rank: int, device) -> tuple[Position, TrainSettings]:
+    """Load a checkpoint into the model, optimiser and schedule, and this rank's RNG; -> where it stood, and the
+    settings it was written with."""
     state = load_checkpoint(path)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     plateau.load_state_dict(state["schedule"])
     if rank < len(state["rng"]):
         set_rng_state(state["rng"][rank], device)
-    return Position(state["step"], state["epoch"], state["step_in_epoch"], state["best"])
+    saved = settings_from_dict(state["settings"])
+    return Position(state["step"], state["epoch"], state["step_in_epoch"], state["best"]), saved
 
 
 def save(s: TrainSettings, pos: Position, model, opt, plateau: Plateau, *, num_classes: int, rank: int,
-         world: int, device, is_best: bool = False) -> None:
+         world: int, device, data_fingerprint: str | None, is_best: bool = False) -> None:
     """Every rank contributes its RNG state; rank 0 writes the checkpoint."""
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": plateau.state_dict(),
-             **asdict(pos), "rng": gather_rng(device, world), "settings": asdict(s), "num_classes": num_classes}
+             **asdict(pos), "rng": gather_rng(device, world), "settings": asdict(s), "num_classes": num_classes,
+             "data_fingerprint": data_fingerprint}
     if rank == 0:
         write_checkpoint(state, Path(s.run), s.keep, is_best)
+
+
+def dropout_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of one rank's dropout draws at one step, a function of (seed, rank, step) alone: ranks draw
+    different masks (one mask drawn N times would waste N-1 GPUs' worth of regularisation), and a resumed run,
+    on any number of processes, replays them."""
+    import numpy as np
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def write_row(log: RunLog, meter: Meter, pos: Position, spe: int, lr: float, world: int, batch: int) -> dict:
+    """The metrics row of the steps since the last one; a loss that is not finite stops the run here, before any
+    checkpoint holds the diverged weights."""
+    steps_in_row = meter.steps
+    summary = meter.flush(world, batch)
+    if not math.isfinite(summary["loss"]):
+        last = latest_checkpoint(log.run)
+        raise UserError(f"the training loss is {summary['loss']} at step {pos.step}: the run diverged; the last good "
+                        f"checkpoint is {last or 'none (none was written yet)'}; lower --lr, or check the data and "
+                        "the stats, then resume or start a new --run")
+    log.row(step=pos.step, epoch=round(pos.step / spe, 6), lr=lr, **summary)
+    log.advance(steps_in_row, f"loss {summary['loss']:.4f} lr {lr:.3g}")
+    return summary
+
+
+def current_data(s: TrainSettings) -> str | None:
+    """The data dir's fingerprint (checkpoint.data_fingerprint); None for the synthetic loader."""
+    if s.loader == "synthetic":
+        return None
+    from alexnet_pipe.shards import read_manifest
+    return data_fingerprint(read_manifest(Path(s.data)))
 
 
 def say_eval(log: RunLog, step: int, epoch: float, metrics: dict) -> None:
@@ -120,14 +157,18 @@ def train(s: TrainSettings) -> dict:
         opt = make_opt(s, model)
         plateau = Plateau(s.patience, s.max_drops)
         path = resume_path(s)
-        pos = restore(path, model, opt, plateau, rank, device) if path is not None else Position()
+        pos, saved = restore(path, model, opt, plateau, rank, device) if path is not None else (Position(), s)
         log = RunLog(Path(s.run), rank == 0)
         log.start(s, pos.step)
         if path is not None:
             log.say(f"resumed from {path} at step {pos.step} (epoch {pos.epoch + 1}, step {pos.step_in_epoch} in it)")
+            changed = resume_changes(saved, s)[1]
+            if changed:  # the settings a resume may change (finalize refused the others): on the record
+                log.row(step=pos.step, event="resume", changed=changed)
         stop = s.max_steps or math.inf  # the step at which this run ends, besides the last epoch
         t_start, summary, last_eval = time.perf_counter(), {}, {}
-        ranks = dict(num_classes=classes, rank=rank, world=world, device=device)
+        ctx = dict(num_classes=classes, rank=rank, world=world, device=device, data_fingerprint=current_data(s))
+        preempt = StopRequest()
 
         while pos.epoch < s.epochs and pos.step < stop:
             epoch = pos.epoch
@@ -135,7 +176,8 @@ def train(s: TrainSettings) -> dict:
             meter = Meter(device)
             log.begin_epoch(epoch, spe, pos.step_in_epoch)
             batches = iter(train_loader.epoch(epoch, start_step=pos.step_in_epoch))
-            while pos.step_in_epoch < spe and pos.step < stop:
+            stopping = False
+            while pos.step_in_epoch < spe and pos.step < stop and not stopping:
                 t0 = time.perf_counter()
                 images, labels = next(batches)
                 waited = time.perf_counter() - t0
@@ -143,17 +185,21 @@ def train(s: TrainSettings) -> dict:
                            step_epochs=s.step_epochs, warmup_epochs=s.warmup_epochs, drops=plateau.drops,
                            steps_per_epoch=spe)
                 set_lr(opt, lr)
+                torch.manual_seed(dropout_seed(s.seed, rank, pos.step))
                 meter.add(train_step(net, opt, images, labels, cuda), waited)
                 pos.step += 1
                 pos.step_in_epoch += 1
-                if pos.step % s.log_every == 0 or pos.step_in_epoch == spe or pos.step == stop:
-                    steps_in_row = meter.steps
-                    summary = meter.flush(world, s.batch_size)
-                    log.row(step=pos.step, epoch=round(pos.step / spe, 6), lr=lr, **summary)
-                    log.advance(steps_in_row, f"loss {summary['loss']:.4f} lr {lr:.3g}")
-                if s.ckpt_every and pos.step % s.ckpt_every == 0 and pos.step_in_epoch < spe and pos.step < stop:
-                    save(s, pos, model, opt, plateau, **ranks)
+                stopping = preempt.agreed(world, device)
+                ckpt_due = bool(s.ckpt_every) and pos.step % s.ckpt_every == 0 and pos.step_in_epoch < spe
+                if pos.step % s.log_every == 0 or pos.step_in_epoch == spe or pos.step == stop or ckpt_due or stopping:
+                    summary = write_row(log, meter, pos, spe, lr, world, s.batch_size)
+                if ckpt_due and pos.step < stop and not stopping:
+                    save(s, pos, model, opt, plateau, **ctx)
             log.end_epoch()
+            if stopping:  # the scheduler's notice: this step's checkpoint, then leave (an epoch end evaluates on resume)
+                save(s, pos, model, opt, plateau, **ctx)
+                raise Preempted(f"stopped by SIGTERM after step {pos.step}, checkpoint written; continue with "
+                                f"`alexnet-pipe train --run {s.run} --resume`")
 
             whole = pos.step_in_epoch == spe  # else --max-steps stopped the run inside the epoch
             if whole:
@@ -168,16 +214,18 @@ def train(s: TrainSettings) -> dict:
                 if scheduled and s.schedule == "plateau" and plateau.update(last_eval["top1_error"]):
                     log.say(f"val error stopped improving: lr / 10 (drop {plateau.drops} of {s.max_drops})")
                 say_eval(log, pos.step, float(pos.epoch) if whole else round(pos.step / spe, 6), last_eval)
-            if whole:
-                log.say(f"epoch {epoch + 1}/{s.epochs} done: step {pos.step}, loss {summary['loss']:.4f}, "
-                        f"{summary['images_per_sec']:.0f} images/s, data wait {summary['data_wait_fraction']:.0%}")
-            save(s, pos, model, opt, plateau, is_best=is_best, **ranks)
+            if whole:  # (a run resumed at an epoch's end, after a preemption, has no row of this epoch)
+                figures = (f", loss {summary['loss']:.4f}, {summary['images_per_sec']:.0f} images/s, data wait "
+                           f"{summary['data_wait_fraction']:.0%}") if summary else ""
+                log.say(f"epoch {epoch + 1}/{s.epochs} done: step {pos.step}{figures}")
+            save(s, pos, model, opt, plateau, is_best=is_best, **ctx)
 
         result = {"run": s.run, "steps": pos.step, "epochs": round(pos.step / spe, 6),
                   "seconds": time.perf_counter() - t_start,
                   "best_top1_error": pos.best if pos.best < math.inf else None, **summary, **last_eval}
         log.say("finished: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                          for k, v in result.items()))
+        preempt.close()
         train_loader.close()
         if val_loader is not None:
             val_loader.close()
@@ -193,28 +241,48 @@ def default_run(data: str) -> str:
 
 
 def finalize(s: TrainSettings, world: int) -> TrainSettings:
-    """Cross-field rules and derived values (run dir, crop, process count), checked before any launch."""
+    """Cross-field rules and derived values (run dir, crop, process count, loader), checked before any launch."""
     check(s)
     if s.batch_size % world:
         raise UserError(f"global batch {s.batch_size} does not split over {world} processes; "
                         f"use a multiple of {world}")
-    size = int(check_data(s.data, bool(s.eval_every))["settings"]["size"]) if s.loader != "synthetic" else 256
+    manifest = check_data(s.data, bool(s.eval_every)) if s.loader != "synthetic" else None
+    size = int(manifest["settings"]["size"]) if manifest else 256
     crop = s.crop or (224 if size >= 256 else int(size * 7 / 8))
     if not MIN_CROP <= crop <= size:
         raise UserError(f"crop {crop} must lie between {MIN_CROP} and the stored image size {size}")
     run = s.run or default_run(s.data)
-    if s.resume == "latest" and latest_checkpoint(Path(run)) is None:
-        raise UserError(f"--resume: no checkpoint in {run}")
-    if s.resume not in ("", "latest") and not Path(s.resume).is_file():
-        raise UserError(f"--resume: no checkpoint file {s.resume}")
+    if s.resume == "auto":  # continue if there is something to continue (a requeued job), else start
+        s = dataclasses.replace(s, resume="latest" if latest_checkpoint(Path(run)) else "")
+    final = dataclasses.replace(s, crop=crop, run=run, nproc=world, loader=_loader(s.loader))
     if s.resume:  # before any worker starts, so a bad file is one sentence, not one traceback per rank
-        check_resumable(load_checkpoint(resume_path(dataclasses.replace(s, run=run))), s)
+        check_resume(final, manifest)
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
     if not s.resume and not restarted and latest_checkpoint(Path(run)) is not None:
         raise UserError(f"{run} already holds checkpoints: pass --resume to continue it, or another --run")
     if s.schedule == "plateau" and not s.eval_every:
         print("note: the plateau schedule needs evaluations; with --eval-every 0 the lr stays constant")
-    return dataclasses.replace(s, crop=crop, run=run, nproc=world, loader=_loader(s.loader))
+    return final
+
+
+def check_resume(s: TrainSettings, manifest: dict | None) -> None:
+    """The checkpoint exists, is one, continues this run (checkpoint.check_resumable), and its epoch plan
+    survives a change in the number of processes."""
+    if s.resume == "latest" and latest_checkpoint(Path(s.run)) is None:
+        raise UserError(f"--resume: no checkpoint in {s.run}")
+    if s.resume != "latest" and not Path(s.resume).is_file():
+        raise UserError(f"--resume: no checkpoint file {s.resume}")
+    state = load_checkpoint(resume_path(s))
+    check_resumable(state, s, data_fingerprint(manifest) if manifest else None)
+    before = int(state["settings"].get("nproc", s.nproc))
+    if manifest and before != s.nproc:
+        from alexnet_pipe.augment import StepLayout
+        n = sum(int(e["records"]) for e in manifest["splits"]["train"]["shards"])
+        steps = [StepLayout(n, s.batch_size // w, w).steps for w in (before, s.nproc)]
+        if steps[0] != steps[1]:
+            raise UserError(f"--resume on {s.nproc} processes instead of {before} would change the last step of "
+                            f"every epoch ({n} records in global batches of {s.batch_size}: {steps[0]} steps vs "
+                            f"{steps[1]}); resume on {before} processes")
 
 
 def _loader(name: str) -> str:
@@ -235,19 +303,42 @@ def run_training(s: TrainSettings, worker=None) -> dict:
     train() as what each process runs (a module-level callable taking the settings: the restart test's fault
     injection wraps train() this way, so the loop itself carries no test hook).
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from alexnet_pipe import distributed
     from alexnet_pipe.launch import launch
-    worker = worker or train
     if distributed.under_launcher():  # torchrun started us: the environment says who we are
         if not s.run:
-            raise UserError("under torchrun pass --run DIR: every rank must write to the same run dir")
-        return worker(finalize(s, int(os.environ["WORLD_SIZE"])))
+            raise UserError("under torchrun pass --run-dir DIR: every rank must write to the same run dir")
+        return (worker or train)(finalize(s, int(os.environ["WORLD_SIZE"])))
     s = finalize(s, s.nproc)
     try:
         if s.nproc == 1 and s.max_restarts == 0:
-            return worker(s)
-        return launch(worker, (s,), s.nproc, s.max_restarts)[0]
+            return (worker or train)(s)
+        return launch(worker or train_process, (s,), s.nproc, s.max_restarts)[0]
     except KeyboardInterrupt:  # checkpoints are atomic: the newest one on disk is whole
-        last = latest_checkpoint(Path(s.run))
-        where = f"the last checkpoint is {last}" if last else "no checkpoint was written yet"
-        raise Interrupted(f"interrupted: {where}; continue with `alexnet-pipe train --run {s.run} --resume`") from None
+        raise Interrupted(f"interrupted: {_where(s)}") from None
+    except Preempted:  # a worker took the notice (SIGTERM sent to the workers, as Slurm does)
+        raise Preempted(f"stopped by SIGTERM: {_where(s)}") from None
+    except SignalException as exc:  # the launcher was signalled; it stopped the workers (they checkpoint on SIGTERM)
+        if exc.sigval == signal.SIGTERM:
+            raise Preempted(f"stopped by SIGTERM: {_where(s)}") from None
+        raise Interrupted(f"interrupted by {signal.Signals(exc.sigval).name}: {_where(s)}") from None
+
+
+def _where(s: TrainSettings) -> str:
+    last = latest_checkpoint(Path(s.run))
+    where = f"the last checkpoint is {last}" if last else "no checkpoint was written yet"
+    return f"{where}; continue with `alexnet-pipe train --run {s.run} --resume`"
+
+
+def train_process(s: TrainSettings) -> dict:
+    """What each launched process runs: train(), with a UserError said once (by rank 0) and turned into the
+    process's exit status, so the launcher shows no traceback; a preemption leaves quietly with PREEMPTED_EXIT
+    and the launcher's side says what happened."""
+    try:
+        return train(s)
+    except UserError as exc:
+        code = getattr(exc, "exit_code", 1)
+        if int(os.environ.get("RANK", 0)) == 0 and code != PREEMPTED_EXIT:
+            print(f"Error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(code)

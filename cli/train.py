@@ -135,7 +135,8 @@ def _base(config: Path | None, recipe: str | None, resume: str | None, run: Path
 @settings_options
 @click.option("--no-lighting", is_flag=True, help="No PCA lighting noise (the same as --lighting 0).")
 @click.option("--resume", is_flag=False, flag_value="latest", default=None, metavar="[CKPT]",
-              help="Continue --run from its newest checkpoint (or from CKPT), at the exact step.")
+              help="Continue --run from its newest checkpoint (or from CKPT), at the exact step; `--resume auto`: "
+                   "continue if the run dir holds a checkpoint, else start (requeued jobs).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved settings and exit.")
 def train(data: Path, run: Path | None, recipe: str | None, config: Path | None, gpus: int | None, cpu: bool,
           nproc: int | None, resume: str | None, dry_run: bool, no_lighting: bool, **options):

@@ -161,7 +161,10 @@ def test_cli_trains_and_resumes(tmp_path):
     assert invoke(*common, "--max-steps", "2").exit_code == 0
     result = invoke("train", "--run", str(run), "--resume", "--max-steps", "3", "--cpu")
     assert result.exit_code == 0, result.output
-    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows if "event" not in r] == [1, 2, 3]
+    # the resume's allowed change is on the record, as an event row at the step it continued from
+    assert [r for r in rows if "event" in r] == [{"step": 2, "event": "resume", "changed": {"max_steps": [2, 3]}}]
     assert json.loads((run / "settings.json").read_text())["batch_size"] == 4  # kept from the run
 
 

@@ -1,0 +1,66 @@
+"""Preemption (issue 12): SIGTERM, as Slurm, Kubernetes and spot instances send before a kill, stops a run after
+a whole step with a checkpoint and a distinct exit status, and --resume continues it exactly."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from alexnet_pipe.signals import PREEMPTED_EXIT
+from alexnet_pipe.train import run_training
+from test_train import assert_same_weights, tiny, weights
+
+ARGS = ["--cpu", "--loader", "synthetic", "--width", "0.0625", "--crop", "64", "--batch-size", "8",
+        "--num-classes", "5", "--eval-every", "0", "--log-every", "1", "--schedule", "step", "--dropout", "0",
+        "--synthetic-steps", "4", "--epochs", "1000"]
+
+
+def _rows(run: Path) -> int:
+    try:
+        return sum(1 for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line)
+    except FileNotFoundError:
+        return 0
+
+
+def _sigterm_after(cmd: list[str], run: Path, rows: int, to_group: bool) -> subprocess.CompletedProcess:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while _rows(run) < rows and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    try:
+        if to_group:  # Slurm signals every process of the job step
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:  # a plain `kill` of the launcher: it passes the notice on to its workers
+            proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nproc,to_group", [("2", False), ("2", True), ("1", False)])
+def test_sigterm_checkpoints_exits_75_and_resume_continues_exactly(tmp_path, nproc, to_group):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "alexnet_pipe", "train", *ARGS, "--nproc", nproc, "--run", str(run)]
+    done = _sigterm_after(cmd, run, rows=3, to_group=to_group)
+    assert done.returncode == PREEMPTED_EXIT, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "stopped by SIGTERM" in done.stderr
+    assert f"--run {run} --resume" in done.stderr
+    state_step = max(int(p.stem.split("-")[1]) for p in run.glob("ckpt-*.pt"))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert state_step == max(r["step"] for r in rows if "loss" in r)  # the checkpoint is of the last step taken
+    target = state_step + 2
+    resumed = subprocess.run([*cmd[:4], *ARGS, "--nproc", nproc, "--run", str(run), "--resume", "--max-steps",
+                              str(target)], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    reference = tmp_path / "reference"
+    run_training(tiny(reference, dropout=0.0, max_steps=target, nproc=int(nproc), num_classes=5, epochs=1000))
+    assert_same_weights(weights(run), weights(reference), atol=1e-5)

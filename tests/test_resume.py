@@ -1,0 +1,190 @@
+"""A resume continues the same run (issue 11): per-rank dropout that replays, settings and data that cannot
+silently change, another number of processes, and a diverged loss that never becomes a checkpoint."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from click.testing import CliRunner
+
+from alexnet_pipe.checkpoint import check_resumable, latest_checkpoint, load_checkpoint
+from alexnet_pipe.config import TrainSettings
+from alexnet_pipe.errors import UserError
+from alexnet_pipe.runlog import read_metrics
+from alexnet_pipe.train import dropout_seed, run_training
+from alexnet_pipe_cli.main import cli
+from shardgen import make_data_dir, random_images, write_pca_json
+from test_train import assert_same_weights, tiny, weights
+
+
+# ---------------------------------------------------------------- dropout: one stream per rank
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _masks_on_rank(rank: int, port: int, out: str) -> None:
+    """Same seed, same weights, same batch on both ranks; dropout seeded the way train() seeds it."""
+    import torch.distributed as dist
+    from alexnet_pipe.model import build_model
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = build_model("alexnet", 5, 0.0625, dropout=0.5).train()
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    outputs = []
+    for step in (7, 7, 8):
+        torch.manual_seed(dropout_seed(0, rank, step))
+        outputs.append(model(x).detach())
+    weights_sum = torch.stack([p.double().sum() for p in model.parameters()])
+    gathered = [torch.zeros_like(torch.stack(outputs)) for _ in range(2)]
+    dist.all_gather(gathered, torch.stack(outputs))
+    sums = [torch.zeros_like(weights_sum) for _ in range(2)]
+    dist.all_gather(sums, weights_sum)
+    if rank == 0:
+        torch.save({"outputs": gathered, "sums": sums}, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_fed_one_batch_draw_different_masks_that_replay(tmp_path):
+    out = tmp_path / "masks.pt"
+    mp.spawn(_masks_on_rank, args=(_free_port(), str(out)), nprocs=2)
+    got = torch.load(out)
+    torch.testing.assert_close(got["sums"][0], got["sums"][1], rtol=0, atol=0)  # identical initial weights
+    rank0, rank1 = got["outputs"]
+    assert not torch.equal(rank0[0], rank1[0])  # two masks, not one drawn twice
+    for r in (rank0, rank1):
+        torch.testing.assert_close(r[0], r[1], rtol=0, atol=0)  # (seed, rank, step) replays the mask
+        assert not torch.equal(r[0], r[2])  # the next step draws anew
+
+
+def test_dropout_seed_is_a_function_of_seed_rank_and_step():
+    seeds = {dropout_seed(s, r, k) for s in range(3) for r in range(4) for k in range(50)}
+    assert len(seeds) == 3 * 4 * 50 and all(0 <= x < 2 ** 63 for x in seeds)
+    assert dropout_seed(1, 2, 3) == dropout_seed(1, 2, 3)
+
+
+# ---------------------------------------------------------------- what a resume may change
+
+def _trained_state(tmp_path) -> tuple[TrainSettings, dict]:
+    s = tiny(tmp_path / "r", max_steps=2)
+    run_training(s)
+    return s, load_checkpoint(latest_checkpoint(tmp_path / "r"))
+
+
+@pytest.mark.parametrize("change", [dict(seed=1), dict(batch_size=16), dict(crop=72), dict(normalize="channel"),
+                                    dict(lighting=0.0), dict(recipe="small"), dict(lr=0.02), dict(momentum=0.8),
+                                    dict(weight_decay=0.0), dict(schedule="cosine"), dict(step_epochs=(10,)),
+                                    dict(dropout=0.3), dict(momentum_form="torch")])
+def test_a_resume_that_would_change_the_run_is_refused_naming_both_values(tmp_path, change):
+    s, state = _trained_state(tmp_path)
+    (name, value), = change.items()
+    with pytest.raises(UserError) as caught:
+        check_resumable(state, dataclasses.replace(s, resume="latest", **change))
+    flag = "--" + name.replace("_", "-")
+    text = str(caught.value)
+    assert flag in text and "(now " in text and text.count("\n") == 0
+    shown = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    assert f"(now {shown})" in text
+
+
+def test_allowed_changes_pass_and_are_written_as_an_event_row(tmp_path):
+    s, state = _trained_state(tmp_path)
+    later = dataclasses.replace(s, epochs=5, max_steps=3, log_every=2, num_threads=1, resume="latest")
+    check_resumable(state, later)
+    run_training(later)
+    events = [r for r in read_metrics(tmp_path / "r") if r.get("event") == "resume"]
+    assert events == [{"step": 2, "event": "resume",
+                       "changed": {"epochs": [90, 5], "max_steps": [2, 3], "log_every": [1, 2], "num_threads": [2, 1]}}]
+
+
+def _data_dir(root: Path, seed: int) -> Path:
+    images, labels = random_images(24, 72, seed=seed), np.arange(24) % 3
+    data = make_data_dir(root, {"train": (images, labels)}, 3, 2, "jpeg")
+    (data / "stats").mkdir()
+    np.save(data / "stats" / "mean.npy", images.astype(np.float32).mean(0))
+    write_pca_json(data / "stats" / "pca.json", [3.0, 2.0, 1.0], np.eye(3), [120.0] * 3, [50.0] * 3, 72, 24)
+    return data
+
+
+def test_a_resume_on_other_data_is_refused(tmp_path):
+    first, other = _data_dir(tmp_path / "a", 1), _data_dir(tmp_path / "b", 2)
+    run = tmp_path / "run"
+    args = ["train", "--cpu", "--loader", "torch", "--num-threads", "0", "--width", "0.0625", "--crop", "64",
+            "--batch-size", "8", "--eval-every", "0", "--schedule", "step", "--run", str(run)]
+    assert CliRunner().invoke(cli, [*args, "--data", str(first), "--max-steps", "1"]).exit_code == 0
+    result = CliRunner().invoke(cli, ["train", "--cpu", "--run", str(run), "--resume", "--data", str(other),
+                                      "--max-steps", "2"])
+    assert result.exit_code == 1 and "other data" in result.output and "Traceback" not in result.output
+    assert CliRunner().invoke(cli, ["train", "--cpu", "--run", str(run), "--resume", "--max-steps", "2"]).exit_code == 0
+
+
+# ---------------------------------------------------------------- another number of processes
+
+@pytest.mark.slow
+def test_two_processes_then_one_equal_two_throughout(tmp_path):
+    """The epoch plan is a function of (seed, epoch, global batch): 2 processes for 3 steps, then 1 for 3 more,
+    reach the weights of 6 steps on 2 (dropout 0: dropout masks are per rank by design)."""
+    both = tmp_path / "both"
+    run_training(tiny(both, dropout=0.0, max_steps=6, nproc=2))
+    moved = tmp_path / "moved"
+    run_training(tiny(moved, dropout=0.0, max_steps=3, nproc=2))
+    run_training(tiny(moved, dropout=0.0, max_steps=6, nproc=1, resume="latest"))
+    assert_same_weights(weights(moved), weights(both), atol=1e-5)
+    rows = read_metrics(moved)
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert {"step": 3, "event": "resume", "changed": {"max_steps": [3, 6], "nproc": [2, 1]}} in rows
+
+
+def test_every_global_step_reads_the_same_records_on_any_number_of_processes(tmp_path):
+    from alexnet_pipe.loaders import LoaderSettings
+    from alexnet_pipe.loaders.base import BaseLoader
+    data = _data_dir(tmp_path / "d", 3)
+
+    def global_steps(world: int) -> list[list[int]]:
+        ranks = [BaseLoader(LoaderSettings(data=data, batch_size=8 // world, crop=64, loader="torch", rank=r,
+                                           world_size=world, lighting=0.0)) for r in range(world)]
+        per_rank = [loader.step_params(epoch=1, start_step=0) for loader in ranks]
+        return [sorted(int(i) for p in step for i in p["index"]) for step in zip(*per_rank)]
+
+    assert global_steps(2) == global_steps(1) == global_steps(4)
+
+
+def test_a_process_count_that_changes_the_epoch_s_last_step_is_refused(tmp_path):
+    """25 records in global batches of 8: 4 processes fold the one left over into the last full step, 1 process
+    makes a fourth step of it; the order of that step would change, so the resume is refused."""
+    from alexnet_pipe.train import check_resume
+    images, labels = random_images(25, 40, seed=4), np.arange(25) % 3
+    data = make_data_dir(tmp_path / "d", {"train": (images, labels)}, 3, 2, "jpeg")
+    manifest = json.loads((data / "manifest.json").read_text())
+    run = tmp_path / "r"
+    run_training(tiny(run, max_steps=1, nproc=1))
+    saved = load_checkpoint(latest_checkpoint(run))
+    s = dataclasses.replace(TrainSettings(**saved["settings"]), nproc=4, resume="latest", batch_size=8)
+    state_nproc = saved["settings"]["nproc"]
+    assert state_nproc == 1
+    with pytest.raises(UserError, match="last step of every epoch"):
+        check_resume(s, manifest)
+
+
+# ---------------------------------------------------------------- a diverged run
+
+def test_a_non_finite_loss_stops_the_run_and_never_becomes_a_checkpoint(tmp_path):
+    run = tmp_path / "r"
+    s = tiny(run, lr=1e12, max_steps=8, ckpt_every=1, keep=20, init="kaiming", bias_init=0.0)
+    with pytest.raises(UserError, match=r"the training loss is (nan|inf) at step \d+") as caught:
+        run_training(s)
+    for path in sorted(run.glob("ckpt-*.pt")):
+        for value in load_checkpoint(path)["model"].values():
+            assert torch.isfinite(value).all(), path
+    assert not (run / "best.pt").exists()
+    last = latest_checkpoint(run)
+    assert (str(last) if last else "none") in str(caught.value)
