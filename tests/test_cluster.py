@@ -276,7 +276,7 @@ def test_kubernetes_indexed_job_container_command(tmp_path, one_node):
     assert host == f"{job['metadata']['name']}-0.{service['metadata']['name']}"  # index 0's DNS name
     assert service["spec"]["selector"] == {"batch.kubernetes.io/job-name": job["metadata"]["name"]}
     assert int(doc_port) == service["spec"]["ports"][0]["port"] == 29400
-    argv = json.loads(site(json.dumps(argv), data, port).replace(host, "127.0.0.1")) + TINY
+    argv = shlex.split(site(shlex.join(argv), data, port).replace(host, "127.0.0.1")) + TINY
     assert argv[0] == "torchrun"
     bin_dir = tools(tmp_path)
     base = {e["name"]: str(e["value"]) for e in container.get("env", [])}
