@@ -157,29 +157,41 @@ def environment(bin_dir: Path, **extra: str) -> dict:
     return env
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group (torchrun then stops its workers, which run in sessions of their own), SIGKILL
+    to what is left after a grace period."""
+    for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        if proc.poll() is not None:
+            return
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+
+
 def run_all(commands: list[tuple[list[str], dict]], logs: Path, timeout: float = LAUNCH_TIMEOUT) -> None:
-    """Start every (argv, env) at once, each in its own session; all must exit 0 within the timeout."""
+    """Start every (argv, env) at once, each in its own session; all must exit 0 within the timeout. When one
+    fails the others are stopped at once (a node left alone would wait for its peers until the timeout)."""
     logs.mkdir(exist_ok=True)
     procs = []
     for i, (argv, env) in enumerate(commands):
-        out = open(logs / f"{i}.log", "wb")
-        procs.append((subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                       start_new_session=True), out))
+        with open(logs / f"{i}.log", "wb") as out:
+            procs.append(subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                          start_new_session=True))
     deadline = time.monotonic() + timeout
     try:
-        for proc, _ in procs:
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        pass
+        while time.monotonic() < deadline:
+            codes = [p.poll() for p in procs]
+            if all(c is not None for c in codes) or any(c not in (None, 0) for c in codes):
+                break
+            time.sleep(0.2)
     finally:
-        for proc, out in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            out.close()
-    report = "\n".join(f"--- {argv[:3]}... exit {p.returncode}\n{(logs / f'{i}.log').read_text()[-3000:]}"
-                       for i, ((argv, _), (p, _)) in enumerate(zip(commands, procs)))
-    assert all(p.returncode == 0 for p, _ in procs), report
+        for proc in procs:
+            stop(proc)
+    report = "\n".join(f"--- {shlex.join(argv)[:200]}: exit {p.returncode}\n{(logs / f'{i}.log').read_text()[-3000:]}"
+                       for i, ((argv, _), p) in enumerate(zip(commands, procs)))
+    assert all(p.returncode == 0 for p in procs), report
 
 
 def tiny_state(run: Path) -> tuple[dict, list, dict]:
