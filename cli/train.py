@@ -122,8 +122,10 @@ def _base(config: Path | None, recipe: str | None, resume: str | None, run: Path
 
 @click.command("train")
 @data_option
-@click.option("--run", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Run dir for settings, metrics and checkpoints.  [default: DATA/runs/<timestamp>]")
+@click.option("--run", "--run-dir", "run", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run dir for settings, metrics and checkpoints; required under torchrun, where only the "
+                   "--run-dir spelling passes (torchrun's own parser takes --run for its --run-path).  "
+                   "[default: DATA/runs/<timestamp>]")
 @click.option("--recipe", type=click.Choice(list(RECIPES)), default=None,
               help="paper (default): the NIPS 2012 optimiser/init; small: learns a small dataset in CPU minutes "
                    "(docs/training.md). Explicit options override it.")
@@ -147,8 +149,9 @@ def train(data: Path, run: Path | None, recipe: str | None, config: Path | None,
     alexnet-pipe train --recipe small --cpu --max-steps 200  # quick CPU run
     alexnet-pipe train --run alexnet-data/runs/x --resume    # continue where it stopped
     alexnet-pipe train --config alexnet-data/runs/x/settings.json --run alexnet-data/runs/y   # re-run a run
-    torchrun --nnodes 2 --nproc-per-node 8 ... -m alexnet_pipe train --run R   # several nodes (docs/training.md)
+    torchrun --nnodes 2 --nproc-per-node 8 ... -m alexnet_pipe train --run-dir R   # several nodes
     """
+    from alexnet_pipe import distributed
     from alexnet_pipe.config import resolve_settings
     from alexnet_pipe.train import finalize, run_training
 
@@ -158,6 +161,9 @@ def train(data: Path, run: Path | None, recipe: str | None, config: Path | None,
         options["lighting"] = 0.0
     device, processes = _placement(cpu, nproc, gpus)
     base, run = _base(config, recipe, resume, run)
+    if run is None and distributed.under_launcher():  # every node must agree on one run dir
+        raise click.ClickException("under torchrun pass --run-dir DIR, on a file system every node sees: all "
+                                   "ranks write to one run dir (torchrun takes a --run of its own)")
     given = dict(options, data=str(data), run=str(run) if run else None, device=device,
                  nproc=processes or None, resume=resume)
     if base is not None:  # a saved run keeps its recipe's resolved values unless told otherwise
