@@ -55,13 +55,22 @@ def evaluate_model(model, loader, device, world: int) -> dict:
     return {"top1_error": 1 - counts[0].item() / n, "top5_error": 1 - counts[1].item() / n, "images": int(n)}
 
 
-def check_eval_data(data, split: str, purpose: str = "") -> dict:
-    """The data dir is ready for evaluating a checkpoint and holds `split`; -> its manifest.
-    The one check of evaluate and viz."""
+def check_eval_data(data, split: str, purpose: str = "", *, checkpoint=None, model=None, ts=None) -> dict:
+    """The data dir is ready for evaluating a checkpoint and holds `split`; -> its manifest. The one check of
+    evaluate and viz. Given the checkpoint's model and settings, the data must also fit it: the same number of
+    classes, and images at least as large as its crop."""
     from alexnet_pipe.datadir import check_data
     manifest = check_data(data, need_val=False)
     if split not in manifest["splits"]:
         raise UserError(f"{data} has no {split} split{purpose}")
+    if model is not None:
+        trained, here = model.classifier.fc8.out_features, len(manifest["classes"])
+        if trained != here:
+            raise UserError(f"{checkpoint} was trained on {trained} classes but {data} holds {here}: "
+                            "evaluate it on a data dir prepared from the classes it was trained on")
+    if ts is not None and ts.crop > (size := int(manifest["settings"]["size"])):
+        raise UserError(f"{checkpoint} was trained on {ts.crop} px crops but {data} holds {size} px images: "
+                        f"evaluate it on a data dir prepared with `alexnet-pipe prepare --size {ts.crop}` or more")
     return manifest
 
 
@@ -86,7 +95,8 @@ def evaluate(es: EvalSettings) -> dict:
         if (s.crop, s.normalize) != (first.crop, first.normalize):
             raise UserError(f"{path} was trained on crop {s.crop}/{s.normalize}, the first checkpoint on "
                             f"{first.crop}/{first.normalize}: an ensemble needs the same input")
-    check_eval_data(es.data, es.split)
+    for path, (model, s) in zip(es.checkpoints, loaded):  # each member must fit the data (classes, crop)
+        check_eval_data(es.data, es.split, checkpoint=path, model=model, ts=s)
     loader = eval_loader(es.data, es.split, first, device, batch_size=es.batch_size, loader=es.loader,
                          num_threads=es.num_threads, ten_crop=es.ten_crop)
     correct1 = correct5 = images = 0

@@ -19,15 +19,40 @@ def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def check_place(path: Path | str, what: str = "output directory") -> Path:
-    """Refuse, before anything is created, a path that is a file or device or lies in a kernel pseudo-filesystem."""
-    path = Path(path)
+def _refuse_pseudo(path: Path, what: str) -> None:
     resolved = path.resolve()
-    if any(_is_within(resolved, p) for p in PSEUDO_FILESYSTEMS):
-        raise UserError(f"{path} is under {next(p for p in PSEUDO_FILESYSTEMS if _is_within(resolved, p))}, "
-                        f"a kernel pseudo-filesystem, not storage: choose another {what}")
+    for pseudo in PSEUDO_FILESYSTEMS:
+        if _is_within(resolved, pseudo):
+            raise UserError(f"{path} is under {pseudo}, a kernel pseudo-filesystem, not storage: choose another {what}")
+
+
+def _refuse_below_a_file(path: Path, what: str) -> None:
+    """The nearest existing folder above a path still to be created must be a folder, not a file."""
+    above = next((p for p in path.absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UserError(f"{path} lies below {above}, which is a file, not a directory: choose another {what}")
+
+
+def check_place(path: Path | str, what: str = "output directory") -> Path:
+    """Refuse, before anything is created, a path that is a file or device, lies below a file, or lies in a
+    kernel pseudo-filesystem."""
+    path = Path(path)
+    _refuse_pseudo(path, what)
     if path.exists() and not path.is_dir():
         raise UserError(f"{path} exists and is not a directory: choose another {what}")
+    _refuse_below_a_file(path, what)
+    return path
+
+
+def check_file_place(path: Path | str, what: str = "output file") -> Path:
+    """check_place for a file to be written: not in a kernel pseudo-filesystem, not below a file, and where
+    something is there already, a regular file (never a directory, device or FIFO). Creates nothing."""
+    path = Path(path)
+    _refuse_pseudo(path, what)
+    if path.exists() and not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a regular file"
+        raise UserError(f"{path} exists and is {kind}: choose another {what}")
+    _refuse_below_a_file(path, what)
     return path
 
 

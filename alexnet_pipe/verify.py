@@ -88,6 +88,17 @@ def _in_workers(args: list[tuple], workers: int) -> list[list[str]]:
                         "memory ran out): run `alexnet-pipe verify --workers 1` to see which shard") from None
 
 
+def class_note(manifest: dict, data: Path | str | None = None) -> str | None:
+    """A one-line warning where the data dir holds fewer than 2 classes (training reaches loss 0 at once and
+    every error is 0, which says nothing); None otherwise. train and info print it."""
+    count = len(manifest["classes"])
+    if count >= 2:
+        return None
+    where = f"{data} holds" if data is not None else "this data dir holds"
+    return (f"note: {where} {count} class{'' if count == 1 else 'es'}: the loss is 0 from the start and every "
+            "error is 0; prepare images of 2 or more classes to train anything")
+
+
 def info(data: Path) -> dict:
     dd = DataDir(Path(data))
     manifest = shards.read_manifest(dd.root)
@@ -99,4 +110,5 @@ def info(data: Path) -> dict:
                                 "bytes": sum(e["bytes"] for e in s["shards"]),
                                 "missing": [e["name"] for e in s["shards"] if not (dd.split(split) / e["name"]).is_dir()]}
     out["example_classes"] = [f"{c['wnid']} {c['name']}" for c in manifest["classes"][:3]]
+    out["notes"] = [note] if (note := class_note(manifest, dd.root)) else []
     return out

@@ -25,6 +25,9 @@ DPI = 100
 FILTER_COLS = 16  # the paper's Figure 3: 16 kernels a row, 3 rows per GPU
 NEIGHBOR_CELL_IN = (1.5, 1.6)
 CURVES_FIGSIZE = (12.0, 4.0)
+# -o suffix -> the format both matplotlib writers (Figure.savefig, image.imsave) take; no suffix: PNG
+IMAGE_FORMATS = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "tif": "tiff", "tiff": "tiff", "webp": "webp",
+                 "gif": "gif", "pdf": "pdf", "svg": "svg", "eps": "eps", "ps": "ps"}
 
 
 # ---------------------------------------------------------------- shared
@@ -36,6 +39,18 @@ def _figure(figsize):
     fig = Figure(figsize=figsize, dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
+
+
+def image_format(path: Path | str) -> str:
+    """The format a picture is written in, from its suffix (none: PNG, at exactly that path); a suffix no
+    writer here knows is one sentence listing those it does."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if not suffix:
+        return "png"
+    if suffix not in IMAGE_FORMATS:
+        raise UserError(f"{path}: cannot write .{suffix} pictures; end the name in one of "
+                        f"{', '.join('.' + s for s in IMAGE_FORMATS)} (no suffix: PNG)")
+    return IMAGE_FORMATS[suffix]
 
 
 @contextlib.contextmanager
@@ -50,7 +65,8 @@ def _writing(path: Path):
 
 def _save(fig, path: Path) -> tuple[int, int]:
     with _writing(path):
-        fig.savefig(Path(path), dpi=DPI)  # no bbox_inches="tight": the size stays figsize * dpi
+        # no bbox_inches="tight": the size stays figsize * dpi
+        fig.savefig(Path(path), dpi=DPI, format=image_format(path))
     width, height = fig.canvas.get_width_height()
     return width, height
 
@@ -59,7 +75,7 @@ def write_image(canvas: np.ndarray, path: Path) -> tuple[int, int]:
     """An (H, W, 3) uint8 array as a PNG of exactly W x H pixels."""
     from matplotlib import image as mpimg
     with _writing(path):
-        mpimg.imsave(Path(path), canvas)
+        mpimg.imsave(Path(path), canvas, format=image_format(path))
     return canvas.shape[1], canvas.shape[0]
 
 
@@ -242,9 +258,9 @@ def _eval_loader(s: NeighborsSettings, ts, split: str, device):
                        num_threads=s.num_threads, with_params=True)
 
 
-def _check_data(s: NeighborsSettings, ts) -> list[str]:
+def _check_data(s: NeighborsSettings, model, ts) -> list[str]:
     from .evaluate import check_eval_data
-    manifest = check_eval_data(s.data, s.split, " to take queries from")
+    manifest = check_eval_data(s.data, s.split, " to take queries from", checkpoint=s.checkpoint, model=model, ts=ts)
     return [c.get("name", c.get("wnid", "?")) for c in manifest.get("classes", [])]
 
 
@@ -255,7 +271,7 @@ def find_neighbors(s: NeighborsSettings):
     device = torch.device(s.device)
     from .checkpoint import load_model
     model, ts = load_model(s.checkpoint, device)
-    names = _check_data(s, ts)
+    names = _check_data(s, model, ts)
     query_loader = _eval_loader(s, ts, s.split, device)
     feats = list(fc7_batches(model, query_loader, device, s.query))
     query_loader.close()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from alexnet_pipe_cli.common import run_and_report
+from alexnet_pipe_cli.common import FiniteFloat, run_and_report
 
 
 @click.command("train")
 @click.option("--arch", type=click.Choice(["alexnet", "alexnet-owt"]), default="alexnet", show_default=True)
-@click.option("--width", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--width", type=FiniteFloat(min=0, min_open=True), default=None,
               help="[default: 1 on GPU, 0.25 on CPU]")
 @click.option("--crop", type=click.IntRange(min=63), default=None, help="[default: 224 on GPU, 112 on CPU]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: 128 on GPU, 32 on CPU]")

@@ -1,20 +1,88 @@
-"""Options and helpers shared by the commands."""
+"""Options, click types and checks shared by the commands."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
 
 from alexnet_pipe.datadir import DEFAULT, ENV_VAR
+from alexnet_pipe.errors import UserError
+
+
+class FiniteFloat(click.FloatRange):
+    """A FloatRange that also refuses nan and inf (FloatRange lets nan through: every comparison is False)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+    def _describe_range(self) -> str:
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
+
+def _place_callback(check, what: str):
+    """A click callback running `check(path, what)` (outdir's checks, which create nothing): a refusal is
+    click's usage error naming the option, before the command does any work."""
+    def callback(ctx, param, value):
+        if value is None:
+            return value
+        try:
+            check(value, what)
+        except UserError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+        return value
+    return callback
+
+
+def _dir_callback(what: str):
+    from alexnet_pipe.outdir import check_place
+    return _place_callback(check_place, what)
+
+
+def _check_picture(path, what: str) -> None:
+    from alexnet_pipe.outdir import check_file_place
+    from alexnet_pipe.viz import image_format
+    check_file_place(path, what)
+    image_format(path)
+
+
+data_callback = _dir_callback("--data dir")
+run_dir_callback = _dir_callback("--run dir")  # train's --run
+output_callback = _place_callback(_check_picture, "-o/--output")
 
 
 def data_option(func):
-    """--data DIR, falling back to $ALEXNET_PIPE_DATA, then ./alexnet-data."""
+    """--data DIR, falling back to $ALEXNET_PIPE_DATA, then ./alexnet-data; a place that cannot be a data dir
+    (a file, a device, /proc) is refused before the command starts."""
     return click.option(
         "--data", "data", envvar=ENV_VAR, default=str(DEFAULT), show_default=True, show_envvar=True,
-        type=click.Path(file_okay=False, path_type=Path),
+        type=click.Path(file_okay=False, path_type=Path), callback=data_callback,
         help="Data dir that prepare writes and stats/train read.")(func)
+
+
+def output_option(default: str | None, help_default: str | None = None):
+    """-o/--output of a picture: the suffix names the format (no suffix: PNG); a path that cannot take a file is
+    refused before any work. `default`: a fixed file name, or None where the command derives one."""
+    shown = f"  [default: {help_default}]" if help_default else ""
+    return click.option(
+        "-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+        default=Path(default) if default else None, show_default=default is not None, callback=output_callback,
+        help=f"Picture to write: .png, .jpg, .pdf, .svg ... by its suffix (none: PNG).{shown}")
+
+
+def require_gpu(flag: str = "--gpu") -> None:
+    """`flag` (evaluate's and viz's --gpu) needs one CUDA device: say so, and that leaving it out runs on the CPU."""
+    from alexnet_pipe.launch import visible_gpus
+    if visible_gpus():
+        return
+    import torch
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA support"
+    raise UserError(f"{flag} needs a CUDA device but this machine has none (torch {torch.__version__}, built with "
+                    f"{build}); leave out {flag} to run on the CPU")
 
 
 def print_settings(title: str, settings) -> None:

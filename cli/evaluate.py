@@ -7,7 +7,7 @@ import click
 
 from alexnet_pipe.loaders import LOADERS
 
-from alexnet_pipe_cli.common import data_option, run_and_report
+from alexnet_pipe_cli.common import data_option, require_gpu, run_and_report
 
 
 @click.command("evaluate")
@@ -29,10 +29,9 @@ def evaluate(checkpoints: tuple[Path, ...], data: Path, split: str, ten_crop: bo
     alexnet-pipe evaluate runs/a/best.pt runs/b/best.pt --json
     """
     from alexnet_pipe.evaluate import EvalSettings, evaluate as run_evaluate
-    from alexnet_pipe.launch import check_gpus
 
     if gpu:
-        check_gpus(1)
+        require_gpu()
     settings = EvalSettings(checkpoints=tuple(str(c) for c in checkpoints), data=str(data), split=split,
                             ten_crop=ten_crop, batch_size=batch_size, loader=loader,
                             device="cuda" if gpu else "cpu")

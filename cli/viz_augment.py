@@ -1,23 +1,20 @@
 """`alexnet-pipe viz augment`: what the network sees, before mean subtraction."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from alexnet_pipe.loaders import LOADERS
 
-from alexnet_pipe_cli.common import data_option, print_settings
+from alexnet_pipe_cli.common import FiniteFloat, data_option, output_option, print_settings
 
 
 @click.command()
 @data_option
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("augment.png"),
-              show_default=True, help="PNG to write.")
+@output_option("augment.png")
 @click.option("--n", type=click.IntRange(1, 1024), default=16, show_default=True, help="Views in the grid.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--crop", type=click.IntRange(1), default=224, show_default=True)
-@click.option("--lighting", type=click.FloatRange(0), default=0.1, show_default=True,
+@click.option("--lighting", type=FiniteFloat(0), default=0.1, show_default=True,
               help="Sigma of the PCA lighting alphas (exaggerate it to see the effect).")
 @click.option("--lighting-scale", type=click.Choice(["convnet2", "fbresnet"]), default="convnet2",
               show_default=True)

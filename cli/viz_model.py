@@ -7,15 +7,14 @@ import click
 
 from alexnet_pipe.loaders import LOADERS
 
-from alexnet_pipe_cli.common import data_option, print_settings
+from alexnet_pipe_cli.common import data_option, output_option, print_settings, require_gpu
 
 _CKPT = click.Path(exists=True, dir_okay=False, path_type=Path)
-_PNG = click.Path(dir_okay=False, path_type=Path)
 
 
 @click.command("filters")
 @click.argument("checkpoint", type=_CKPT)
-@click.option("-o", "--output", type=_PNG, default=None, help="PNG to write.  [default: filters.png beside CKPT]")
+@output_option(None, "filters.png beside CKPT")
 @click.option("--scale", type=click.IntRange(1, 32), default=4, show_default=True,
               help="Pixels per kernel weight.")
 def viz_filters(checkpoint: Path, output: Path | None, scale: int):
@@ -52,8 +51,7 @@ def viz_filters(checkpoint: Path, output: Path | None, scale: int):
 @click.option("--num-threads", type=click.IntRange(0), default=2, show_default=True,
               help="DALI threads / torch DataLoader workers.")
 @click.option("--gpu", is_flag=True, help="Run on CUDA device 0.")
-@click.option("-o", "--output", type=_PNG, default=None,
-              help="PNG to write.  [default: neighbors.png beside CKPT]")
+@output_option(None, "neighbors.png beside CKPT")
 def viz_neighbors(checkpoint: Path, data: Path, query: int, k: int, split: str, limit: int, batch_size: int,
                   loader: str, num_threads: int, gpu: bool, output: Path | None):
     """The paper's Figure 4: query images (centre crop) and the training images whose fc7 features
@@ -68,10 +66,9 @@ def viz_neighbors(checkpoint: Path, data: Path, query: int, k: int, split: str, 
     alexnet-pipe viz neighbors alexnet-data/runs/x/best.pt --query 4 --k 5
     alexnet-pipe viz neighbors best.pt --data ./alexnet-data --limit 50000 -o nn.png
     """
-    from alexnet_pipe.launch import check_gpus
     from alexnet_pipe.viz import NeighborsSettings, render_neighbors
     if gpu:
-        check_gpus(1)
+        require_gpu()
     s = NeighborsSettings(checkpoint, data, output or checkpoint.parent / "neighbors.png", split, query, k, limit,
                           batch_size, loader, "cuda" if gpu else "cpu", num_threads)
     print_settings("viz neighbors", s)
@@ -81,12 +78,16 @@ def viz_neighbors(checkpoint: Path, data: Path, query: int, k: int, split: str, 
     else:
         click.echo(f"searched the first {r['searched']} of {r['train_total']} training images by fc7 distance "
                    f"(--limit {limit})")
+    if r["queries"] < query:
+        click.echo(f"note: --query {query}: the {split} split holds {r['queries']} images, showing {r['queries']}")
+    if r["k"] < k:
+        click.echo(f"note: --k {k}: {r['searched']} training images searched, showing {r['k']} neighbours")
     click.echo(f"wrote {r['output']} ({r['width']}x{r['height']} px, {r['queries']} queries x {r['k']} neighbours)")
 
 
 @click.command("curves")
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-o", "--output", type=_PNG, default=None, help="PNG to write.  [default: RUN/curves.png]")
+@output_option(None, "RUN/curves.png")
 def viz_curves(run: Path, output: Path | None):
     """Training loss, learning rate (log axis), and top-1/top-5 error against epochs, from
     RUN/metrics.jsonl; 3 panels, 12 x 4 in at 100 dpi = 1200 x 400 px.

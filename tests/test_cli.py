@@ -79,8 +79,8 @@ def test_prepare_bad_inputs(tmp_path):
     _one_sentence_error(r, code=2)  # click's Path type: "is a file"
     assert "is a file" in r.output
     r = _run(["prepare", str(empty), "--data", str(a_file / "below")])
-    _one_sentence_error(r)
-    assert "cannot write" in r.output
+    _one_sentence_error(r, code=2)  # data_option's check, before anything is created
+    assert "which is a file, not a directory" in r.output
 
 
 def test_data_dir_from_environment(tmp_path):

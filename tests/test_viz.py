@@ -251,8 +251,8 @@ def test_unwritable_output_is_one_sentence(trained, tmp_path):
     blocker.write_text("x")
     for args in (("filters", ckpt), ("curves", ckpt.parent)):
         result = invoke(*args, "-o", blocker / "out.png")  # its folder would have to be a file
-        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
-        assert result.output.strip().splitlines()[-1].startswith(f"Error: cannot write {blocker / 'out.png'}")
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output  # refused before any work
+        assert f"{blocker / 'out.png'} lies below {blocker}, which is a file" in result.output.strip().splitlines()[-1]
 
 
 def test_viz_curves_skips_a_row_cut_by_a_killed_run_and_refuses_other_rows(tmp_path):
