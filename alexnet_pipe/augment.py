@@ -161,7 +161,7 @@ def load_normalizer(stats_dir: Path, mode: str, size: int) -> Normalizer:
     stats_dir = Path(stats_dir)
     if mode == "mean-image":
         mean = read_mean(stats_dir / "mean.npy", size, hint="the mean image is needed for mean subtraction; "
-                         "run `alexnet-pipe stats` first (or use --normalize channel)")
+                         "run `alexnet-pipe stats` first")
         return Normalizer(mode, mean_image=mean)
     if mode == "channel":
         doc = _pca_doc(stats_dir, "per-channel mean/std", "run `alexnet-pipe stats` first")

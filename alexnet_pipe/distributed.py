@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 
 def init(device: str = "cpu") -> tuple[int, int, int, "torch.device"]:
@@ -10,6 +11,8 @@ def init(device: str = "cpu") -> tuple[int, int, int, "torch.device"]:
     import torch.distributed as dist
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if under_launcher():  # Ctrl-C reaches a worker twice (terminal, then launcher): act on the first only
+        signal.signal(signal.SIGINT, _interrupt_once)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if device == "cuda":
         torch.cuda.set_device(local_rank)
@@ -20,6 +23,11 @@ def init(device: str = "cpu") -> tuple[int, int, int, "torch.device"]:
         dist.init_process_group("nccl" if device == "cuda" else "gloo",
                                 device_id=dev if device == "cuda" else None)
     return rank, world, local_rank, dev
+
+
+def _interrupt_once(signum, frame):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def cleanup() -> None:

@@ -27,6 +27,7 @@ from alexnet_pipe.optim import set_lr
 from alexnet_pipe.runlog import Meter, RunLog
 from alexnet_pipe.schedule import Plateau, lr_at
 from alexnet_pipe.signals import PREEMPTED_EXIT, StopRequest
+from alexnet_pipe.verify import class_note
 
 
 @dataclass
@@ -248,6 +249,8 @@ def finalize(s: TrainSettings, world: int) -> TrainSettings:
                         f"use a multiple of {world}")
     manifest = check_data(s.data, bool(s.eval_every)) if s.loader != "synthetic" else None
     size = int(manifest["settings"]["size"]) if manifest else 256
+    if manifest and (note := class_note(manifest, s.data)):
+        print(note)
     crop = s.crop or (224 if size >= 256 else int(size * 7 / 8))
     if not MIN_CROP <= crop <= size:
         raise UserError(f"crop {crop} must lie between {MIN_CROP} and the stored image size {size}")
@@ -322,7 +325,7 @@ def run_training(s: TrainSettings, worker=None) -> dict:
     except SignalException as exc:  # the launcher was signalled; it stopped the workers (they checkpoint on SIGTERM)
         if exc.sigval == signal.SIGTERM:
             raise Preempted(f"stopped by SIGTERM: {_where(s)}") from None
-        raise Interrupted(f"interrupted by {signal.Signals(exc.sigval).name}: {_where(s)}") from None
+        raise Interrupted(f"interrupted: {_where(s)}") from None
 
 
 def _where(s: TrainSettings) -> str:
@@ -342,3 +345,5 @@ def train_process(s: TrainSettings) -> dict:
         if int(os.environ.get("RANK", 0)) == 0 and code != PREEMPTED_EXIT:
             print(f"Error: {exc}", file=sys.stderr, flush=True)
         sys.exit(code)
+    except KeyboardInterrupt:  # Ctrl-C reaches every process; the launcher's side says what happened
+        sys.exit(Interrupted.exit_code)

@@ -118,6 +118,8 @@ def info(data, as_json):
         click.echo(json.dumps(out, indent=2))
         return
     click.echo(f"data dir {out['data']}: {out['classes']} classes, settings {json.dumps(out['settings'])}")
+    for note in out["notes"]:
+        click.echo(note)
     for split, s in out["splits"].items():
         click.echo(f"  {split}: {s['records']} records in {s['shards']} shards "
                    f"({s['bytes'] / 1e6:.1f} MB), {s['rejects']} inputs rejected")

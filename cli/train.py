@@ -7,26 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 
 import click
 
 from alexnet_pipe.config import RECIPES, TrainSettings, default_text, opt_of, settings_from_dict
-from alexnet_pipe_cli.common import data_option, print_settings
-
-
-class FiniteFloat(click.FloatRange):
-    """A FloatRange that also refuses nan and inf (FloatRange lets nan through: every comparison is False)."""
-
-    def convert(self, value, param, ctx):
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number.", param, ctx)
-        return number
-
-    def _describe_range(self) -> str:
-        return "" if self.min is None and self.max is None else super()._describe_range()
+from alexnet_pipe_cli.common import FiniteFloat, data_option, print_settings, run_dir_callback
 
 
 class EpochList(click.ParamType):
@@ -122,7 +108,7 @@ def _base(config: Path | None, recipe: str | None, resume: str | None, run: Path
 
 @click.command("train")
 @data_option
-@click.option("--run", "--run-dir", "run", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--run", "--run-dir", "run", type=click.Path(file_okay=False, path_type=Path), default=None, callback=run_dir_callback,
               help="Run dir for settings, metrics and checkpoints; required under torchrun, where only the "
                    "--run-dir spelling passes (torchrun's own parser takes --run for its --run-path).  "
                    "[default: DATA/runs/<timestamp>]")

@@ -360,9 +360,7 @@ def _named_options():
 
 
 # known, in files other engineers own (issue 15 report): remove an entry when its fix lands
-_PENDING = {("viz augment", "--normalize"): "augment.load_normalizer's hint: viz augment has no --normalize",
-            ("bench loader", "--normalize"): "augment.load_normalizer's hint: bench loader has no --normalize",
-            ("bench loader", "--lighting"): "augment.load_eigen's hint: bench loader has no --lighting"}
+_PENDING = {("bench loader", "--lighting"): "augment.load_eigen's hint: bench loader has no --lighting yet"}
 
 
 def _option_cases():
@@ -405,8 +403,6 @@ def test_reached_by_lists_every_command_that_calls_a_module_itself():
 # ---------------------------------------------------------------- Ctrl-C with several processes
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="needs issue 15's launch.py (SignalException -> KeyboardInterrupt) and "
-                                       "distributed.py (a worker's second SIGINT ignored) changes")
 def test_ctrl_c_in_train_with_two_processes_is_130_and_one_sentence(tmp_path):
     """Ctrl-C in a terminal signals the whole process group: the launcher and both workers."""
     import os
