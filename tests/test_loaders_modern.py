@@ -161,3 +161,27 @@ def test_dali_and_torch_agree_on_modern_batches(dirs):
         std = augment.load_normalizer(dirs["jpeg"] / "stats", "channel", S).std_rgb.min()
         assert (xa - xb).abs().max() <= RESIZE_GREY_LEVELS["dali"] * 1.4 * 1.8 * 1.8 / std
         assert (xa - xb).abs().mean() <= 0.25 / std  # and mostly equal
+
+
+# --- viz augment --recipe modern: what the network sees -------------------------------------------
+
+def test_viz_augment_modern_shows_resized_jittered_views(dirs, pixels, tmp_path):
+    from PIL import Image
+    from alexnet_pipe.viz import VizAugmentSettings, augment_loader, seen_pixels
+    from alexnet_pipe_cli.main import cli
+    from click.testing import CliRunner
+    out = tmp_path / "modern.png"
+    result = CliRunner().invoke(cli, ["viz", "augment", "--data", str(dirs["jpeg"]), "-o", str(out), "--n", "6",
+                                      "--crop", str(CROP), "--recipe", "modern", "--loader", "torch"])
+    assert result.exit_code == 0, result.output
+    assert '"random-resized"' in result.output and "0.4" in result.output
+    assert Image.open(out).size == (3 * (CROP + 2) + 2, 2 * (CROP + 2) + 2)
+    s = VizAugmentSettings(dirs["jpeg"], out, 6, 0, CROP, 0.0, "convnet2", "torch", recipe="modern",
+                           normalize="channel", crops="random-resized", color_jitter=0.4, hue=0.0)
+    loader = augment_loader(s)
+    images, _labels, p = next(iter(loader.epoch(0)))
+    views = seen_pixels(images, p, loader)
+    for i, key in enumerate(p["key"]):
+        window = augment.resized_window(pixels["jpeg"][key], p["window"][i], CROP, bool(p["flip"][i]))
+        want = np.clip(jitter.jitter_image(window, p["jitter"][i], p["jitter_order"][i]), 0, 255).round()
+        assert np.abs(views[i].astype(float) - want).max() <= 1  # float32 against float64: a rounding apart
