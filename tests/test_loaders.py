@@ -337,6 +337,24 @@ def test_bench_loader_json(dirs):
         assert out[key] > 0
 
 
+@pytest.mark.dali
+def test_bench_loader_times_the_modern_augmentation_against_the_papers(dirs):
+    from alexnet_pipe_cli.main import cli
+    result = CliRunner().invoke(cli, ["bench", "loader", "--data", str(dirs["jpeg"]), "--crop", "32",
+                                      "--batch-size", "8", "--batches", "2", "--warmup", "1", "--json",
+                                      "--no-baseline", "--crops", "random-resized", "--color-jitter", "0.4",
+                                      "--lighting", "0"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["settings"]["normalize"] == "channel"  # what random-resized crops need, unless told otherwise
+    assert out["paper_images_per_sec"] > 0 and out["images_per_sec"] > 0
+    assert out["ratio_to_paper"] == pytest.approx(out["images_per_sec"] / out["paper_images_per_sec"])
+    plain = json.loads(CliRunner().invoke(cli, ["bench", "loader", "--data", str(dirs["jpeg"]), "--crop", "32",
+                                                "--batch-size", "8", "--batches", "1", "--json",
+                                                "--no-baseline"]).output)
+    assert "paper_images_per_sec" not in plain  # the paper's own augmentation is timed once
+
+
 def test_bench_loader_bad_input(tmp_path):
     from alexnet_pipe_cli.main import cli
     result = CliRunner().invoke(cli, ["bench", "loader", "--data", str(tmp_path), "--json", "--no-baseline"])
