@@ -265,18 +265,22 @@ def reference_normalize(crops, xs, ys, flips, light, norm, size):
     return np.stack(out)
 
 
-@pytest.mark.parametrize("mode", ["mean-image", "channel"])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_torch_normalizer_matches_numpy(mode, channels_last):
-    import torch
-    rng = np.random.default_rng(7)
-    n, size, c = 12, 20, 16
+def normalizer_case(rng, mode: str, n: int, size: int, c: int) -> tuple:
+    """(norm, crops, xs, ys, flips, light): random inputs of TorchNormalizer, from `rng`."""
     norm = (augment.Normalizer(mode, mean_image=(rng.random((size, size, 3)) * 255).astype(np.float32))
             if mode == "mean-image" else
             augment.Normalizer(mode, mean_rgb=np.float32([120, 110, 100]), std_rgb=np.float32([60, 55, 50])))
     crops = rng.integers(0, 256, (n, c, c, 3), dtype=np.uint8)
     xs, ys = rng.integers(0, size - c + 1, n), rng.integers(0, size - c + 1, n)
-    flips, light = np.arange(n) % 2 == 1, rng.normal(0, 20, (n, 3)).astype(np.float32)
+    return norm, crops, xs, ys, np.arange(n) % 2 == 1, rng.normal(0, 20, (n, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("mode", ["mean-image", "channel"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_torch_normalizer_matches_numpy(mode, channels_last):
+    import torch
+    n, size, c = 12, 20, 16
+    norm, crops, xs, ys, flips, light = normalizer_case(np.random.default_rng(7), mode, n, size, c)
     normalizer = TorchNormalizer(norm, size, c)
     got = normalizer(torch.from_numpy(crops), xs, ys, flips, light, channels_last)
     assert got.dtype == torch.float32 and got.shape == (n, 3, c, c)

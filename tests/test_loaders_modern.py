@@ -13,7 +13,8 @@ from alexnet_pipe.errors import UserError
 from alexnet_pipe.jitter import JitterSpec
 from alexnet_pipe.loaders import LoaderSettings, make_loader
 from alexnet_pipe.loaders.base import BaseLoader, TorchNormalizer, validate
-from test_loaders import CROP, N_TRAIN, S, build_data, decoded, reference_normalize
+from test_loaders import CROP, N_TRAIN, S, decoded, normalizer_case, reference_normalize
+from test_loaders import dirs  # noqa: F401  (the module's data dirs, raw and JPEG: a pytest fixture)
 
 # DALI's linear resize and cv2's INTER_LINEAR share the sampling (pixel centres aligned, no antialiasing) but not
 # the arithmetic: cv2 rounds 11-bit fixed-point weights, DALI computes in float and rounds once. Measured here
@@ -21,12 +22,6 @@ from test_loaders import CROP, N_TRAIN, S, build_data, decoded, reference_normal
 # reference itself: equal.
 RESIZE_GREY_LEVELS = {"dali": 1, "torch": 0}
 BACKENDS = [pytest.param("dali", marks=pytest.mark.dali), "torch"]
-
-
-@pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("modern")
-    return {enc: build_data(root / enc, enc) for enc in ("raw", "jpeg")}
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +85,7 @@ def jittered_reference(crops, factors, order, xs, ys, flips, light, norm, size):
 def test_normalizer_jitters_before_normalising(mode, channels_last):
     rng = np.random.default_rng(11)
     n, size, c = 10, 20, 16
-    norm = (augment.Normalizer(mode, mean_image=(rng.random((size, size, 3)) * 255).astype(np.float32))
-            if mode == "mean-image" else
-            augment.Normalizer(mode, mean_rgb=np.float32([120, 110, 100]), std_rgb=np.float32([60, 55, 50])))
-    crops = rng.integers(0, 256, (n, c, c, 3), dtype=np.uint8)
-    xs, ys = rng.integers(0, size - c + 1, n), rng.integers(0, size - c + 1, n)
-    flips, light = np.arange(n) % 3 == 1, rng.normal(0, 20, (n, 3)).astype(np.float32)
+    norm, crops, xs, ys, flips, light = normalizer_case(rng, mode, n, size, c)
     factors, order = JitterSpec.strength(0.6, 0.2).draw(rng, n)
     factors[2] = jitter.IDENTITY
     normalizer = TorchNormalizer(norm, size, c)
