@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from alexnet_pipe import loaders
-from alexnet_pipe.augment import LIGHTING_SCALES, NORMALIZE
+from alexnet_pipe.augment import CROP_MODES, LIGHTING_SCALES, NORMALIZE, RRC_RATIO, RRC_SCALE
 from alexnet_pipe.errors import UserError
 from alexnet_pipe.schedule import SCHEDULES
 
@@ -97,6 +97,22 @@ class TrainSettings:
                                               "fb.resnet's eigenvalue on [0,1] (~2x weaker).", choices=LIGHTING_SCALES)
     normalize: str = setting("mean-image", "Subtract the mean image (the paper) or per-channel mean/std.",
                              choices=NORMALIZE)
+    # the modern augmentations and loss (issue 14); the defaults are the paper's recipe
+    crops: str = setting("translate", "translate: the paper's crops of the stored image; random-resized: "
+                         "Inception-style windows (--crop-scale, --crop-ratio) resized to --crop (needs "
+                         "--normalize channel).", choices=CROP_MODES)
+    crop_scale: tuple[float, float] = setting(RRC_SCALE, "Random-resized crops: the window's area fraction of the "
+                                              "stored image, low,high.", min=0, min_open=True)
+    crop_ratio: tuple[float, float] = setting(RRC_RATIO, "Random-resized crops: the window's aspect ratio w/h, "
+                                              "low,high (drawn log-uniform).", min=0, min_open=True)
+    color_jitter: float = setting(0.0, "Colour jitter strength j: brightness, contrast and saturation factors in "
+                                  "[1-j, 1+j], as torchvision's ColorJitter(j, j, j); 0 turns it off.", min=0)
+    hue: float = setting(0.0, "Hue jitter: rotate the hue by up to this fraction of the colour circle.", min=0,
+                         max=0.5)
+    label_smoothing: float = setting(0.0, "Label smoothing epsilon of the training loss (evaluation unchanged).",
+                                     min=0, max=1, max_open=True)
+    tensorboard: bool = setting(False, "Also write a TensorBoard log to RUN/tensorboard (rank 0; the scalars of "
+                                "metrics.jsonl).")
     device: str = setting("cpu", choices=DEVICES, cli=False)
     nproc: int = setting(1, min=1, cli=False)
     compile: bool = setting(False, "torch.compile the model.")
@@ -124,6 +140,13 @@ RECIPES: dict[str, dict] = {
     "small": dict(width=0.25, epochs=30, batch_size=64, lr=0.01, schedule="cosine", warmup_epochs=2.0,
                   init="kaiming", bias_init=0.0, normalize="channel", patience=2, log_every=5,
                   momentum_form="torch", bias_lr_mult=1.0, bias_decay=True),
+    # torchvision's reference AlexNet recipe (lr 1e-2, its defaults otherwise) with issue 14's augmentations:
+    # random-resized crops, colour jitter 0.4, label smoothing 0.1, 5 warm-up epochs then cosine
+    # (docs/reproducing.md). torch's SGD on every parameter alike, as torchvision trains.
+    "modern": dict(arch="alexnet-owt", epochs=90, batch_size=256, lr=0.01, momentum=0.9, weight_decay=1e-4,
+                   schedule="cosine", warmup_epochs=5.0, init="kaiming", bias_init=0.0, normalize="channel",
+                   lighting=0.0, crops="random-resized", color_jitter=0.4, hue=0.0, label_smoothing=0.1,
+                   momentum_form="torch", bias_lr_mult=1.0, bias_decay=True),
 }
 
 

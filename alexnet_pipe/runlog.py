@@ -1,5 +1,6 @@
-"""What a run tells: RUN/settings.json, RUN/metrics.jsonl, the progress display and messages (rank 0 only),
-and the per-row meter of loss, throughput and data wait."""
+"""What a run tells: RUN/settings.json, RUN/metrics.jsonl (and with --tensorboard the same scalars in
+RUN/tensorboard/), the progress display and messages (rank 0 only), and the per-row meter of loss, throughput
+and data wait."""
 from __future__ import annotations
 
 import json
@@ -21,6 +22,7 @@ class RunLog:
         self.run, self.enabled = Path(run), enabled
         self.metrics = self.run / "metrics.jsonl"
         self.bar: Progress | None = None
+        self.board = None  # the TensorBoard writer with --tensorboard (rank 0)
 
     def start(self, settings: TrainSettings, resumed_step: int) -> None:
         """Keep only rows up to the step we continue from: a crash after the last checkpoint left later rows.
@@ -32,11 +34,20 @@ class RunLog:
         rows = read_metrics(self.run) if self.metrics.exists() else []
         with atomic_write(self.metrics) as f:
             f.writelines(json.dumps(r) + "\n" for r in rows if r["step"] <= resumed_step)
+        if settings.tensorboard:
+            self.board = tensorboard_writer(self.run / "tensorboard", resumed_step)
 
     def row(self, **values) -> None:
-        if self.enabled:
-            with open(self.metrics, "a") as f:
-                f.write(json.dumps(values) + "\n")
+        """One metrics row: a line of metrics.jsonl and, with --tensorboard, the same scalars at its step."""
+        if not self.enabled:
+            return
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(values) + "\n")
+        if self.board is not None:
+            for key, value in values.items():
+                if key != "step":
+                    self.board.add_scalar(key, value, values["step"])
+            self.board.flush()  # live curves: a row every --log-every steps, not every two minutes
 
     def say(self, text: str) -> None:
         if not self.enabled:
@@ -58,6 +69,17 @@ class RunLog:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def tensorboard_writer(folder: Path, resumed_step: int):
+    """torch's SummaryWriter on `folder`. A resumed run purges the events after its checkpoint's step, as
+    metrics.jsonl drops those rows: TensorBoard's readers discard them (a SessionLog START at the step)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package: pip install 'alexnet-pipe[tensorboard]' "
+                        "(or train without --tensorboard; `alexnet-pipe viz curves` draws metrics.jsonl)") from None
+    return SummaryWriter(str(folder), purge_step=resumed_step + 1 if resumed_step else None)
 
 
 def read_metrics(run: Path) -> list[dict]:

@@ -52,7 +52,8 @@ def make_loaders(s: TrainSettings, rank: int, world: int, device):
     base = LoaderSettings(data=Path(s.data), batch_size=s.batch_size // world, crop=s.crop, loader=s.loader,
                           device="gpu" if cuda else "cpu", lighting=s.lighting, lighting_scale=s.lighting_scale,
                           normalize=s.normalize, channels_last=cuda, seed=s.seed, rank=rank, world_size=world,
-                          num_threads=s.num_threads)
+                          num_threads=s.num_threads, crops=s.crops, crop_scale=s.crop_scale,
+                          crop_ratio=s.crop_ratio, color_jitter=s.color_jitter, hue=s.hue)
     val = dataclasses.replace(base, split="val", train=False) if s.eval_every else None
     return make_loader(base), (make_loader(val) if val else None)
 
@@ -65,11 +66,11 @@ def build(s: TrainSettings, num_classes: int, device):
     return model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
 
 
-def train_step(net, opt, images, labels, autocast: bool):
+def train_step(net, opt, images, labels, autocast: bool, label_smoothing: float = 0.0):
     import torch
-    import torch.nn.functional as F
+    from alexnet_pipe.losses import smoothed_cross_entropy
     with torch.autocast(images.device.type, torch.bfloat16, enabled=autocast):
-        loss = F.cross_entropy(net(images), labels)
+        loss = smoothed_cross_entropy(net(images), labels, label_smoothing)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -187,7 +188,7 @@ def train(s: TrainSettings) -> dict:
                            steps_per_epoch=spe)
                 set_lr(opt, lr)
                 torch.manual_seed(dropout_seed(s.seed, rank, pos.step))
-                meter.add(train_step(net, opt, images, labels, cuda), waited)
+                meter.add(train_step(net, opt, images, labels, cuda, s.label_smoothing), waited)
                 pos.step += 1
                 pos.step_in_epoch += 1
                 stopping = preempt.agreed(world, device)

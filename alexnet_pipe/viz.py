@@ -384,10 +384,16 @@ class VizAugmentSettings:
     lighting: float
     lighting_scale: str
     loader: str
+    recipe: str = "paper"  # where the augmentation's defaults came from (paper | modern), for the record
+    normalize: str = "mean-image"
+    crops: str = "translate"
+    color_jitter: float = 0.0
+    hue: float = 0.0
 
 
 def seen_pixels(images, params, loader) -> np.ndarray:
-    """(n, crop, crop, 3) uint8: the augmented views with the normalisation undone (lighting kept)."""
+    """(n, crop, crop, 3) uint8: the augmented views with the normalisation undone (lighting, colour jitter
+    and the random-resized windows' resize kept: what the network sees)."""
     out = images.float().numpy().transpose(0, 2, 3, 1)
     norm, crop = loader.norm, loader.settings.crop
     if norm.mode == "channel":
@@ -411,14 +417,20 @@ def augment_grid(views, pad: int = 2) -> np.ndarray:
     return canvas
 
 
+def augment_loader(s: VizAugmentSettings):
+    """The training loader of these settings, one batch of `n` views with their parameters."""
+    from alexnet_pipe.loaders import LoaderSettings, make_loader
+    return make_loader(LoaderSettings(s.data, batch_size=s.n, crop=s.crop, loader=s.loader, lighting=s.lighting,
+                                      lighting_scale=s.lighting_scale, seed=s.seed, with_params=True,
+                                      normalize=s.normalize, crops=s.crops, color_jitter=s.color_jitter,
+                                      hue=s.hue))
+
+
 def render_augment(s: VizAugmentSettings) -> tuple[int, int]:
     import matplotlib
     matplotlib.use("Agg")
 
-    from alexnet_pipe.loaders import LoaderSettings, make_loader
-    loader = make_loader(LoaderSettings(s.data, batch_size=s.n, crop=s.crop, loader=s.loader,
-                                        lighting=s.lighting, lighting_scale=s.lighting_scale,
-                                        seed=s.seed, with_params=True))
+    loader = augment_loader(s)
     images, _labels, params = next(iter(loader.epoch(0)))
     canvas = augment_grid(seen_pixels(images, params, loader))
     return write_image(canvas, s.output)

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from alexnet_pipe.errors import UserError
-from alexnet_pipe_cli.common import data_option, run_and_report
+from alexnet_pipe_cli.common import FiniteFloat, data_option, run_and_report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +28,18 @@ class BenchLoaderSettings:
     crop: int
     threads: int
     baseline: bool
+    crops: str = "translate"  # the augmentation timed (the paper's by default)
+    color_jitter: float = 0.0
+    hue: float = 0.0
+    normalize: str = "mean-image"
+    lighting: float = 0.1
+
+    def is_papers(self) -> bool:
+        return self == dataclasses.replace(self, **PAPER_AUGMENTATION)
+
+
+# the paper's augmentation (LoaderSettings' defaults): what a modern one is timed against in the same run
+PAPER_AUGMENTATION = dict(crops="translate", color_jitter=0.0, hue=0.0, normalize="mean-image", lighting=0.1)
 
 
 def timed_rate(batches, warmup: int, count: int) -> float:
@@ -51,7 +63,8 @@ def _loader_batches(s: BenchLoaderSettings):
     from alexnet_pipe.loaders.dali import CaffeReaderLoader, DaliLoader
     settings = LoaderSettings(s.data, batch_size=s.batch_size, crop=s.crop, loader=s.loader,
                               device=s.device, num_threads=s.threads, reader=s.reader,
-                              fancy_upsampling=s.fancy_upsampling)
+                              fancy_upsampling=s.fancy_upsampling, crops=s.crops, color_jitter=s.color_jitter,
+                              hue=s.hue, normalize=s.normalize, lighting=s.lighting)
     if s.loader == "dali":
         cls = CaffeReaderLoader if s.reader == "caffe" else DaliLoader
         loader = cls(settings, roi_decode=s.roi_decode, normalize_in=s.normalize_in)
@@ -117,6 +130,10 @@ def measure(s: BenchLoaderSettings) -> dict:
     result = {"images_per_sec": timed_rate(_loader_batches(s), s.warmup, s.batches),
               "decode_only_images_per_sec": timed_rate(_decode_batches(s), s.warmup, s.batches)}
     result["fraction_of_decode_only"] = result["images_per_sec"] / result["decode_only_images_per_sec"]
+    if not s.is_papers():  # the same loader with the paper's augmentation, in the same run
+        paper = dataclasses.replace(s, **PAPER_AUGMENTATION)
+        result["paper_images_per_sec"] = timed_rate(_loader_batches(paper), s.warmup, s.batches)
+        result["ratio_to_paper"] = result["images_per_sec"] / result["paper_images_per_sec"]
     if s.baseline:
         rate = _baseline_module().baseline_rate(s.data, batch_size=s.batch_size, batches=s.batches,
                                                 warmup=s.warmup, crop=s.crop, workers=2)
@@ -147,9 +164,17 @@ def measure(s: BenchLoaderSettings) -> dict:
               help="DALI threads / torch workers (the baseline always has 2 workers).")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Also time the plain torch DataLoader + PIL/numpy baseline.")
+@click.option("--crops", type=click.Choice(["translate", "random-resized"]), default="translate", show_default=True,
+              help="Training crops: the paper's, or random-resized windows (train --crops).")
+@click.option("--color-jitter", type=FiniteFloat(0), default=0.0, show_default=True,
+              help="Colour jitter strength (train --color-jitter).")
+@click.option("--hue", type=FiniteFloat(0, 0.5), default=0.0, show_default=True, help="Hue jitter.")
+@click.option("--normalize", type=click.Choice(["mean-image", "channel"]), default=None,
+              help="Normalisation.  [default: channel with random-resized crops, else mean-image]")
+@click.option("--lighting", type=FiniteFloat(0), default=0.1, show_default=True, help="PCA lighting sigma.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def bench_loader(data, loader, device, reader, roi_decode, normalize_in, fancy_upsampling, batch_size, batches,
-                 warmup, crop, threads, baseline, as_json):
+                 warmup, crop, threads, baseline, crops, color_jitter, hue, normalize, lighting, as_json):
     """Images/s of the training loader (full augmentation) after warm-up, beside the decode-only
     rate of the same records and a plain torch DataLoader doing the same work with PIL + numpy.
 
@@ -157,11 +182,18 @@ def bench_loader(data, loader, device, reader, roi_decode, normalize_in, fancy_u
     alexnet-pipe bench loader --data ./alexnet-data --batches 30
     alexnet-pipe bench loader --data ./alexnet-data --normalize-in dali --no-baseline
     alexnet-pipe bench loader --device gpu --batch-size 256 --threads 8 --no-baseline --json
+    alexnet-pipe bench loader --crops random-resized --color-jitter 0.4 --lighting 0   # vs the paper's, same run
+
+    An augmentation other than the paper's is also timed against the paper's (ratio_to_paper).
     """
+    normalize = normalize or ("channel" if crops == "random-resized" else "mean-image")
     s = BenchLoaderSettings(data, loader, device, reader, roi_decode, normalize_in, fancy_upsampling,
-                            batch_size, batches, warmup, crop, threads, baseline)
+                            batch_size, batches, warmup, crop, threads, baseline, crops, color_jitter, hue,
+                            normalize, lighting)
     run_and_report("bench loader", s, measure, as_json, lambda r: [
         f"loader       {r['images_per_sec']:10.1f} img/s",
         f"decode-only  {r['decode_only_images_per_sec']:10.1f} img/s   (loader = {r['fraction_of_decode_only']:.0%} of it)",
         *([f"baseline     {r['baseline_images_per_sec']:10.1f} img/s   (loader = {r['speedup_vs_baseline']:.2f}x)"]
-          if baseline else [])])
+          if baseline else []),
+        *([f"paper's aug  {r['paper_images_per_sec']:10.1f} img/s   (loader = {r['ratio_to_paper']:.2f}x)"]
+          if "paper_images_per_sec" in r else [])])

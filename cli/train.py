@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import click
@@ -30,6 +31,28 @@ class EpochList(click.ParamType):
         return epochs
 
 
+class FloatPair(click.ParamType):
+    """low,high: two finite numbers above the field's minimum, low <= high (tuple[float, float] settings)."""
+    name = "LOW,HIGH"
+
+    def __init__(self, low_bound: float | None, open_bound: bool):
+        self.low_bound, self.open_bound = low_bound, open_bound
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            pair = tuple(float(v) for v in value.split(","))
+        except ValueError:
+            self.fail(f"two comma-separated numbers low,high, not {value!r}", param, ctx)
+        if len(pair) != 2 or not all(map(math.isfinite, pair)) or pair[0] > pair[1]:
+            self.fail(f"two finite numbers low,high with low <= high, not {value!r}", param, ctx)
+        if self.low_bound is not None and (pair[0] < self.low_bound or self.open_bound and pair[0] == self.low_bound):
+            self.fail(f"both numbers must be {'>' if self.open_bound else '>='} {self.low_bound:g}, not {value!r}",
+                      param, ctx)
+        return pair
+
+
 def _click_type(f: dataclasses.Field):
     o = opt_of(f.name)
     if o.choices:
@@ -39,6 +62,8 @@ def _click_type(f: dataclasses.Field):
         return click.IntRange(min=o.min, max=o.max, min_open=o.min_open, max_open=o.max_open) if bounded else int
     if f.type == "float":
         return FiniteFloat(min=o.min, max=o.max, min_open=o.min_open, max_open=o.max_open)
+    if f.type == "tuple[float, float]":
+        return FloatPair(o.min, o.min_open)
     if f.type.startswith("tuple"):
         return EpochList()
     raise TypeError(f"no click type for setting {f.name}: {f.type}")

@@ -360,7 +360,7 @@ def _named_options():
 
 
 # known, in files other engineers own (issue 15 report): remove an entry when its fix lands
-_PENDING = {("bench loader", "--lighting"): "augment.load_eigen's hint: bench loader has no --lighting yet"}
+_PENDING: dict = {}  # (command, option) -> why a known wrong hint is still there; empty: every hint is right
 
 
 def _option_cases():

@@ -265,18 +265,22 @@ def reference_normalize(crops, xs, ys, flips, light, norm, size):
     return np.stack(out)
 
 
-@pytest.mark.parametrize("mode", ["mean-image", "channel"])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_torch_normalizer_matches_numpy(mode, channels_last):
-    import torch
-    rng = np.random.default_rng(7)
-    n, size, c = 12, 20, 16
+def normalizer_case(rng, mode: str, n: int, size: int, c: int) -> tuple:
+    """(norm, crops, xs, ys, flips, light): random inputs of TorchNormalizer, from `rng`."""
     norm = (augment.Normalizer(mode, mean_image=(rng.random((size, size, 3)) * 255).astype(np.float32))
             if mode == "mean-image" else
             augment.Normalizer(mode, mean_rgb=np.float32([120, 110, 100]), std_rgb=np.float32([60, 55, 50])))
     crops = rng.integers(0, 256, (n, c, c, 3), dtype=np.uint8)
     xs, ys = rng.integers(0, size - c + 1, n), rng.integers(0, size - c + 1, n)
-    flips, light = np.arange(n) % 2 == 1, rng.normal(0, 20, (n, 3)).astype(np.float32)
+    return norm, crops, xs, ys, np.arange(n) % 2 == 1, rng.normal(0, 20, (n, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("mode", ["mean-image", "channel"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_torch_normalizer_matches_numpy(mode, channels_last):
+    import torch
+    n, size, c = 12, 20, 16
+    norm, crops, xs, ys, flips, light = normalizer_case(np.random.default_rng(7), mode, n, size, c)
     normalizer = TorchNormalizer(norm, size, c)
     got = normalizer(torch.from_numpy(crops), xs, ys, flips, light, channels_last)
     assert got.dtype == torch.float32 and got.shape == (n, 3, c, c)
@@ -335,6 +339,24 @@ def test_bench_loader_json(dirs):
     for key in ("images_per_sec", "decode_only_images_per_sec", "baseline_images_per_sec",
                 "speedup_vs_baseline", "fraction_of_decode_only"):
         assert out[key] > 0
+
+
+@pytest.mark.dali
+def test_bench_loader_times_the_modern_augmentation_against_the_papers(dirs):
+    from alexnet_pipe_cli.main import cli
+    result = CliRunner().invoke(cli, ["bench", "loader", "--data", str(dirs["jpeg"]), "--crop", "32",
+                                      "--batch-size", "8", "--batches", "2", "--warmup", "1", "--json",
+                                      "--no-baseline", "--crops", "random-resized", "--color-jitter", "0.4",
+                                      "--lighting", "0"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["settings"]["normalize"] == "channel"  # what random-resized crops need, unless told otherwise
+    assert out["paper_images_per_sec"] > 0 and out["images_per_sec"] > 0
+    assert out["ratio_to_paper"] == pytest.approx(out["images_per_sec"] / out["paper_images_per_sec"])
+    plain = json.loads(CliRunner().invoke(cli, ["bench", "loader", "--data", str(dirs["jpeg"]), "--crop", "32",
+                                                "--batch-size", "8", "--batches", "1", "--json",
+                                                "--no-baseline"]).output)
+    assert "paper_images_per_sec" not in plain  # the paper's own augmentation is timed once
 
 
 def test_bench_loader_bad_input(tmp_path):

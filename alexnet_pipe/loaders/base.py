@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import augment
 from ..errors import UserError
+from ..jitter import JitterSpec
 from .records import RecordIndex, decode_rgb, release_shards
 
 LOADERS = ("auto", "dali", "torch")  # auto: DALI where it is installed, else torch
@@ -46,12 +47,17 @@ class LoaderSettings:
     with_params: bool = False  # also yield the augmentation parameters used
     reader: str = "external"  # DALI only: "external" (exact, default) | "caffe" (fn.readers.caffe)
     fancy_upsampling: bool = True  # DALI GPU: libjpeg-turbo's chroma upsampling (decode.decoder_options)
+    crops: str = "translate"  # training crops: the paper's | "random-resized" (Inception-style windows)
+    crop_scale: tuple = augment.RRC_SCALE  # random-resized: area fraction (low, high) of the stored image
+    crop_ratio: tuple = augment.RRC_RATIO  # random-resized: aspect ratio w/h (low, high)
+    color_jitter: float = 0.0  # brightness, contrast and saturation strength (ColorJitter(j, j, j)); 0: off
+    hue: float = 0.0  # hue jitter, a fraction of the colour circle in [-hue, hue] (<= 0.5); 0: off
 
 
 def validate(s: LoaderSettings) -> None:
     choices = {"loader": LOADERS, "device": DEVICES, "lighting_scale": augment.LIGHTING_SCALES,
                "normalize": augment.NORMALIZE, "views": augment.VIEWS, "dtype": DTYPES,
-               "reader": READERS}
+               "reader": READERS, "crops": augment.CROP_MODES}
     for name, allowed in choices.items():
         if getattr(s, name) not in allowed:
             raise UserError(f"{name} must be one of {', '.join(allowed)}, not {getattr(s, name)!r}")
@@ -61,6 +67,25 @@ def validate(s: LoaderSettings) -> None:
         raise UserError(f"rank {s.rank} is outside 0..{s.world_size - 1}")
     if s.reader == "caffe" and (s.loader == "torch" or not s.train):
         raise UserError("reader 'caffe' is for the DALI training pipeline only")
+    _validate_modern(s)
+
+
+def _validate_modern(s: LoaderSettings) -> None:
+    """The random-resized windows and the colour jitter (docs/pipeline.md, "the modern augmentations")."""
+    for name in ("crop_scale", "crop_ratio"):
+        pair = getattr(s, name)
+        if len(pair) != 2 or not 0 < pair[0] <= pair[1] or not all(np.isfinite(pair)):
+            raise UserError(f"{name} must be two numbers low,high with 0 < low <= high, not {pair!r}")
+    if not (s.color_jitter >= 0 and 0 <= s.hue <= 0.5):
+        raise UserError(f"color_jitter must be >= 0 and hue within 0..0.5, not {s.color_jitter} and {s.hue}")
+    if s.crops == "random-resized" and s.normalize == "mean-image":
+        # resizing the mean window per sample would double the resize work (and, on CUDA, mean a host
+        # resize and copy per batch) for a normalisation the modern recipe does not use
+        raise UserError("random-resized crops need --normalize channel: the mean image is defined per stored "
+                        "pixel, and a resized window no longer lines up with it")
+    if s.reader == "caffe" and (s.crops != "translate" or s.color_jitter or s.hue):
+        raise UserError("reader 'caffe' applies the paper's augmentation only: use the default reader "
+                        "for random-resized crops and colour jitter")
 
 
 def cuda_device_id(settings: LoaderSettings) -> int | None:
@@ -168,19 +193,24 @@ class TorchNormalizer:
         return both[pick[:, None, None, None], chan[None, :, None, None], rows[:, None, :, None],
                     cols[:, None, None, :]]
 
-    def __call__(self, crops, xs, ys, flips, light, channels_last: bool = False):
-        """crops: uint8 (N, c, c, 3), flipped; xs, ys, flips: (N,) numpy; light: (N, 3) float32.
+    def __call__(self, crops, xs, ys, flips, light, channels_last: bool = False, jitter=None):
+        """crops: uint8 (N, c, c, 3), flipped; xs, ys, flips: (N,) numpy; light: (N, 3) float32;
+        jitter: None, or ((N, 4) factors, (N, 4) op order) of jitter.py, applied to the float crop first.
 
         Returns float32 (N, 3, c, c), in channels_last memory format if asked."""
         if crops.device.type != "cpu":
-            return self._apply(crops, xs, ys, flips, light, channels_last)
+            return self._apply(crops, xs, ys, flips, light, channels_last, jitter=jitter)
         with _one_torch_thread():
-            return self._apply(crops, xs, ys, flips, light, channels_last)
+            return self._apply(crops, xs, ys, flips, light, channels_last, jitter=jitter)
 
-    def _apply(self, crops, xs, ys, flips, light, channels_last, batched: bool | None = None):
+    def _apply(self, crops, xs, ys, flips, light, channels_last, batched: bool | None = None, jitter=None):
         """batched (default on CUDA): one gather and two kernels for the whole batch; a GPU would
         otherwise spend more on 2 launches per sample than on the work. Per sample (the CPU
-        default) measured ~4x faster on the CPU. Same operations in the same order: equal results."""
+        default) measured ~4x faster on the CPU. Same operations in the same order: equal results.
+
+        With jitter, the uint8 crops are first copied into the float output and jittered there (as
+        torchvision's ColorJitter works on the image, before Lighting and Normalize); the
+        normalisation then reads the output in place instead of the uint8 crops."""
         import torch
         n, c, dev = len(crops), self.crop, crops.device
         if batched is None:
@@ -189,6 +219,8 @@ class TorchNormalizer:
         out = self._pool.get((n, 3, c, c), dev, fmt)
         # elementwise ops are fastest with every operand in the output's memory order
         dst, src = (out.permute(0, 2, 3, 1), crops) if channels_last else (out, crops.permute(0, 3, 1, 2))
+        if jitter is not None:
+            src = self._jittered(out, dst, src, jitter, batched)
         vec = (lambda v: v.to(dev).view(len(v), 3)) if channels_last else (
             lambda v: v.to(dev).view(len(v), 3, 1, 1))
         light = np.asarray(light, np.float32).reshape(n, 3)
@@ -213,6 +245,21 @@ class TorchNormalizer:
             window = mean[y:y + c, x:x + c] if channels_last else mean[:, y:y + c, x:x + c]
             torch.sub(src[i], window, out=dst[i]).add_(light_t[i])
         return out
+
+    @staticmethod
+    def _jittered(out, dst, src, jitter, batched: bool):
+        """Copy the uint8 crops into the float output and jitter them there; -> the new source (`dst`
+        itself: every later op reads one element and writes the same one, so in place is safe)."""
+        from ..jitter import jitter_one_, jitter_batch_
+        factors, order = np.asarray(jitter[0], np.float32), np.asarray(jitter[1])
+        if batched:
+            dst.copy_(src)
+            jitter_batch_(out, factors, order, per_image=False)
+            return dst
+        for i, (f, ops) in enumerate(zip(factors.tolist(), order.tolist())):
+            dst[i].copy_(src[i])  # one image at a time, so it is still in cache for its ops
+            jitter_one_(out[i:i + 1], f, ops)
+        return dst
 
 
 class BaseLoader:
@@ -242,8 +289,9 @@ class BaseLoader:
     def plan(self, epoch: int) -> augment.EpochPlan:
         s, size = self.settings, self.index.size
         if s.train:
-            return augment.train_plan(len(self.index), seed=s.seed, epoch=epoch, size=size,
-                                      crop=s.crop, sigma=self.sigma)
+            return augment.train_plan(len(self.index), seed=s.seed, epoch=epoch, size=size, crop=s.crop,
+                                      sigma=self.sigma, crops=s.crops, scale=tuple(s.crop_scale),
+                                      ratio=tuple(s.crop_ratio), jitter=JitterSpec.strength(s.color_jitter, s.hue))
         return augment.eval_plan(len(self.index), size=size, crop=s.crop)
 
     def step_params(self, epoch: int, start_step: int) -> list[dict]:
@@ -276,7 +324,9 @@ class BaseLoader:
             b, c = len(crops), self.settings.crop
             flat = self.normalizer(crops.reshape(b * 10, c, c, 3), xs, ys, flips, np.zeros((b * 10, 3), np.float32))
             return flat.view(b, 10, 3, c, c)
-        return self.normalizer(crops, xs, ys, flips, params["light"], channels_last=self.settings.channels_last)
+        jitter = (params["jitter"], params["jitter_order"]) if "jitter" in params else None
+        return self.normalizer(crops, xs, ys, flips, params["light"], channels_last=self.settings.channels_last,
+                               jitter=jitter)
 
     def window_params(self, params: dict) -> tuple:
         """(x, y, flip) of every window of a batch, (B,) each; ten-crop: (B * 10,), views in order."""
@@ -296,7 +346,8 @@ class BaseLoader:
         if s.channels_last and images.dim() == 4 and not images.is_contiguous(memory_format=torch.channels_last):
             images = images.contiguous(memory_format=torch.channels_last)
         if s.with_params:
-            public = {k: params[k] for k in ("crop_x", "crop_y", "flip", "alpha", "index")}
+            public = {k: params[k] for k in ("crop_x", "crop_y", "flip", "alpha", "index", "window",
+                                             "jitter", "jitter_order") if k in params}
             # derived only here: decoding every record's key each epoch would be wasted without with_params
             public["key"] = params["key"] if "key" in params else np.array(
                 [os.fsdecode(self.index.keys[i]) for i in params["index"]])  # keys of non-UTF-8 names: raw bytes

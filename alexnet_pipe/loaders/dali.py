@@ -6,7 +6,8 @@
   why this, and not ``fn.readers.caffe``'s shuffle buffer, is the default (exact per-epoch coverage, resume at
   any step, equal step counts), and `CaffeReaderLoader` keeps the native reader for comparison.
 * the processing (`process`), written once with the device as a parameter ("cpu": ``device_id=None``; "gpu":
-  the mixed nvJPEG decoder): ROI decode of exactly the crop window and the flip, in uint8; then
+  the mixed nvJPEG decoder): ROI decode of exactly the crop window (random-resized crops: of the plan's window,
+  then ``fn.resize`` to the crop, linear without antialiasing as cv2) and the flip, in uint8; then
   ``TorchNormalizer`` (base.py) does all the float work on the output device.
 """
 from __future__ import annotations
@@ -26,11 +27,14 @@ from .records import release_shards
 
 def process(data, anchor, flip, cmn_mean, *, encoded: bool, device: str, size: int, crop: int,
             norm: augment.Normalizer, ten_crop: bool, layout: str, dtype, roi_decode: bool = True,
-            normalize_in: str = "torch", fancy_upsampling: bool = True, flip_in_graph: bool = True):
+            normalize_in: str = "torch", fancy_upsampling: bool = True, flip_in_graph: bool = True,
+            window_shape=None):
     """The processing half of the graph, for one device.
 
     data: encoded bytes, or (S, S, 3) uint8 pixels; anchor: (x, y) int32; flip: int32;
     cmn_mean: float32 (3,) per sample (lighting and, for per-channel normalisation, the mean).
+    window_shape: None (crop x crop windows), or (w, h) int32 per sample: random-resized windows, each
+    decoded (or sliced) at its own size and resized to crop x crop (`_resized`).
     normalize_in "torch": uint8 crops, flipped and laid out, for `TorchNormalizer` (cmn_mean and
     dtype unused); "dali": the float work in DALI's operators too (slower on CPU, see docs).
     fancy_upsampling: the GPU decoder's chroma upsampling as libjpeg-turbo's (decode.decoder_options).
@@ -57,8 +61,8 @@ def process(data, anchor, flip, cmn_mean, *, encoded: bool, device: str, size: i
         return fn.crop_mirror_normalize(window, mean=cmn_mean, std=std, mirror=mirror,
                                         output_layout=layout, dtype=dtype, device=op_device)
 
-    def window_at(image, at):
-        return fn.slice(image, at, shape, normalized_anchor=False, normalized_shape=False,
+    def window_at(image, at, wh=shape):
+        return fn.slice(image, at, wh, normalized_anchor=False, normalized_shape=False,
                         axis_names="WH", device=op_device)
 
     decoder = decoder_options(device, fancy_upsampling)
@@ -69,6 +73,13 @@ def process(data, anchor, flip, cmn_mean, *, encoded: bool, device: str, size: i
         anchors = [types.Constant(np.asarray(at, np.int32), device="cpu") for at in offsets]
         views = [finish(window_at(image, at), at, int(f)) for at, f in zip(anchors, flips)]
         return fn.stack(*views)
+    if window_shape is not None:
+        if encoded:  # ROI decode of the window alone, whatever its size
+            window = fn.decoders.image_slice(data, anchor, window_shape, normalized_anchor=False,
+                                             normalized_shape=False, axis_names="WH", **decoder)
+        else:
+            window = window_at(data if device == "cpu" else data.gpu(), anchor, window_shape)
+        return finish(_resized(window, crop, op_device), anchor, flip)
     if encoded and not roi_decode:  # decode-then-crop: kept to measure what ROI decode saves
         window = window_at(fn.decoders.image(data, **decoder), anchor)
     elif encoded:  # ROI decode: only the crop window is decoded
@@ -77,6 +88,14 @@ def process(data, anchor, flip, cmn_mean, *, encoded: bool, device: str, size: i
     else:
         window = window_at(data if device == "cpu" else data.gpu(), anchor)
     return finish(window, anchor, flip)
+
+
+def _resized(window, crop: int, op_device: str):
+    """The window resized to crop x crop as cv2's INTER_LINEAR does (augment.resized_window): linear,
+    pixel centres aligned, and no antialiasing, which DALI applies by default when scaling down."""
+    from nvidia.dali import fn, types
+    return fn.resize(window, size=[crop, crop], interp_type=types.INTERP_LINEAR, antialias=False,
+                     device=op_device)
 
 
 # --- the loaders ---------------------------------------------------------------------
@@ -161,6 +180,8 @@ class DaliLoader(BaseLoader):
         super().__init__(settings)
         if normalize_in not in ("torch", "dali"):
             raise ValueError(f"normalize_in must be torch or dali, not {normalize_in!r}")
+        if normalize_in == "dali" and (settings.color_jitter or settings.hue):
+            raise UserError("colour jitter runs in the torch normalisation: it needs --normalize-in torch")
         self.roi_decode = roi_decode  # False: decode the whole image, then crop (for the benchmark)
         self.normalize_in = normalize_in  # "dali": the float work in DALI too (for the benchmark)
         self.device_id = cuda_device_id(settings)
@@ -238,9 +259,9 @@ class DaliLoader(BaseLoader):
             data = [np.frombuffer(d.data, np.uint8) for d in datums]
         else:
             data = np.stack([self.index.pixels(d, i) for d, i in zip(datums, params["index"])])
-        anchor = np.stack([params["crop_x"], params["crop_y"]], axis=1).astype(np.int32)
-        return (data, anchor, params["flip"].astype(np.int32), self.cmn_mean(params["light"]),
-                np.array([d.label for d in datums], np.int64))
+        window = np.ascontiguousarray(params["window"], np.int32)  # (x, y, w, h): anchor and shape
+        return (data, window[:, :2].copy(), window[:, 2:].copy(), params["flip"].astype(np.int32),
+                self.cmn_mean(params["light"]), np.array([d.label for d in datums], np.int64))
 
     def _build(self, source):
         from nvidia.dali import fn, pipeline_def, types
@@ -250,14 +271,16 @@ class DaliLoader(BaseLoader):
         @pipeline_def(batch_size=self.layout.max_batch, num_threads=max(1, s.num_threads),
                       device_id=self.device_id, prefetch_queue_depth=self.PREFETCH)
         def graph():
-            data, anchor, flip, cmn_mean, labels = fn.external_source(
-                source=source, num_outputs=5, batch=True, cycle="raise",
-                dtype=[types.UINT8, types.INT32, types.INT32, types.FLOAT, types.INT64])
+            data, anchor, window_shape, flip, cmn_mean, labels = fn.external_source(
+                source=source, num_outputs=6, batch=True, cycle="raise",
+                dtype=[types.UINT8, types.INT32, types.INT32, types.INT32, types.FLOAT, types.INT64])
+            resized = s.train and s.crops == "random-resized"
             images = process(data, anchor, flip, cmn_mean, encoded=encoded, device=s.device,
                              size=self.index.size, crop=s.crop, norm=self.norm,
                              ten_crop=self.ten_crop, layout=layout, dtype=_dali_dtype(s.dtype),
                              roi_decode=self.roi_decode, normalize_in=self.normalize_in,
-                             fancy_upsampling=s.fancy_upsampling, flip_in_graph=self._flip_in_graph)
+                             fancy_upsampling=s.fancy_upsampling, flip_in_graph=self._flip_in_graph,
+                             window_shape=window_shape if resized else None)
             return images, labels
 
         return _built(graph)

@@ -3,7 +3,8 @@
 For machines without DALI.  It takes the same per-epoch plan as the DALI loader
 (``augment.train_plan``: permutation, offsets, flips, alphas from (seed, epoch) alone).  Each
 worker decodes with OpenCV (one thread per worker: the workers are the parallelism) and cuts the
-flipped uint8 crop window (``augment.flipped_window``); the main process then does the float work
+flipped uint8 crop window (``augment.flipped_window``; a random-resized window is resized to the crop
+by ``augment.resized_window``, the reference itself); the main process then does the float work
 with the DALI loader's own ``TorchNormalizer`` (mean window, lighting, std, NCHW) on the batch's
 device, so the two loaders give the same numbers.  uint8 crops also cross the worker pipe at a
 quarter of the float size.  The batch sampler hands each worker self-contained per-sample specs,
@@ -27,8 +28,9 @@ def _init_worker(_worker_id: int) -> None:
 
 
 class ViewDataset:
-    """Map-style dataset whose 'indices' are specs: (record, x, y, flip) or (record,) for ten-crop;
-    items are uint8 HWC flipped windows ((10, c, c, 3) for ten-crop) and the label."""
+    """Map-style dataset whose 'indices' are specs: (record, x, y, w, h, flip) or (record,) for ten-crop;
+    items are uint8 HWC flipped windows ((10, c, c, 3) for ten-crop) and the label.  A window of the
+    crop's size is cut out; any other is resized to it (random-resized crops, `augment.resized_window`)."""
 
     def __init__(self, index: RecordIndex, crop: int, ten_crop: bool):
         self.index, self.crop, self.ten_crop = index, crop, ten_crop
@@ -41,8 +43,10 @@ class ViewDataset:
         image = decode_rgb(datum, self.index, spec[0])
         if self.ten_crop:
             return augment.ten_windows(image, self.crop), datum.label
-        _, x, y, flip = spec
-        return augment.flipped_window(image, x, y, self.crop, flip), datum.label
+        _, x, y, w, h, flip = spec
+        if w == h == self.crop:
+            return augment.flipped_window(image, x, y, self.crop, flip), datum.label
+        return augment.resized_window(image, (x, y, w, h), self.crop, flip), datum.label
 
 
 def _named_failures(loader, owner: "TorchLoader", steps: list[dict]):
@@ -73,8 +77,8 @@ class TorchLoader(BaseLoader):
     def _specs(self, params: dict) -> list[tuple]:
         if self.ten_crop:
             return [(int(i),) for i in params["index"]]
-        return [(int(i), int(x), int(y), bool(f)) for i, x, y, f in
-                zip(params["index"], params["crop_x"], params["crop_y"], params["flip"])]
+        return [(int(i), *map(int, window), bool(f)) for i, window, f in
+                zip(params["index"], params["window"], params["flip"])]
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple]:
         from torch.utils.data import DataLoader
