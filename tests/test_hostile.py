@@ -280,6 +280,7 @@ REACHED_BY = {
     "loaders.base.BaseLoader.__init__": {"train", "viz augment", "bench loader"},  # evaluate checks the crop first
     "owned": {"prepare"},
     "prepare": {"prepare"},
+    "runlog": {"train"},
     "sample_data": {"sample-data"},
     "sources": {"prepare"},
     "stats": {"stats"},

@@ -181,7 +181,8 @@ class DaliLoader(BaseLoader):
         if normalize_in not in ("torch", "dali"):
             raise ValueError(f"normalize_in must be torch or dali, not {normalize_in!r}")
         if normalize_in == "dali" and (settings.color_jitter or settings.hue):
-            raise UserError("colour jitter runs in the torch normalisation: it needs --normalize-in torch")
+            raise UserError("colour jitter runs in the torch normalisation: it needs "
+                            "`alexnet-pipe bench loader --normalize-in torch`")
         self.roi_decode = roi_decode  # False: decode the whole image, then crop (for the benchmark)
         self.normalize_in = normalize_in  # "dali": the float work in DALI too (for the benchmark)
         self.device_id = cuda_device_id(settings)
