@@ -44,7 +44,7 @@ def unnormalised(images, stats: Path) -> np.ndarray:
 
 @pytest.mark.parametrize("bad, says", [
     (dict(crops="inception"), "crops must be one of"),
-    (dict(normalize="mean-image"), "random-resized crops need --normalize channel"),
+    (dict(normalize="mean-image"), "random-resized crops need per-channel normalisation"),
     (dict(crop_scale=(0.5, 0.2)), "crop_scale"),
     (dict(crop_scale=(0.0, 1.0)), "crop_scale"),
     (dict(crop_ratio=(1.0,)), "crop_ratio"),

@@ -108,7 +108,7 @@ def test_random_resized_with_the_mean_image_is_one_sentence(tmp_path):
     run_stats(StatsSettings(data, pca=False, recompute=False, sample=None, plot=False))
     result = invoke("train", "--data", str(data), "--cpu", "--loader", "torch", "--crops", "random-resized",
                     "--crop", "64", "--run", str(tmp_path / "r"), "--eval-every", "0", "--lighting", "0")
-    assert result.exit_code == 1 and "need --normalize channel" in result.output, result.output
+    assert result.exit_code == 1 and "need per-channel normalisation" in result.output, result.output
     assert "Traceback" not in result.output
 
 

@@ -82,7 +82,7 @@ def _validate_modern(s: LoaderSettings) -> None:
         # resizing the mean window per sample would double the resize work (and, on CUDA, mean a host
         # resize and copy per batch) for a normalisation the modern recipe does not use
         raise UserError("random-resized crops need per-channel normalisation (`alexnet-pipe train --normalize "
-                        "channel`, as --recipe modern sets): the mean image is defined per stored pixel, and a "
+                        "channel`, which the modern recipe sets): the mean image is defined per stored pixel, and a "
                         "resized window no longer lines up with it")
     if s.reader == "caffe" and (s.crops != "translate" or s.color_jitter or s.hue):
         raise UserError("reader 'caffe' applies the paper's augmentation only: use the default reader "
