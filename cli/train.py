@@ -186,7 +186,10 @@ def train(data: Path, run: Path | None, recipe: str | None, config: Path | None,
     else:
         settings = resolve_settings(recipe or "paper", **given)
     if dry_run:
-        print_settings("train (dry run)", finalize(settings, settings.nproc))
+        from alexnet_pipe.paper import report
+        final = finalize(settings, settings.nproc)
+        print_settings("train (dry run)", final)
+        click.echo(report(final))
         return
     print_settings("train", settings)
     run_training(settings)
