@@ -22,6 +22,7 @@ def bare_step_time(s: TrainSettings, steps: int, warmup: int) -> float:
     images, labels = SyntheticLoader(s.batch_size, s.crop, s.num_classes or 10, device=device,
                                      channels_last=device.type == "cuda", pool=1).batches[0]
     model = build(s, s.num_classes or 10, device)
+    net = torch.compile(model) if s.compile else model  # as train() does
     opt = make_opt(s, model)
     for i in range(warmup + steps):
         if i == warmup:
@@ -29,7 +30,7 @@ def bare_step_time(s: TrainSettings, steps: int, warmup: int) -> float:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
         with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-            loss = F.cross_entropy(model(images), labels)
+            loss = F.cross_entropy(net(images), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -55,7 +56,8 @@ def bench_train_step(s: TrainSettings, steps: int = 20, warmup: int = 5, repeats
     for _ in range(repeats):
         bare = min(bare, bare_step_time(s, steps, warmup))
         trainer = min(trainer, trainer_step_time(s, steps, warmup))
-    return {"device": s.device, "arch": s.arch, "width": s.width, "crop": s.crop, "batch_size": s.batch_size,
+    return {"device": s.device, "arch": s.arch, "lrn_impl": s.lrn_impl, "conv": s.conv, "compile": s.compile,
+            "momentum_form": s.momentum_form, "width": s.width, "crop": s.crop, "batch_size": s.batch_size,
             "steps": steps, "bare_step_ms": bare * 1e3, "trainer_step_ms": trainer * 1e3,
             "bare_images_per_sec": s.batch_size / bare, "trainer_images_per_sec": s.batch_size / trainer,
             "overhead": trainer / bare - 1}

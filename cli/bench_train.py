@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import click
 
+from alexnet_pipe.config import ARCHS, CONV_IMPLS, LRN_IMPLS, MOMENTUM_FORMS
 from alexnet_pipe_cli.common import FiniteFloat, run_and_report
 
 
 @click.command("train")
-@click.option("--arch", type=click.Choice(["alexnet", "alexnet-owt"]), default="alexnet", show_default=True)
+@click.option("--arch", type=click.Choice(ARCHS), default=ARCHS[0], show_default=True)
+@click.option("--lrn-impl", type=click.Choice(LRN_IMPLS), default=LRN_IMPLS[0], show_default=True,
+              help="LRN kernel: fused (one op, analytic backward), reference (autograd), compiled (torch.compile).")
+@click.option("--conv", type=click.Choice(CONV_IMPLS), default=CONV_IMPLS[0], show_default=True,
+              help="Grouped layers as one grouped convolution or two dense ones.")
+@click.option("--momentum-form", type=click.Choice(MOMENTUM_FORMS), default=MOMENTUM_FORMS[0], show_default=True)
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (train() and the bare loop).")
 @click.option("--width", type=FiniteFloat(min=0, min_open=True), default=None,
               help="[default: 1 on GPU, 0.25 on CPU]")
 @click.option("--crop", type=click.IntRange(min=63), default=None, help="[default: 224 on GPU, 112 on CPU]")
@@ -19,13 +26,15 @@ from alexnet_pipe_cli.common import FiniteFloat, run_and_report
               help="Alternating runs of each; the best is kept.")
 @click.option("--cpu", is_flag=True, help="Benchmark on CPU even where CUDA is present.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench_train(arch: str, width: float | None, crop: int | None, batch_size: int | None, steps: int,
-                warmup: int, repeats: int, cpu: bool, as_json: bool):
+def bench_train(arch: str, lrn_impl: str, conv: str, momentum_form: str, compile_: bool, width: float | None,
+                crop: int | None, batch_size: int | None, steps: int, warmup: int, repeats: int, cpu: bool,
+                as_json: bool):
     """Step time of train() on synthetic tensors vs a bare forward/backward/step loop (target: <= 5% overhead).
 
     \b
     alexnet-pipe bench train                 # AlexNet, batch 128, bf16 + channels_last on a GPU
     alexnet-pipe bench train --cpu --width 0.25 --crop 112 --batch-size 32
+    alexnet-pipe bench train --batch-size 256 --lrn-impl reference --conv split --json   # one row of a GPU table
     """
     import torch
 
@@ -35,7 +44,8 @@ def bench_train(arch: str, width: float | None, crop: int | None, batch_size: in
     gpu = torch.cuda.is_available() and not cpu
     settings = TrainSettings(
         loader="synthetic", arch=arch, device="cuda" if gpu else "cpu", width=width or (1.0 if gpu else 0.25),
-        crop=crop or (224 if gpu else 112), batch_size=batch_size or (128 if gpu else 32), eval_every=0)
+        crop=crop or (224 if gpu else 112), batch_size=batch_size or (128 if gpu else 32), eval_every=0,
+        lrn_impl=lrn_impl, conv=conv, momentum_form=momentum_form, compile=compile_)
     run_and_report("bench train", settings,
                    lambda s: bench_train_step(s, steps=steps, warmup=warmup, repeats=repeats), as_json, lambda r: [
                        f"bare loop   {r['bare_step_ms']:8.2f} ms/step  {r['bare_images_per_sec']:9.1f} images/s",

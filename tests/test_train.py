@@ -257,3 +257,16 @@ def test_no_lighting_flag():
     assert result.exit_code == 0 and "lighting         0.0" in result.output
     result = invoke("train", "--cpu", "--loader", "synthetic", "--no-lighting", "--lighting", "0.2", "--run", "r")
     assert result.exit_code == 1 and "contradictory" in result.output
+
+
+def test_bench_train_times_the_implementation_asked_for(monkeypatch):
+    """--lrn-impl / --conv reach the model both loops build (a GPU table compares them row by row)."""
+    import alexnet_pipe.bench_train as bench
+    built = []
+    real = bench.build
+    monkeypatch.setattr(bench, "build", lambda s, n, d: built.append((s.lrn_impl, s.conv)) or real(s, n, d))
+    result = invoke("bench", "train", "--cpu", "--width", "0.0625", "--crop", "64", "--batch-size", "4", "--steps",
+                    "1", "--warmup", "1", "--repeats", "1", "--lrn-impl", "reference", "--conv", "split", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert (report["lrn_impl"], report["conv"]) == ("reference", "split") and ("reference", "split") in built
