@@ -277,6 +277,10 @@ def check_resume(s: TrainSettings, manifest: dict | None) -> None:
     if s.resume != "latest" and not Path(s.resume).is_file():
         raise UserError(f"--resume: no checkpoint file {s.resume}")
     state = load_checkpoint(resume_path(s))
+    classes = len(manifest["classes"]) if manifest else (s.num_classes or 10)
+    if int(state["num_classes"]) != classes:  # before the weights meet a model of another size in every rank
+        raise UserError(f"--resume: the checkpoint has {state['num_classes']} classes but {s.data} holds {classes}; "
+                        "pass the run's own --data or start a new --run")
     check_resumable(state, s, data_fingerprint(manifest) if manifest else None)
     before = int(state["settings"].get("nproc", s.nproc))
     if manifest and before != s.nproc:

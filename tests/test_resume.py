@@ -124,6 +124,12 @@ def test_a_resume_on_other_data_is_refused(tmp_path):
     result = CliRunner().invoke(cli, ["train", "--cpu", "--run", str(run), "--resume", "--data", str(other),
                                       "--max-steps", "2"])
     assert result.exit_code == 1 and "other data" in result.output and "Traceback" not in result.output
+    three = make_data_dir(tmp_path / "c", {"train": (random_images(12, 72, seed=5), np.arange(12) % 2)}, 2, 1, "jpeg")
+    (three / "stats").mkdir()
+    np.save(three / "stats" / "mean.npy", np.full((72, 72, 3), 100, np.float32))
+    write_pca_json(three / "stats" / "pca.json", [3.0, 2.0, 1.0], np.eye(3), [120.0] * 3, [50.0] * 3, 72, 12)
+    result = CliRunner().invoke(cli, ["train", "--cpu", "--run", str(run), "--resume", "--data", str(three)])
+    assert result.exit_code == 1 and "has 3 classes but" in result.output and "holds 2" in result.output
     assert CliRunner().invoke(cli, ["train", "--cpu", "--run", str(run), "--resume", "--max-steps", "2"]).exit_code == 0
 
 
