@@ -1,7 +1,7 @@
 """Preemption: schedulers (Slurm, Kubernetes, spot instances) send SIGTERM some seconds before they kill.
 
-`StopRequest` turns SIGTERM into a flag that the trainer reads once per step; with several processes the ranks
-agree on it (one tiny all-reduce), so all of them finish the same step, write one checkpoint and leave with
+`StopRequest` turns SIGTERM into a flag that the trainer reads; with several processes the ranks agree on it at a
+metrics row (one tiny all-reduce), so all of them finish the same step, write one checkpoint and leave with
 PREEMPTED_EXIT, which `--resume` and the elastic launcher continue from exactly.
 """
 from __future__ import annotations

@@ -191,9 +191,11 @@ def train(s: TrainSettings) -> dict:
                 meter.add(train_step(net, opt, images, labels, cuda, s.label_smoothing), waited)
                 pos.step += 1
                 pos.step_in_epoch += 1
-                stopping = preempt.agreed(world, device)
                 ckpt_due = bool(s.ckpt_every) and pos.step % s.ckpt_every == 0 and pos.step_in_epoch < spe
-                if pos.step % s.log_every == 0 or pos.step_in_epoch == spe or pos.step == stop or ckpt_due or stopping:
+                row_due = pos.step % s.log_every == 0 or pos.step_in_epoch == spe or pos.step == stop or ckpt_due
+                # ranks agree on a stop where a row syncs them anyway: no extra host sync on other steps
+                stopping = (row_due or world == 1) and preempt.agreed(world, device)
+                if row_due or stopping:
                     summary = write_row(log, meter, pos, spe, lr, world, s.batch_size)
                 if ckpt_due and pos.step < stop and not stopping:
                     save(s, pos, model, opt, plateau, **ctx)
