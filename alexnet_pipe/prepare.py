@@ -26,7 +26,7 @@ from .datadir import DataDir
 from .errors import Interrupted, UserError
 from .files import atomic_write, write_json_atomic
 from .outdir import overlap, writable_dir
-from .sources import Inventory, Item, discover, read_bytes
+from .sources import Inventory, Item, ItemList, discover, read_bytes
 
 SPLIT_STREAMS = {"train": 0, "val": 1}
 CHUNK = 32  # images per task sent to a worker
@@ -59,12 +59,12 @@ class PrepareSettings:
                 "shards": self.shards, "shard_size": self.shard_size}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ShardPlan:
     split: str
     index: int
     start: int                      # global index (key number) of the first item
-    items: tuple[Item, ...]
+    items: ItemList                 # a selection of the split's list: Items are made per chunk (see _tasks)
 
     @property
     def name(self) -> str:
@@ -74,8 +74,8 @@ class ShardPlan:
     def fingerprint(self) -> str:
         """sha256 of the planned inputs; the plan record, resume and commit all ask for it."""
         h = hashlib.sha256()
-        for item in self.items:
-            h.update(f"{item.relpath}\0{item.label}\n".encode("utf-8", "surrogateescape"))
+        for i in range(len(self.items)):  # f"{relpath}\0{label}\n", without an Item per image
+            h.update(self.items.relpath_bytes(i) + b"\0%d\n" % self.items.label(i))
         return h.hexdigest()
 
 
@@ -85,15 +85,14 @@ def shard_count(n: int, settings: PrepareSettings) -> int:
     return min(settings.shards, n) if settings.shards else math.ceil(n / settings.shard_size)
 
 
-def plan_split(split: str, items: list[Item], seed: int, count: int) -> list[ShardPlan]:
-    """Seeded global shuffle of the split, cut into `count` contiguous shards."""
+def plan_split(split: str, items: ItemList, seed: int, count: int) -> list[ShardPlan]:
+    """Seeded global shuffle of the split (sorted by relative path first), cut into `count` contiguous shards."""
     if count == 0:
         return []
-    ordered = sorted(items, key=lambda it: it.relpath)
-    perm = np.random.default_rng([seed, SPLIT_STREAMS[split]]).permutation(len(ordered))
-    shuffled = [ordered[i] for i in perm]
+    ordered = items.sorted_order()
+    shuffled = ordered[np.random.default_rng([seed, SPLIT_STREAMS[split]]).permutation(len(ordered))]
     bounds = [len(shuffled) * s // count for s in range(count + 1)]
-    return [ShardPlan(split, s, bounds[s], tuple(shuffled[bounds[s]:bounds[s + 1]])) for s in range(count)]
+    return [ShardPlan(split, s, bounds[s], items.take(shuffled[bounds[s]:bounds[s + 1]])) for s in range(count)]
 
 
 def make_plan(inv: Inventory, settings: PrepareSettings) -> dict[str, list[ShardPlan]]:
