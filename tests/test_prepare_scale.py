@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 import os
 import time
 import tracemalloc
@@ -61,3 +62,57 @@ def test_items_give_back_what_was_added():
     tar.add("val/v.JPEG", 0, offset=512, size=9)
     picked = tar.take(np.array([0, 0]))
     assert picked[1:] == [sources.Item("val/v.JPEG", 0, "/t.tar", 512, 9)] and len(picked) == 2
+
+
+class Log(io.StringIO):
+    """A log file (not a terminal) that notes, with every line, whether the listing had ended by then."""
+
+    def __init__(self):
+        super().__init__()
+        self.listed, self.lines = False, []
+
+    def write(self, text):
+        self.lines.append((self.listed, text))
+        return super().write(text)
+
+
+def _images(root: Path, n: int = 6) -> Path:
+    from alexnet_pipe.sample_data import draw_image, write_jpeg
+    for i in range(n):
+        (root / "train" / f"n{i % 2:08d}").mkdir(parents=True, exist_ok=True)
+        write_jpeg(root / "train" / f"n{i % 2:08d}" / f"{i}.JPEG", draw_image(i % 8, np.random.default_rng(i), 40, 48))
+    return root
+
+
+def test_listing_shows_the_files_found_while_it_lists(tmp_path, monkeypatch):
+    src = _images(tmp_path / "src")
+    _flat_tree(src, sources.TICK * 3, classes=2)  # empty files: listed, then rejected
+    log, make_plan_now = Log(), prepare.make_plan
+    monkeypatch.setattr(prepare, "LISTING_EVERY", 0.0)
+    monkeypatch.setattr(prepare, "make_plan", lambda *a: (setattr(log, "listed", True), make_plan_now(*a))[1])
+    prepare.run(PrepareSettings(source=src, data=tmp_path / "d", size=32), echo=lambda *_: None, stream=log)
+    during = [text for listed, text in log.lines if not listed and text.startswith("listing")]
+    assert len(during) >= 3 and f"{sources.TICK} files" in during[0]
+
+
+def test_the_rate_is_over_the_whole_run_listing_included(tmp_path, monkeypatch):
+    src, discover_now = _images(tmp_path / "src"), prepare.discover
+    monkeypatch.setattr(prepare, "discover", lambda *a, **k: (time.sleep(1.0), discover_now(*a, **k))[1])
+    summary = prepare.run(PrepareSettings(source=src, data=tmp_path / "d", size=32), echo=lambda *_: None,
+                          stream=io.StringIO())
+    assert summary["written_now"] == 6 and summary["listing_seconds"] >= 1.0
+    assert summary["images_per_sec"] == summary["written_now"] / summary["seconds"]
+    assert summary["writing_images_per_sec"] > summary["images_per_sec"]
+
+
+def test_verify_shows_each_shard_verified(tmp_path, monkeypatch):
+    from alexnet_pipe import verify
+    src = _images(tmp_path / "src")
+    prepare.run(PrepareSettings(source=src, data=tmp_path / "d", size=32, shards=3), echo=lambda *_: None,
+                stream=io.StringIO())
+    monkeypatch.setattr(verify, "VERIFY_EVERY", 0.0)
+    for workers in (1, 2):
+        log = io.StringIO()
+        assert not any(r.problems for r in verify.verify(tmp_path / "d", workers=workers, stream=log))
+        counts = [re.search(r"\d+/\d+", line)[0] for line in log.getvalue().splitlines()]
+        assert counts == ["1/3", "2/3", "3/3"], log.getvalue()
