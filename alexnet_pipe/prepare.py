@@ -26,9 +26,10 @@ from .datadir import DataDir
 from .errors import Interrupted, UserError
 from .files import atomic_write, write_json_atomic
 from .outdir import overlap, writable_dir
-from .sources import Inventory, Item, discover, read_bytes
+from .sources import Inventory, Item, ItemList, discover, read_bytes
 
 SPLIT_STREAMS = {"train": 0, "val": 1}
+LISTING_EVERY = 1.0  # seconds between "listing" lines in a log: listing ImageNet takes half a minute
 CHUNK = 32  # images per task sent to a worker
 IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker: enough to hide the parent's LMDB writes, and no more
 assert CHUNK * 255 < 1 << 16  # a chunk's pixel sums fit uint16 (see process_chunk)
@@ -59,12 +60,12 @@ class PrepareSettings:
                 "shards": self.shards, "shard_size": self.shard_size}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ShardPlan:
     split: str
     index: int
     start: int                      # global index (key number) of the first item
-    items: tuple[Item, ...]
+    items: ItemList                 # a selection of the split's list: Items are made per chunk (see _tasks)
 
     @property
     def name(self) -> str:
@@ -74,8 +75,8 @@ class ShardPlan:
     def fingerprint(self) -> str:
         """sha256 of the planned inputs; the plan record, resume and commit all ask for it."""
         h = hashlib.sha256()
-        for item in self.items:
-            h.update(f"{item.relpath}\0{item.label}\n".encode("utf-8", "surrogateescape"))
+        for i in range(len(self.items)):  # f"{relpath}\0{label}\n", without an Item per image
+            h.update(self.items.relpath_bytes(i) + b"\0%d\n" % self.items.label(i))
         return h.hexdigest()
 
 
@@ -85,15 +86,14 @@ def shard_count(n: int, settings: PrepareSettings) -> int:
     return min(settings.shards, n) if settings.shards else math.ceil(n / settings.shard_size)
 
 
-def plan_split(split: str, items: list[Item], seed: int, count: int) -> list[ShardPlan]:
-    """Seeded global shuffle of the split, cut into `count` contiguous shards."""
+def plan_split(split: str, items: ItemList, seed: int, count: int) -> list[ShardPlan]:
+    """Seeded global shuffle of the split (sorted by relative path first), cut into `count` contiguous shards."""
     if count == 0:
         return []
-    ordered = sorted(items, key=lambda it: it.relpath)
-    perm = np.random.default_rng([seed, SPLIT_STREAMS[split]]).permutation(len(ordered))
-    shuffled = [ordered[i] for i in perm]
+    ordered = items.sorted_order()
+    shuffled = ordered[np.random.default_rng([seed, SPLIT_STREAMS[split]]).permutation(len(ordered))]
     bounds = [len(shuffled) * s // count for s in range(count + 1)]
-    return [ShardPlan(split, s, bounds[s], tuple(shuffled[bounds[s]:bounds[s + 1]])) for s in range(count)]
+    return [ShardPlan(split, s, bounds[s], items.take(shuffled[bounds[s]:bounds[s + 1]])) for s in range(count)]
 
 
 def make_plan(inv: Inventory, settings: PrepareSettings) -> dict[str, list[ShardPlan]]:
@@ -485,23 +485,39 @@ def _refuse_overlap(settings: PrepareSettings) -> None:
                         "--overwrite removes files there, so choose a --data dir outside the source")
 
 
-def run(settings: PrepareSettings, echo=print) -> dict:
-    """The whole command; returns a summary dict (also what the CLI prints)."""
+def _list(settings: PrepareSettings, echo, stream) -> Inventory:
+    """discover, with a count of the files found so far (the total is unknown until the end)."""
+    from .progress import Progress
+    echo(f"listing {settings.source} ...")
+    listing = Progress(None, "listing", unit=" files", stream=stream, every=LISTING_EVERY)
+    try:
+        return discover(settings.source, settings.val_labels, tick=listing.update)
+    finally:
+        listing.close()
+
+
+def run(settings: PrepareSettings, echo=print, stream=None) -> dict:
+    """The whole command; returns a summary dict (also what the CLI prints). Progress goes to stream
+    (stderr by default). images_per_sec is over the whole run, listing included."""
     t0 = time.perf_counter()
     _refuse_overlap(settings)
     dd = DataDir(Path(settings.data))
-    inv = discover(settings.source, settings.val_labels)
+    inv = _list(settings, echo, stream)
+    listed = time.perf_counter() - t0
     plan = make_plan(inv, settings)
     only = resolve_only_shards(settings, plan)
     writable_dir(dd.root, "--data dir")
     # a whole run may clear and finalises: it waits for every other writer; --only-shards workers share
     with claims.data_dir_lock(dd.root, exclusive=only is None or settings.overwrite, echo=echo):
-        summary = _run_locked(dd, inv, plan, only, settings, echo)
+        summary = _run_locked(dd, inv, plan, only, settings, echo, stream)
     summary["seconds"] = time.perf_counter() - t0
+    summary["listing_seconds"] = listed
+    summary["images_per_sec"] = summary["written_now"] / max(summary["seconds"], 1e-9)
     return summary
 
 
-def _run_locked(dd: DataDir, inv: Inventory, plan: dict[str, list[ShardPlan]], only, settings, echo) -> dict:
+def _run_locked(dd: DataDir, inv: Inventory, plan: dict[str, list[ShardPlan]], only, settings, echo,
+                stream=None) -> dict:
     from .progress import Progress
     todo = []
     try:
@@ -511,10 +527,10 @@ def _run_locked(dd: DataDir, inv: Inventory, plan: dict[str, list[ShardPlan]], o
         echo(f"{inv.layout} layout: " + ", ".join(f"{s} {len(v)} images" for s, v in inv.splits.items())
              + f", {len(inv.classes)} classes; {len(todo)} shards to write ({total} images)")
         job = ImageJob(settings.size, settings.quality, settings.encoding, settings.resize, settings.reduce)
-        progress = Progress(total, "prepare")
+        progress = Progress(total, "prepare", stream=stream)
         written, skipped = _write_all(dd, todo, job, settings.workers, progress)
         rate = progress.close()
-        summary = {"written_now": sum(len(p.items) for p in written), "images_per_sec": rate,
+        summary = {"written_now": sum(len(p.items) for p in written), "writing_images_per_sec": rate,
                    "shards_written_now": len(written), "manifest": None,
                    "written_shards": [f"{p.split}/{p.name}" for p in written],
                    "left_to_others": [f"{p.split}/{p.name}" for p in skipped]}

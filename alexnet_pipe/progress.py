@@ -32,7 +32,9 @@ class Progress:
             self.bar.update(n)
             return
         now = time.perf_counter()
-        if self.enabled and (now - self._last >= self.every or self.done >= self.total):
+        # total None: a count that grows (files found while listing), lines every `every` seconds only
+        finished = self.total is not None and self.done >= self.total
+        if self.enabled and (now - self._last >= self.every or finished):
             self._last = now
             self._line(now)
 

@@ -8,6 +8,8 @@ from . import shards
 from .datadir import DataDir
 from .errors import UserError
 
+VERIFY_EVERY = 1.0  # seconds between progress lines in a log: a shard of 10,000 records takes seconds
+
 
 @dataclasses.dataclass
 class ShardReport:
@@ -63,26 +65,34 @@ def first_damaged_record(shard_dirs: list[Path], size: int, num_classes: int) ->
     return None
 
 
-def verify(data: Path, workers: int = 1) -> list[ShardReport]:
+def verify(data: Path, workers: int = 1, stream=None, show: bool = True) -> list[ShardReport]:
+    """Every shard's problems, in manifest order; shards verified so far go to stream (stderr by default)."""
+    from .progress import Progress
     dd = DataDir(Path(data))
     manifest = shards.read_manifest(dd.root)
     size, ncls = manifest["settings"]["size"], len(manifest["classes"])
     jobs = [(split, entry) for split, info in manifest["splits"].items() for entry in info["shards"]]
     args = [(dd.split(split) / e["name"], e, size, ncls) for split, e in jobs]
-    if workers > 1 and len(args) > 1:
-        found = _in_workers(args, workers)
-    else:
-        found = [check_shard(*a) for a in args]
-    return [ShardReport(split, e["name"], e["records"], p) for (split, e), p in zip(jobs, found)]
+    progress = Progress(len(args), "verify", unit="shard", stream=stream, every=VERIFY_EVERY, enabled=show)
+    try:
+        checked = _in_workers(args, workers) if workers > 1 and len(args) > 1 else (check_shard(*a) for a in args)
+        found = []
+        for (split, e), problems in zip(jobs, checked):
+            found.append(ShardReport(split, e["name"], e["records"], problems))
+            progress.update(1, f"{split}/{e['name']}")
+    finally:
+        progress.close()
+    return found
 
 
-def _in_workers(args: list[tuple], workers: int) -> list[list[str]]:
+def _in_workers(args: list[tuple], workers: int):
+    """check_shard of each, in order, as each is done."""
     from concurrent.futures.process import BrokenProcessPool
 
     from .prepare import worker_pool
     try:
         with worker_pool(workers) as pool:
-            return list(pool.map(check_shard, *zip(*args)))
+            yield from pool.map(check_shard, *zip(*args))
     except BrokenProcessPool:  # a shard damaged in a way that crashes LMDB itself, or memory ran out
         raise UserError("a verify worker process died (a shard damaged so that LMDB crashed reading it, or "
                         "memory ran out): run `alexnet-pipe verify --workers 1` to see which shard") from None

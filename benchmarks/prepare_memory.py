@@ -1,6 +1,7 @@
 """Peak RSS of prepare's parent and of its largest worker, on N tiny images (docs/performance.md).
 
     .venv/bin/python benchmarks/prepare_memory.py 10000 160000 --workers 2 [--size 32]
+    .venv/bin/python benchmarks/prepare_memory.py 1281167 --plan-only   # listing and shard plan alone
 
 The tree is N hard links to 100 48x40 JPEGs (one per class) under train/<100 classes>/ (listing, planning and the
 writer see N distinct files; the disk holds one), prepared at --size 32 into a fresh data dir.
@@ -42,6 +43,18 @@ print(json.dumps({"seconds": time.perf_counter() - t,
                   "worker_peak_mb": peak[0] / 1024}))
 """
 
+# --plan-only: what the parent holds once the source is listed and planned (before any worker starts)
+PLAN = """
+import json, resource, sys, time
+from pathlib import Path
+from alexnet_pipe.prepare import PrepareSettings, make_plan
+from alexnet_pipe.sources import discover
+t = time.perf_counter()
+plan = make_plan(discover(Path(sys.argv[1])), PrepareSettings(source=Path(sys.argv[1]), data=Path(sys.argv[2])))
+print(json.dumps({"seconds": time.perf_counter() - t, "shards": sum(len(p) for p in plan.values()),
+                  "parent_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
 
 def make_tree(root: Path, n: int) -> None:
     import numpy as np
@@ -61,14 +74,16 @@ def main() -> None:
     parser.add_argument("counts", type=int, nargs="+")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--plan-only", action="store_true", help="list and plan only: no image is written")
     args = parser.parse_args()
     for n in args.counts:
         with tempfile.TemporaryDirectory() as tmp:
             make_tree(Path(tmp) / "tree", n)
-            out = subprocess.run([sys.executable, "-c", RUN, str(Path(tmp) / "tree" / "src"), str(Path(tmp) / "d"),
+            script = PLAN if args.plan_only else RUN
+            out = subprocess.run([sys.executable, "-c", script, str(Path(tmp) / "tree" / "src"), str(Path(tmp) / "d"),
                                   str(args.workers), str(args.size)], capture_output=True, text=True, check=True)
             result = json.loads(out.stdout.strip().splitlines()[-1])
-            print(json.dumps({"images": n, "workers": args.workers, "size": args.size, "date": time.strftime("%Y-%m-%d"), **result}))
+            print(json.dumps({"images": n, "plan_only": args.plan_only, "workers": args.workers, "size": args.size, "date": time.strftime("%Y-%m-%d"), **result}))
 
 
 if __name__ == "__main__":

@@ -78,7 +78,8 @@ def prepare(source, data, dry_run, **options):
 
 def _print_summary(summary: dict, data: Path) -> None:
     click.echo(f"wrote {summary['written_now']} images in {summary['seconds']:.1f} s "
-               f"({summary['images_per_sec']:.0f} img/s, {summary['shards_written_now']} shards)")
+               f"({summary['images_per_sec']:.0f} img/s overall: listing {summary['listing_seconds']:.1f} s, "
+               f"then {summary['writing_images_per_sec']:.0f} img/s writing; {summary['shards_written_now']} shards)")
     if summary["left_to_others"]:
         click.echo(f"{len(summary['left_to_others'])} shards were being written by another prepare and were left "
                    f"to it ({', '.join(summary['left_to_others'][:3])})")
