@@ -137,3 +137,15 @@ def test_verify_reports_a_key_file_that_differs_from_the_records(data, tmp_path)
     assert any("keys.bin" in p for p in reports["shard-00002"])
     assert any("keys.bin" in p for p in reports["shard-00000"])
     assert reports["shard-00001"] == []
+
+
+def test_keys_index_like_the_list_they_replace():
+    keys = [b"a", b"\xff\xfe", b"ccc"]
+    packed = shards.Keys.concat([shards.Keys.from_list(keys[:1]), shards.Keys.from_list([]),
+                                 shards.Keys.from_list(keys[1:])])
+    assert len(packed) == 3 and list(packed) == keys
+    for i in [*range(-3, 3), *np.arange(3), np.int32(-1)]:  # loaders index with numpy integers
+        assert packed[i] == keys[i]
+    for i in (3, -4):
+        with pytest.raises(IndexError):
+            packed[i]
