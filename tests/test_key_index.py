@@ -149,3 +149,15 @@ def test_keys_index_like_the_list_they_replace():
     for i in (3, -4):
         with pytest.raises(IndexError):
             packed[i]
+
+
+def test_prepare_owns_the_key_files_it_writes(data, tmp_path):
+    """A resumed or --overwrite prepare refuses a data dir holding files it did not write: keys.bin is its own."""
+    from alexnet_pipe import owned
+    from alexnet_pipe.datadir import DataDir
+    dd = DataDir(copy_data(data, tmp_path / "d"))
+    left = dd.root / "train" / "shard-00000" / f".{shards.KEY_INDEX}.tmp-123"  # what a kill inside commit leaves
+    left.write_bytes(b"")
+    assert owned.foreign_entries(dd) == []
+    (dd.root / "train" / "shard-00000" / "notes.txt").write_text("mine")
+    assert [p.name for p in owned.foreign_entries(dd)] == ["notes.txt"]
