@@ -569,14 +569,24 @@ class ShardWriter:
     """
     TXN_RECORDS = 256
     INITIAL_MAP_SIZE = INITIAL_MAP_SIZE
+    # LMDB sizes lock.mdb with ftruncate and writes it through a shared map: on a full disk (tmpfs) that sparse
+    # page is SIGBUS, a dead process instead of ENOSPC. Its blocks are allocated first (8 KiB is what LMDB takes
+    # for its default 126 readers; a larger existing file it keeps as it is).
+    LOCK_BYTES = 16 << 10
 
     def __init__(self, final_dir: Path, size: int):
         import lmdb
         self.final_dir = Path(final_dir)
         self.tmp_dir = self.final_dir.with_name(f".{self.final_dir.name}.tmp-{os.getpid()}")
         self.tmp_dir.mkdir(parents=True)
-        self.env = lmdb.open(str(self.tmp_dir), map_size=self.INITIAL_MAP_SIZE, subdir=True, sync=False,
-                             metasync=False, lock=True)
+        try:
+            _allocate(self.tmp_dir / "lock.mdb", self.LOCK_BYTES)
+            self.env = lmdb.open(str(self.tmp_dir), map_size=self.INITIAL_MAP_SIZE, subdir=True, sync=False,
+                                 metasync=False, lock=True)
+        except BaseException:  # a full disk, most likely: leave no temp dir behind
+            import shutil
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            raise
         self.map_size = self.INITIAL_MAP_SIZE
         self.txn = self.env.begin(write=True)
         self.pending: list[tuple[bytes, bytes]] = []  # this transaction's records, replayed after a resize
@@ -661,6 +671,15 @@ class ShardWriter:
             self.env.close()
         finally:
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+
+def _allocate(path: Path, size: int) -> None:
+    """A file of `size` bytes whose blocks are allocated: ENOSPC here, never SIGBUS when mapped later."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
 
 
 def read_shard_meta(shard_dir: Path) -> dict | None:
