@@ -24,6 +24,7 @@ CLAIMS_LOCK = ".claims.lock"  # claims.CLAIMS_LOCK; kept by clear(): another wri
 SHARD_DIR = re.compile(r"shard-\d{5}")
 SHARD_ENTRY = re.compile(r"(shard-\d{5}|\.shard-\d{5}\.tmp-.+|\.shard-\d{5}\.claim|\.claims\.lock)")
 SHARD_FILE = re.compile(rf"\.?(data\.mdb|lock\.mdb|{re.escape(shards.SHARD_META)}|{re.escape(shards.SHARD_STATS)}"
+                        rf"|{re.escape(shards.KEY_INDEX)}"
                         rf"|{re.escape(SHARD_REJECTS)}){_TMP}")
 STATS_FILE = re.compile(rf"\.?(mean\.npy|mean\.binaryproto|stats_settings\.json|pca\.json|mean\.png|pca_axes\.png)"
                         rf"{_TMP}")

@@ -21,11 +21,12 @@ class ShardReport:
 
 def check_shard(shard_dir: Path, expected: dict, size: int, num_classes: int) -> list[str]:
     """Decode every record of one shard; compare count and checksum with the manifest."""
-    problems = []
+    problems, keys = [], []
     check, count = shards.RecordChecksum(), 0
     try:
         for key, value in shards.iter_records(shard_dir):
             check.update(key, value)
+            keys.append(key)
             count += 1
             problem = record_problem(shard_dir, key, value, size, num_classes)
             if problem:
@@ -36,7 +37,21 @@ def check_shard(shard_dir: Path, expected: dict, size: int, num_classes: int) ->
         problems.append(f"{count} records, manifest says {expected['records']}")
     if check.hexdigest() != expected["checksum"]:
         problems.append("checksum differs from the manifest")
+    problems += key_index_problems(shard_dir, keys)
     return problems[:20]
+
+
+def key_index_problems(shard_dir: Path, keys: list[bytes]) -> list[str]:
+    """keys.bin against the records: the loaders list a shard's keys from it without reading LMDB."""
+    try:
+        index, problem = shards.key_index_problem(shard_dir, shards.load_shard_meta(shard_dir))
+    except shards.ShardFormatError as exc:
+        return [f"{shards.SHARD_META} is unreadable ({exc})"]
+    if problem:
+        return [f"{problem} (the loaders then list the keys from LMDB, slower)"]
+    if index is not None and list(index) != keys:
+        return [f"{shards.KEY_INDEX} does not hold the shard's keys"]
+    return []
 
 
 def check_record(shard_dir: Path, key: bytes, value: bytes, size: int, num_classes: int) -> None:

@@ -1,10 +1,13 @@
 """The Datum codec and the per-shard statistics, against hand-made references."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
 from alexnet_pipe import shards
+from tests.test_prepare_faults import small_disk  # noqa: F401  (a fixture: a 20 MB tmpfs, or a skip)
 
 
 def test_datum_wire_bytes_match_a_hand_encoding():
@@ -101,3 +104,18 @@ def test_writer_grows_its_map_and_stores_a_small_one(tmp_path, monkeypatch, reco
     env.close()
     meta = shards.read_lmdb_meta(tmp_path / "shard-00000")
     assert used <= meta.map_size <= max(4 * used, 64 << 10)
+
+
+
+def test_a_full_disk_when_a_shard_opens_is_enospc_not_sigbus(small_disk):
+    """LMDB maps lock.mdb, which it only ftruncates: on a full tmpfs that page is SIGBUS, a dead process."""
+    import subprocess
+    import sys
+    with open(small_disk / "ballast", "wb", buffering=0) as f:  # fill it to the last block
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * (1 << 16))
+    code = f"from alexnet_pipe.shards import ShardWriter\nShardWriter({str(small_disk / 'shard-00000')!r}, 1)\n"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "No space left on device" in run.stderr, (run.returncode, run.stderr[-300:])
+    assert sorted(p.name for p in small_disk.iterdir()) == ["ballast"]  # no temp dir left behind

@@ -6,12 +6,14 @@ a second open of one env in a process and its handles must not cross fork().
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
-from ..shards import DamagedRecord, Datum, open_reader, read_datum, read_manifest, shard_dirs
+from ..shards import (DamagedRecord, Datum, Keys, ShardFormatError, key_index_problem, load_shard_meta, open_reader,
+                      read_datum, read_manifest, shard_dirs)
 
 _TXNS: dict[tuple[int, str], tuple] = {}
 
@@ -45,6 +47,22 @@ def release_shards() -> None:
         env.close()
 
 
+def _shard_keys(path: Path) -> Keys:
+    """A shard's keys in LMDB's order: from its keys.bin, or where it has none (written before key files) or
+    one that disagrees with meta.json, from an LMDB cursor, which reads every page of the key tree (seconds per
+    shard on a cold page cache, where keys.bin is one sequential read)."""
+    try:
+        keys, problem = key_index_problem(path, load_shard_meta(path))
+    except ShardFormatError as exc:  # a damaged meta.json: the LMDB itself may be fine, and stays the authority
+        keys, problem = None, f"its meta.json is unreadable ({exc})"
+    if keys is not None:
+        return keys
+    if problem:  # the records read from LMDB are right; only the start is slower. Say so, once per shard.
+        print(f"note: shard {path}: {problem}; listing its keys from LMDB instead (slower start). "
+              "`alexnet-pipe verify` checks the shard; re-preparing it rewrites the file", file=sys.stderr)
+    return Keys.from_list(list(_txn(path).cursor().iternext(keys=True, values=False)))
+
+
 class RecordIndex:
     """Every record of a split as (shard, key), in shard then key order; reads them by index."""
 
@@ -55,15 +73,11 @@ class RecordIndex:
         self.size = int(settings.get("size", 256))
         self.encoded = settings.get("encoding", "jpeg") != "raw"
         self.num_classes = len(manifest.get("classes", []))
-        self.keys: list[bytes] = []
-        shard_of = []
-        for i, path in enumerate(self.dirs):
-            keys = list(_txn(path).cursor().iternext(keys=True, values=False))
-            self.keys += keys
-            shard_of += [i] * len(keys)
-        self.shard_of = np.asarray(shard_of, np.int32)
+        parts = [_shard_keys(path) for path in self.dirs]
+        self.keys = Keys.concat(parts)  # keys[i] is record i's key, as bytes
+        self.shard_of = np.repeat(np.arange(len(parts), dtype=np.int32), [len(p) for p in parts])
         release_shards()
-        if not self.keys:
+        if not len(self.keys):
             raise UserError(f"the {split} split of {data} holds no records")
 
     def __len__(self) -> int:
