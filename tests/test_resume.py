@@ -172,7 +172,7 @@ def test_a_process_count_that_changes_the_epoch_s_last_step_is_refused(tmp_path)
     data = make_data_dir(tmp_path / "d", {"train": (images, labels)}, 3, 2, "jpeg")
     manifest = json.loads((data / "manifest.json").read_text())
     run = tmp_path / "r"
-    run_training(tiny(run, max_steps=1, nproc=1))
+    run_training(tiny(run, max_steps=1, nproc=1, num_classes=3))
     saved = load_checkpoint(latest_checkpoint(run))
     s = dataclasses.replace(TrainSettings(**saved["settings"]), nproc=4, resume="latest", batch_size=8)
     state_nproc = saved["settings"]["nproc"]
