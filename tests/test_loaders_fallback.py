@@ -96,3 +96,26 @@ def test_gpu_build_matches_cpu(dirs, loader):
         assert diff.max() <= 1e-4
     else:  # nvJPEG's IDCT and chroma upsampling are not libjpeg-turbo's: close on average, a few levels at edges
         assert diff.mean() <= 0.5 and diff.max() <= 12
+
+
+def test_workers_start_after_opencv_work_in_the_same_process(tmp_path):
+    """The demo writes its sample tree with OpenCV in the process that later evaluates with the torch loader: the
+    forked workers inherited OpenCV's thread pool without its threads and hung forever on their first OpenCV call.
+    Run in a process of its own, with a time limit, so a regression fails instead of hanging the suite."""
+    import subprocess
+    import sys
+    data = build_data(tmp_path / "d", "jpeg")
+    code = ("import sys\n"
+            "from pathlib import Path\n"
+            "from alexnet_pipe.loaders import LoaderSettings, make_loader\n"
+            "from alexnet_pipe.sample_data import SampleSettings, write_sample_tree\n"
+            "write_sample_tree(Path(sys.argv[2]), SampleSettings(classes=2, train_per_class=8, val_per_class=2))\n"
+            "s = LoaderSettings(data=Path(sys.argv[1]), split='val', train=False, batch_size=4, crop=32,\n"
+            "                   loader='torch', num_threads=2)\n"
+            "print(sum(len(labels) for _, labels in make_loader(s).epoch(0)))\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(data), str(tmp_path / "tree")], capture_output=True,
+                              text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the torch loader's workers hung after OpenCV work in the parent process")
+    assert done.returncode == 0 and done.stdout.split()[-1] == str(N_VAL), done.stderr[-2000:]

@@ -22,6 +22,14 @@ from .base import BaseLoader, LoaderSettings, cuda_device_id
 from .records import RecordIndex, decode_rgb, release_shards
 
 
+def _quiet_opencv_pool() -> None:
+    """Stop OpenCV's thread pool in this process before DataLoader forks its workers: a pool that earlier work
+    here started (sample-data's drawing in the demo, say) is inherited without its threads, and the worker's first
+    OpenCV call then waits forever on it (seen: `demo` on a machine without DALI hung at evaluate)."""
+    import cv2
+    cv2.setNumThreads(1)
+
+
 def _init_worker(_worker_id: int) -> None:
     import cv2
     cv2.setNumThreads(1)
@@ -86,6 +94,8 @@ class TorchLoader(BaseLoader):
         if not steps:
             return
         workers = self.settings.num_threads
+        if workers:
+            _quiet_opencv_pool()
         loader = DataLoader(self.dataset, batch_sampler=[self._specs(p) for p in steps],
                             num_workers=workers, collate_fn=_collate,
                             worker_init_fn=_init_worker if workers else None,
