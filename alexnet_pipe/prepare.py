@@ -145,13 +145,7 @@ def to_record(job: ImageJob, index: int, item: Item) -> tuple[bytes, bytes, np.n
         stored = cv2.cvtColor(square, cv2.COLOR_BGR2RGB)
         value = stored.tobytes()
     datum = shards.Datum(value, item.label, job.encoding == "jpeg", 3, job.size, job.size)
-    return record_key(index, item.relpath), datum.to_bytes(), stored
-
-
-def record_key(index: int, relpath: str) -> bytes:
-    """shards.record_key, lossless for file names that are not UTF-8: their bytes go into the key as they
-    are on disk (os.fsencode undoes the surrogateescape that listing them put in); UTF-8 names are unchanged."""
-    return f"{index:08d}_".encode() + os.fsencode(relpath)
+    return shards.record_key(index, item.relpath), datum.to_bytes(), stored
 
 
 def process_chunk(task: tuple[ImageJob, str, list[tuple[int, Item]]]) -> ChunkResult:

@@ -152,8 +152,10 @@ _DATUM_WIRE = {1: VARINT, 2: VARINT, 3: VARINT, 4: LENGTH_DELIMITED, 5: VARINT, 
 # --- keys, names, checksums -----------------------------------------------------------
 
 def record_key(index: int, relpath: str) -> bytes:
-    """Caffe's key convention: the record's place in the split's shuffle, then its path."""
-    return f"{index:08d}_{relpath}".encode()
+    """Caffe's key convention: the record's place in the split's shuffle, then its path. Lossless for file names
+    that are not UTF-8: their bytes go into the key as they are on disk (os.fsencode undoes the surrogateescape
+    that listing them put in); UTF-8 names give the same key as `.encode()`."""
+    return f"{index:08d}_".encode() + os.fsencode(relpath)
 
 
 def shard_name(index: int) -> str:
