@@ -8,8 +8,10 @@ refused instead of blocking forever or reading without end.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -58,10 +60,37 @@ def atomic_write(path: Path, mode: str = "w"):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        full = _out_of_space(exc, tmp)
         tmp.unlink(missing_ok=True)
+        if full is not None:
+            raise DiskFull(path, full) from None
         raise
     fsync_path(path.parent)
+
+
+class DiskFull(UserError):
+    """A file could not be written for want of space; the file it would have replaced is untouched."""
+
+    def __init__(self, path: Path, written: int):
+        free = shutil.disk_usage(Path(path).parent).free
+        super().__init__(f"no space left for {path}: it needed more than the {written / 2**20:.1f} MB written before "
+                         f"the disk filled ({free / 2**20:.1f} MB free now); free some space and run the same command "
+                         "again (what was written before is intact)")
+
+
+def _out_of_space(exc: BaseException, tmp: Path) -> int | None:
+    """Bytes written to `tmp` when the write failed for want of space, else None. Writers that wrap the OS error
+    (torch.save's zip writer raises RuntimeError) are judged by the space left on the device."""
+    if not isinstance(exc, (OSError, RuntimeError)):
+        return None
+    try:
+        written = tmp.stat().st_size
+        free = shutil.disk_usage(tmp.parent).free
+    except OSError:
+        return None
+    no_space = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return written if no_space or free < (1 << 20) else None
 
 
 def write_json_atomic(path: Path, obj) -> None:

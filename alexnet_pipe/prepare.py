@@ -24,7 +24,7 @@ import numpy as np
 from . import claims, images, owned, shards
 from .datadir import DataDir
 from .errors import Interrupted, UserError
-from .files import atomic_write, write_json_atomic
+from .files import DiskFull, atomic_write, write_json_atomic
 from .outdir import overlap, writable_dir
 from .sources import Inventory, Item, ItemList, discover, read_bytes
 
@@ -269,6 +269,8 @@ class NoSpace(Exception):
 
 
 def _no_space(exc: BaseException, writer: shards.ShardWriter | None = None) -> bool:
+    if isinstance(exc, DiskFull):  # a shard's own files (meta.json, keys.bin) met the full disk
+        return True
     if isinstance(exc, OSError):
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)
     if not type(exc).__module__.startswith("lmdb"):
@@ -356,7 +358,7 @@ def _abort(writer: shards.ShardWriter) -> None:
     try:
         writer.abort()
     except Exception:
-        shutil.rmtree(writer.tmp_dir, ignore_errors=True)
+        owned.remove_shard_dir(writer.tmp_dir)  # by name, as everywhere: never a recursive delete
 
 
 def write_shards(dd: DataDir, todo: list[ShardPlan], job: ImageJob, workers: int,

@@ -122,9 +122,9 @@ def _base(config: Path | None, recipe: str | None, resume: str | None, run: Path
         return _saved_settings(config, "pass a run's settings.json to --config"), run
     if not resume:
         return None, run
-    run = run or (Path(resume).parent if resume != "latest" else None)
+    run = run or (Path(resume).parent if resume not in ("latest", "auto") else None)
     if run is None:
-        raise click.UsageError("--resume without a checkpoint path needs --run DIR")
+        raise click.UsageError(f"--resume {resume} needs --run DIR: the run dir to continue")
     saved = Path(run) / "settings.json"
     if not saved.exists():
         return None, run
@@ -138,8 +138,9 @@ def _base(config: Path | None, recipe: str | None, resume: str | None, run: Path
                    "--run-dir spelling passes (torchrun's own parser takes --run for its --run-path).  "
                    "[default: DATA/runs/<timestamp>]")
 @click.option("--recipe", type=click.Choice(list(RECIPES)), default=None,
-              help="paper (default): the NIPS 2012 optimiser/init; small: learns a small dataset in CPU minutes "
-                   "(docs/training.md). Explicit options override it.")
+              help="paper (default): the NIPS 2012 network, optimiser and augmentation; small: learns a small "
+                   "dataset in CPU minutes; modern: torchvision's AlexNet recipe with random-resized crops, colour "
+                   "jitter and label smoothing (docs/training.md, docs/reproducing.md). Explicit options override it.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Start from a saved run's settings.json (explicit options still win).")
 @click.option("--gpus", type=click.IntRange(min=1), default=None, help="Start one process per GPU (NCCL).")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from alexnet_pipe.config import RECIPES
 from alexnet_pipe.loaders import LOADERS
 
 from alexnet_pipe_cli.common import FiniteFloat, data_option, output_option, print_settings
@@ -14,7 +15,7 @@ from alexnet_pipe_cli.common import FiniteFloat, data_option, output_option, pri
 @click.option("--n", type=click.IntRange(1, 1024), default=16, show_default=True, help="Views in the grid.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--crop", type=click.IntRange(1), default=224, show_default=True)
-@click.option("--recipe", type=click.Choice(["paper", "modern"]), default="paper", show_default=True,
+@click.option("--recipe", type=click.Choice(list(RECIPES)), default="paper", show_default=True,
               help="Whose training augmentation: the paper's crops and lighting, or the modern recipe's "
                    "random-resized crops and colour jitter (train --recipe modern). Explicit options win.")
 @click.option("--lighting", type=FiniteFloat(0), default=None,

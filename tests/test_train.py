@@ -270,3 +270,15 @@ def test_bench_train_times_the_implementation_asked_for(monkeypatch):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output.strip().splitlines()[-1])
     assert (report["lrn_impl"], report["conv"]) == ("reference", "split") and ("reference", "split") in built
+
+
+def test_resume_auto_needs_a_run_dir_and_starts_or_continues_it(tmp_path):
+    """A requeued job's command: starts the run the first time, continues it after; never the current dir."""
+    result = invoke("train", "--cpu", "--loader", "synthetic", "--resume", "auto", "--dry-run")
+    assert result.exit_code == 2 and "--resume auto needs --run DIR" in result.output
+    run = tmp_path / "r"
+    common = ["train", "--loader", "synthetic", "--cpu", "--width", "0.0625", "--crop", "64", "--batch-size", "4",
+              "--num-classes", "3", "--eval-every", "0", "--run", str(run), "--log-every", "1", "--resume", "auto"]
+    assert invoke(*common, "--max-steps", "1").exit_code == 0
+    assert invoke(*common, "--max-steps", "2").exit_code == 0
+    assert [r["step"] for r in read_metrics(run) if "loss" in r] == [1, 2]

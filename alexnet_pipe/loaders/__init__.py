@@ -10,17 +10,10 @@ import dataclasses
 
 from ..errors import UserError
 from .base import LOADERS, LoaderSettings, validate
+from ..decode import dali_available
 from .records import release_shards
 
 __all__ = ["LOADERS", "LoaderSettings", "make_loader", "release_shards", "resolve_loader"]
-
-
-def dali_available() -> bool:
-    import importlib.util
-    try:
-        return importlib.util.find_spec("nvidia.dali") is not None
-    except ModuleNotFoundError:  # no `nvidia` namespace package at all
-        return False
 
 
 def resolve_loader(name: str) -> str:

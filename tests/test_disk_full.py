@@ -1,0 +1,53 @@
+"""A full disk while writing statistics or a checkpoint: one sentence naming the file and the space, and what was
+written before stays whole (issue 12). Needs a small tmpfs (root); skipped with the reason where it cannot mount."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from alexnet_pipe.checkpoint import checkpoints, load_checkpoint
+from alexnet_pipe.errors import UserError
+from alexnet_pipe.train import run_training
+from alexnet_pipe_cli.main import cli
+from shardgen import make_data_dir, random_images
+from test_prepare_faults import small_disk  # noqa: F401 (the fixture)
+from test_train import tiny
+
+
+def _fill(mnt, leave_mb: float) -> None:
+    """Leave about `leave_mb` MB free on the tmpfs."""
+    free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+    (mnt / "ballast").write_bytes(b"\0" * max(0, int(free - leave_mb * 2**20)))
+
+
+def test_a_checkpoint_that_does_not_fit_stops_the_run_and_keeps_the_earlier_ones(small_disk):  # noqa: F811
+    run = small_disk / "run"
+    s = tiny(run, max_steps=30, ckpt_every=1, keep=30, width=0.0625)
+    run_training(tiny(small_disk / "probe", max_steps=1, width=0.0625))
+    size = max(p.stat().st_size for p in (small_disk / "probe").glob("ckpt-*.pt"))
+    _fill(small_disk, 4.5 * size / 2**20)
+    with pytest.raises(UserError, match=r"no space left for .*ckpt-0+\d+\.pt.*MB free now") as caught:
+        run_training(s)
+    assert "\n" not in str(caught.value)
+    kept = checkpoints(run)
+    assert 2 <= len(kept) <= 5 and not [p for p in run.iterdir() if ".tmp-" in p.name]
+    for path in kept:  # every earlier checkpoint loads, whole
+        assert all(torch.isfinite(v).all() for v in load_checkpoint(path)["model"].values())
+
+
+def test_stats_on_a_full_disk_is_one_sentence_and_keeps_the_earlier_files(small_disk):  # noqa: F811
+    images = random_images(24, 64, seed=3)
+    data = make_data_dir(small_disk / "d", {"train": (images, np.arange(24) % 3)}, 3, 2, "raw")
+    runner = CliRunner()
+    assert runner.invoke(cli, ["stats", "--pca", "--data", str(data)]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in (data / "stats").iterdir()}
+    _fill(small_disk, 0.02)
+    result = runner.invoke(cli, ["stats", "--pca", "--recompute", "--device", "cpu", "--data", str(data)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "no space left for" in result.output and "MB free now" in result.output
+    after = {p.name: p.read_bytes() for p in (data / "stats").iterdir()}
+    assert after == before  # nothing half-written, nothing lost
