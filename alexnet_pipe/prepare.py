@@ -450,12 +450,13 @@ def finalize(dd: DataDir, inv: Inventory, plan: dict[str, list[ShardPlan]], sett
 def _space_needed(dd: DataDir, todo: list[ShardPlan], settings: PrepareSettings) -> tuple[int, int]:
     """(shards kept, bytes still to write): from this data dir's own records per image where it has
     some, else a JPEG's typical tenth of the raw pixels; plus each shard's int64 sums (stats.npz)."""
-    metas = [m for p in todo if (m := shards.read_shard_meta(dd.split(p.split) / p.name))]
+    read = [(p, shards.read_shard_meta(dd.split(p.split) / p.name)) for p in todo]  # each meta.json once
+    metas = [m for _, m in read if m]
     records = sum(m.get("records", 0) for m in metas)
     raw = settings.size * settings.size * 3
     per_image = (sum(m.get("bytes", 0) for m in metas) / records if records else
                  raw / 10 if settings.encoding == "jpeg" else raw)
-    left = [p for p in todo if shards.read_shard_meta(dd.split(p.split) / p.name) is None]
+    left = [p for p, m in read if m is None]
     lmdb_overhead = 1.15  # page headers, the B-tree, half-full last pages
     need = sum(len(p.items) for p in left) * per_image * lmdb_overhead + len(left) * (raw * 8 + 65536)
     return len(metas), int(need)
