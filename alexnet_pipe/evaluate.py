@@ -63,6 +63,13 @@ def check_eval_data(data, split: str, purpose: str = "", *, checkpoint=None, mod
     manifest = check_data(data, need_val=False)
     if split not in manifest["splits"]:
         raise UserError(f"{data} has no {split} split{purpose}")
+    check_fits(manifest, data, checkpoint, model, ts)
+    return manifest
+
+
+def check_fits(manifest: dict, data, checkpoint, model=None, ts=None) -> None:
+    """A checkpoint's model and settings fit the data dir: the same number of classes, images at least as large
+    as its crop."""
     if model is not None:
         trained, here = model.classifier.fc8.out_features, len(manifest["classes"])
         if trained != here:
@@ -71,7 +78,6 @@ def check_eval_data(data, split: str, purpose: str = "", *, checkpoint=None, mod
     if ts is not None and ts.crop > (size := int(manifest["settings"]["size"])):
         raise UserError(f"{checkpoint} was trained on {ts.crop} px crops but {data} holds {size} px images: "
                         f"evaluate it on a data dir prepared with `alexnet-pipe prepare --size {ts.crop}` or more")
-    return manifest
 
 
 def eval_loader(data, split: str, ts, device, *, batch_size: int, loader: str, num_threads: int,
@@ -95,8 +101,9 @@ def evaluate(es: EvalSettings) -> dict:
         if (s.crop, s.normalize) != (first.crop, first.normalize):
             raise UserError(f"{path} was trained on crop {s.crop}/{s.normalize}, the first checkpoint on "
                             f"{first.crop}/{first.normalize}: an ensemble needs the same input")
+    manifest = check_eval_data(es.data, es.split)  # read and checked once for the whole ensemble
     for path, (model, s) in zip(es.checkpoints, loaded):  # each member must fit the data (classes, crop)
-        check_eval_data(es.data, es.split, checkpoint=path, model=model, ts=s)
+        check_fits(manifest, es.data, path, model, s)
     loader = eval_loader(es.data, es.split, first, device, batch_size=es.batch_size, loader=es.loader,
                          num_threads=es.num_threads, ten_crop=es.ten_crop)
     correct1 = correct5 = images = 0
