@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alexnet_pipe.files import write_json_atomic  # noqa: E402
+from alexnet_pipe.core.files import write_json_atomic  # noqa: E402
 from alexnet_pipe.loaders.records import RecordIndex  # noqa: E402
-from alexnet_pipe.shards import (FORMAT_VERSION, KEY_INDEX, SHARD_META, Datum, ShardWriter,  # noqa: E402
+from alexnet_pipe.shards.format import (FORMAT_VERSION, KEY_INDEX, SHARD_META, Datum, ShardWriter,  # noqa: E402
                                  record_key, shard_name)
 
 SHARD_SIZE = 10_000

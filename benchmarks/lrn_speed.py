@@ -11,8 +11,8 @@ import time
 
 import torch
 
-from alexnet_pipe.lrn import LRN_IMPLS
-from alexnet_pipe.model import LocalResponseNorm, SplitConv2d
+from alexnet_pipe.model.lrn import LRN_IMPLS
+from alexnet_pipe.model.alexnet import LocalResponseNorm, SplitConv2d
 
 LRN_SHAPES = {"norm1": (96, 55, 55), "norm2": (256, 27, 27)}
 # (in, out, kernel, padding, input size) of the paper's two-group convolutions

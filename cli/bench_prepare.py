@@ -23,7 +23,7 @@ def bench_prepare(as_json, **options):
     \b
     alexnet-pipe bench prepare --images 1500 --workers 2
     """
-    from alexnet_pipe.bench_prepare import BenchPrepareSettings, run
+    from alexnet_pipe.report.bench_prepare import BenchPrepareSettings, run
     settings = BenchPrepareSettings(**options)
     run_and_report("bench prepare", settings, run, as_json, lambda out: [
         f"{out['images']} images, prepare --workers {out['workers']}:",

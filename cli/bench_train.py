@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from alexnet_pipe.config import ARCHS, CONV_IMPLS, LRN_IMPLS, MOMENTUM_FORMS
+from alexnet_pipe.train.config import ARCHS, CONV_IMPLS, LRN_IMPLS, MOMENTUM_FORMS
 from alexnet_pipe_cli.common import FiniteFloat, run_and_report
 
 
@@ -38,8 +38,8 @@ def bench_train(arch: str, lrn_impl: str, conv: str, momentum_form: str, compile
     """
     import torch
 
-    from alexnet_pipe.bench_train import bench_train_step
-    from alexnet_pipe.config import TrainSettings
+    from alexnet_pipe.report.bench_train import bench_train_step
+    from alexnet_pipe.train.config import TrainSettings
 
     gpu = torch.cuda.is_available() and not cpu
     settings = TrainSettings(

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from alexnet_pipe.datadir import DEFAULT, ENV_VAR
-from alexnet_pipe.errors import UserError
+from alexnet_pipe.shards.datadir import DEFAULT, ENV_VAR
+from alexnet_pipe.core.errors import UserError
 
 
 class FiniteFloat(click.FloatRange):
@@ -39,13 +39,13 @@ def _place_callback(check, what: str):
 
 
 def _dir_callback(what: str):
-    from alexnet_pipe.outdir import check_place
+    from alexnet_pipe.core.outdir import check_place
     return _place_callback(check_place, what)
 
 
 def _check_picture(path, what: str) -> None:
-    from alexnet_pipe.outdir import check_file_place
-    from alexnet_pipe.viz import image_format
+    from alexnet_pipe.core.outdir import check_file_place
+    from alexnet_pipe.report.viz import image_format
     check_file_place(path, what)
     image_format(path)
 
@@ -76,7 +76,7 @@ def output_option(default: str | None, help_default: str | None = None):
 
 def require_gpu(flag: str = "--gpu") -> None:
     """`flag` (evaluate's and viz's --gpu) needs one CUDA device: say so, and that leaving it out runs on the CPU."""
-    from alexnet_pipe.launch import visible_gpus
+    from alexnet_pipe.train.launch import visible_gpus
     if visible_gpus():
         return
     import torch

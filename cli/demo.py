@@ -26,7 +26,7 @@ def demo(data, **options):
     \b
     alexnet-pipe demo --data ./alexnet-data
     """
-    from alexnet_pipe.demo import DemoSettings, run
+    from alexnet_pipe.report.demo import DemoSettings, run
     settings = DemoSettings(data=data, **options)
     print_settings("demo", settings)
     summary = run(settings, echo=click.echo)

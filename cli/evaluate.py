@@ -28,7 +28,7 @@ def evaluate(checkpoints: tuple[Path, ...], data: Path, split: str, ten_crop: bo
     alexnet-pipe evaluate alexnet-data/runs/x/best.pt --ten-crop
     alexnet-pipe evaluate runs/a/best.pt runs/b/best.pt --json
     """
-    from alexnet_pipe.evaluate import EvalSettings, evaluate as run_evaluate
+    from alexnet_pipe.train.evaluation import EvalSettings, evaluate as run_evaluate
 
     if gpu:
         require_gpu()

@@ -9,7 +9,7 @@ import importlib
 
 import click
 
-from alexnet_pipe.errors import UserError
+from alexnet_pipe.core.errors import UserError
 
 
 class LazyGroup(click.Group):

@@ -62,8 +62,8 @@ def prepare(source, data, dry_run, **options):
     alexnet-pipe prepare /data/imagenet --data /fast/alexnet-data
     alexnet-pipe prepare ./sample --size 128 --workers 2
     """
-    from alexnet_pipe.prepare import PrepareSettings, make_plan, run
-    from alexnet_pipe.sources import discover
+    from alexnet_pipe.ingest.prepare import PrepareSettings, make_plan, run
+    from alexnet_pipe.ingest.sources import discover
     settings = PrepareSettings(source=source, data=data, **options)
     print_settings("prepare", settings)
     if dry_run:
@@ -113,7 +113,7 @@ def info(data, as_json):
     \b
     alexnet-pipe info --data ./alexnet-data
     """
-    from alexnet_pipe.verify import info as read_info
+    from alexnet_pipe.shards.verify import info as read_info
     out = read_info(data)
     if as_json:
         click.echo(json.dumps(out, indent=2))
@@ -140,7 +140,7 @@ def verify(data, workers):
     \b
     alexnet-pipe verify --data ./alexnet-data
     """
-    from alexnet_pipe.verify import verify as run_verify
+    from alexnet_pipe.shards.verify import verify as run_verify
     reports = run_verify(data, workers)
     damaged = [r for r in reports if r.problems]
     for r in damaged:

@@ -35,7 +35,7 @@ def sample_data(directory: Path, classes: int, train_per_class: int, val_per_cla
       alexnet-pipe sample-data ./sample --classes 10 --train-per-class 80
       alexnet-pipe prepare ./sample
     """
-    from alexnet_pipe.sample_data import SampleSettings, write_sample_tree
+    from alexnet_pipe.ingest.sample_data import SampleSettings, write_sample_tree
 
     settings = SampleSettings(classes=classes, train_per_class=train_per_class,
                               val_per_class=val_per_class, seed=seed, pathologies=pathologies)

@@ -29,10 +29,10 @@ def stats(data: Path, pca: bool, recompute: bool, sample: int | None, plot: bool
     alexnet-pipe stats --data ./alexnet-data --pca --plot
     alexnet-pipe stats --pca --sample 10000       # quick estimate
     """
-    from alexnet_pipe.stats import StatsSettings, format_report, run_stats
+    from alexnet_pipe.stats.compute import StatsSettings, format_report, run_stats
 
     if device == "auto":
-        from alexnet_pipe.decode import cuda_devices
+        from alexnet_pipe.shards.decode import cuda_devices
         device = "gpu" if cuda_devices() else "cpu"
     settings = StatsSettings(data=data, pca=pca, recompute=recompute or sample is not None,
                              sample=sample, plot=plot, device=device)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from alexnet_pipe.config import RECIPES, TrainSettings, default_text, opt_of, settings_from_dict
+from alexnet_pipe.train.config import RECIPES, TrainSettings, default_text, opt_of, settings_from_dict
 from alexnet_pipe_cli.common import FiniteFloat, data_option, print_settings, run_dir_callback
 
 
@@ -88,8 +88,8 @@ def settings_options(func):
 
 def _placement(cpu: bool, nproc: int | None, gpus: int | None) -> tuple[str, int]:
     """(device, processes) from --cpu/--nproc/--gpus; without any: every visible GPU, else one CPU process."""
-    from alexnet_pipe import distributed
-    from alexnet_pipe.launch import check_gpus, visible_gpus
+    from alexnet_pipe.train import distributed
+    from alexnet_pipe.train.launch import check_gpus, visible_gpus
     if cpu and gpus:
         raise click.UsageError("--cpu and --gpus exclude each other")
     if gpus and nproc:
@@ -163,9 +163,9 @@ def train(data: Path, run: Path | None, recipe: str | None, config: Path | None,
     alexnet-pipe train --config alexnet-data/runs/x/settings.json --run alexnet-data/runs/y   # re-run a run
     torchrun --nnodes 2 --nproc-per-node 8 ... -m alexnet_pipe train --run-dir R   # several nodes
     """
-    from alexnet_pipe import distributed
-    from alexnet_pipe.config import resolve_settings
-    from alexnet_pipe.train import finalize, run_training
+    from alexnet_pipe.train import distributed
+    from alexnet_pipe.train.config import resolve_settings
+    from alexnet_pipe.train.loop import finalize, run_training
 
     if no_lighting:
         if options["lighting"]:
@@ -187,7 +187,7 @@ def train(data: Path, run: Path | None, recipe: str | None, config: Path | None,
     else:
         settings = resolve_settings(recipe or "paper", **given)
     if dry_run:
-        from alexnet_pipe.paper import report
+        from alexnet_pipe.train.paper import report
         final = finalize(settings, settings.nproc)
         print_settings("train (dry run)", final)
         click.echo(report(final))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from alexnet_pipe.config import RECIPES
+from alexnet_pipe.train.config import RECIPES
 from alexnet_pipe.loaders import LOADERS
 
 from alexnet_pipe_cli.common import FiniteFloat, data_option, output_option, print_settings
@@ -39,7 +39,7 @@ def viz_augment(data, output, n, seed, crop, recipe, lighting, crops, color_jitt
     alexnet-pipe viz augment --data ./alexnet-data -o augment.png --n 16 --lighting 0.5
     alexnet-pipe viz augment --data ./alexnet-data -o modern.png --recipe modern
     """
-    from alexnet_pipe.viz import VizAugmentSettings, render_augment
+    from alexnet_pipe.report.viz import VizAugmentSettings, render_augment
     given = dict(lighting=lighting, crops=crops, color_jitter=color_jitter, hue=hue)
     aug = {**_recipe_augmentation(recipe), **{k: v for k, v in given.items() if v is not None}}
     s = VizAugmentSettings(data, output, n, seed, crop, aug.pop("lighting"), lighting_scale, loader, recipe, **aug)
@@ -50,7 +50,7 @@ def viz_augment(data, output, n, seed, crop, recipe, lighting, crops, color_jitt
 
 def _recipe_augmentation(recipe: str) -> dict:
     """The training recipe's augmentation settings (config.RECIPES over the paper's defaults)."""
-    from alexnet_pipe.config import RECIPES, TrainSettings
+    from alexnet_pipe.train.config import RECIPES, TrainSettings
     paper = TrainSettings()
     names = ("lighting", "normalize", "crops", "color_jitter", "hue")
     return {k: RECIPES[recipe].get(k, getattr(paper, k)) for k in names}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-import alexnet_pipe.train as trainer
+import alexnet_pipe.train.loop as trainer
 
 DIE_AFTER = 3
 

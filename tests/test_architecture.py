@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 
 import alexnet_pipe
-from alexnet_pipe.config import TrainSettings
+from alexnet_pipe.train.config import TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 

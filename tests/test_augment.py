@@ -1,4 +1,4 @@
-"""The augmentation maths (alexnet_pipe.augment) against explicit numpy references."""
+"""The augmentation maths (alexnet_pipe.loaders.augment) against explicit numpy references."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from alexnet_pipe import augment
-from alexnet_pipe.errors import UserError
+from alexnet_pipe.loaders import augment
+from alexnet_pipe.core.errors import UserError
 
 EIGVAL = np.array([300.0, 40.0, 5.0])
 EIGVEC = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0]

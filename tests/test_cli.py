@@ -37,7 +37,7 @@ def test_help_and_prepare_do_not_import_torch_or_dali(tmp_path):
 
 
 def test_prepare_runs_without_torch(tmp_path):
-    from alexnet_pipe.sample_data import SampleSettings, write_sample_tree
+    from alexnet_pipe.ingest.sample_data import SampleSettings, write_sample_tree
     write_sample_tree(tmp_path / "src", SampleSettings(classes=2, train_per_class=3, val_per_class=1,
                                                         pathologies=False))
     code = ("import sys; sys.modules['torch'] = None\n"  # any import of torch now fails
@@ -90,7 +90,7 @@ def test_data_dir_from_environment(tmp_path):
 
 
 def test_prepare_dry_run_and_info(tmp_path):
-    from alexnet_pipe.sample_data import SampleSettings, write_sample_tree
+    from alexnet_pipe.ingest.sample_data import SampleSettings, write_sample_tree
     write_sample_tree(tmp_path / "src", SampleSettings(classes=2, train_per_class=9, val_per_class=2))
     r = _run(["prepare", str(tmp_path / "src"), "--data", str(tmp_path / "d"), "--dry-run", "--shards", "2"])
     assert r.exit_code == 0 and "train: 18 images -> 2 shards" in r.output
@@ -107,7 +107,7 @@ def test_prepare_dry_run_and_info(tmp_path):
 def ready(tmp_path):
     """A small data dir with shards, manifest and stats (mean image + PCA), as prepare + stats --pca leave it."""
     import numpy as np
-    from alexnet_pipe.stats import StatsSettings, run_stats
+    from alexnet_pipe.stats.compute import StatsSettings, run_stats
     from shardgen import make_data_dir, random_images
     images = random_images(16, 64, seed=2)
     data = make_data_dir(tmp_path / "d", {"train": (images[:12], np.arange(12) % 3),
@@ -149,12 +149,12 @@ def test_manifest_that_is_not_one_is_one_sentence_everywhere(ready):
 
 def test_user_error_exit_code_is_kept(monkeypatch):
     """An Interrupted (Ctrl-C after cleaning up) exits 130 as a shell does; other UserErrors exit 1."""
-    from alexnet_pipe.errors import Interrupted
-    import alexnet_pipe.verify
+    from alexnet_pipe.core.errors import Interrupted
+    import alexnet_pipe.shards.verify
 
     def stop(data):
         raise Interrupted("interrupted: run the same command again")
-    monkeypatch.setattr(alexnet_pipe.verify, "info", stop)
+    monkeypatch.setattr(alexnet_pipe.shards.verify, "info", stop)
     r = _run(["info"])
     _one_sentence_error(r, code=130)
     assert "run the same command again" in r.output

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from alexnet_pipe.checkpoint import latest_checkpoint, load_checkpoint
-from alexnet_pipe.runlog import read_metrics
+from alexnet_pipe.train.checkpoint import latest_checkpoint, load_checkpoint
+from alexnet_pipe.train.runlog import read_metrics
 from alexnet_pipe_cli.main import cli
 
 ROOT = Path(__file__).resolve().parents[1]

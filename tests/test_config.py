@@ -5,8 +5,8 @@ import dataclasses
 
 import pytest
 
-from alexnet_pipe.config import TrainSettings, check, resolve_settings
-from alexnet_pipe.errors import UserError
+from alexnet_pipe.train.config import TrainSettings, check, resolve_settings
+from alexnet_pipe.core.errors import UserError
 
 
 def test_recipes_and_explicit_options():

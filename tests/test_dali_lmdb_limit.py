@@ -8,9 +8,9 @@ import lmdb
 import numpy as np
 import pytest
 
-from alexnet_pipe import decode
-from alexnet_pipe.errors import UserError
-from alexnet_pipe.shards import Datum, ShardWriter, read_lmdb_meta, record_key
+from alexnet_pipe.shards import decode
+from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.shards.format import Datum, ShardWriter, read_lmdb_meta, record_key
 
 pytest.importorskip("nvidia.dali")
 SHARDS = 140

@@ -12,7 +12,7 @@ import lmdb
 import numpy as np
 import pytest
 
-from alexnet_pipe import shards
+from alexnet_pipe.shards import format as shards
 from shardgen import make_data_dir, random_images
 
 
@@ -148,7 +148,7 @@ def test_read_datum_and_record_pixels_name_shard_and_key(data):
 
 
 def test_first_damaged_record_finds_the_overwritten_one(data):
-    from alexnet_pipe.verify import first_damaged_record
+    from alexnet_pipe.shards.verify import first_damaged_record
     dirs = [data / "train" / f"shard-0000{i}" for i in range(3)]
     assert first_damaged_record(dirs, 32, 3) is None
     key, value = _record(dirs[2], 3)
@@ -159,7 +159,7 @@ def test_first_damaged_record_finds_the_overwritten_one(data):
 
 def test_decoding_pass_refuses_a_truncated_shard_it_does_not_probe(data):
     """bench loader's decode-only figure reads through decode.iter_decoded, not through stats' counts."""
-    from alexnet_pipe import decode
+    from alexnet_pipe.shards import decode
     dirs = [data / "train" / f"shard-0000{i}" for i in range(3)]
     truncate_half(dirs[2])
     with pytest.raises(shards.ShardFormatError, match="shard-00002.*truncated"):

@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from alexnet_pipe.demo import MARKER, DemoSettings, run
-from alexnet_pipe.errors import UserError
+from alexnet_pipe.report.demo import MARKER, DemoSettings, run
+from alexnet_pipe.core.errors import UserError
 from alexnet_pipe_cli.main import cli
 
 
@@ -43,7 +43,7 @@ def test_demo_replaces_only_its_own_folder(tmp_path):
 
 
 def test_marker_is_what_allows_a_rerun(tmp_path):
-    from alexnet_pipe.demo import _fresh_root
+    from alexnet_pipe.report.demo import _fresh_root
     root = tmp_path / "demo"
     _fresh_root(root)
     (root / "old-output").write_text("x")

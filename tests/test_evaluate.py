@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from alexnet_pipe.evaluate import average_softmax, topk_correct
+from alexnet_pipe.train.evaluation import average_softmax, topk_correct
 from alexnet_pipe_cli.main import cli
 from shardgen import make_data_dir, random_images, write_pca_json
 
@@ -91,8 +91,8 @@ def test_train_then_evaluate_end_to_end(tmp_path, data_dir):
 
 def test_load_model_turns_any_unreadable_file_into_one_sentence(tmp_path):
     """torch.load raises UnpicklingError, EOFError, KeyError, RuntimeError... for junk: all one UserError."""
-    from alexnet_pipe.errors import UserError
-    from alexnet_pipe.checkpoint import load_model
+    from alexnet_pipe.core.errors import UserError
+    from alexnet_pipe.train.checkpoint import load_model
     files = {"empty.pt": b"", "junk.pt": b"not a checkpoint at all", "zip.pt": b"PK\x03\x04 cut short"}
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
@@ -108,10 +108,10 @@ def test_load_model_turns_any_unreadable_file_into_one_sentence(tmp_path):
 
 def test_weights_that_do_not_fit_their_settings_are_one_sentence(tmp_path):
     from dataclasses import asdict
-    from alexnet_pipe.errors import UserError
-    from alexnet_pipe.checkpoint import load_model
-    from alexnet_pipe.model import build_model
-    from alexnet_pipe.config import TrainSettings
+    from alexnet_pipe.core.errors import UserError
+    from alexnet_pipe.train.checkpoint import load_model
+    from alexnet_pipe.model.alexnet import build_model
+    from alexnet_pipe.train.config import TrainSettings
     state = {"model": build_model("alexnet", 3, 0.125).state_dict(), "num_classes": 3,
              "settings": asdict(TrainSettings(width=0.0625))}
     torch.save(state, tmp_path / "other.pt")

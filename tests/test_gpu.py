@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet_pipe.model import build_model
-from alexnet_pipe.config import resolve_settings
-from alexnet_pipe.runlog import read_metrics
-from alexnet_pipe.train import run_training
+from alexnet_pipe.model.alexnet import build_model
+from alexnet_pipe.train.config import resolve_settings
+from alexnet_pipe.train.runlog import read_metrics
+from alexnet_pipe.train.loop import run_training
 
 
 def short_run(device: str, run_dir, steps: int = 4) -> dict:
@@ -69,7 +69,7 @@ def test_training_on_cuda_resumes_on_cpu(tmp_path):
 def _gpu_graph(ten_crop: bool, encoded: bool, normalize_in: str):
     """process() on device "gpu", defined but not built (building needs CUDA): its operators."""
     from nvidia.dali import fn, pipeline_def, types
-    from alexnet_pipe import augment
+    from alexnet_pipe.loaders import augment
     from alexnet_pipe.loaders.dali import process
     norm = augment.Normalizer("mean-image", mean_image=np.zeros((16, 16, 3), np.float32))
 
@@ -112,9 +112,9 @@ def test_gpu_graph_places_every_input_where_dali_wants_it(ten_crop, encoded, nor
 
 @pytest.mark.dali
 def test_gpu_decoding_pass_without_cuda_is_one_sentence(tmp_path, monkeypatch):
-    import alexnet_pipe.decode as decode
-    from alexnet_pipe.errors import UserError
-    from alexnet_pipe.shards import shard_dirs
+    import alexnet_pipe.shards.decode as decode
+    from alexnet_pipe.core.errors import UserError
+    from alexnet_pipe.shards.format import shard_dirs
     from shardgen import make_data_dir, random_images
     monkeypatch.setattr(decode, "cuda_devices", lambda: 0)  # the machine without CUDA, wherever this runs
     make_data_dir(tmp_path, {"train": (random_images(2, 16, 0), np.array([0, 1]))}, 2, 1, "jpeg")

@@ -36,7 +36,7 @@ def one_sentence(result, code=1) -> str:
 @pytest.fixture(scope="module")
 def data3(tmp_path_factory) -> Path:
     """12 train / 9 val images of 64 px in 3 classes, with stats (mean image + PCA)."""
-    from alexnet_pipe.stats import StatsSettings, run_stats
+    from alexnet_pipe.stats.compute import StatsSettings, run_stats
     images = random_images(21, S, seed=4)
     labels = np.arange(21) % 3
     root = make_data_dir(tmp_path_factory.mktemp("hostile") / "d", {
@@ -48,8 +48,8 @@ def data3(tmp_path_factory) -> Path:
 def checkpoint(path: Path, classes: int, crop: int = CROP) -> Path:
     """A checkpoint as train writes it (untrained weights): `classes` outputs, trained on `crop`."""
     import torch
-    from alexnet_pipe.config import TrainSettings
-    from alexnet_pipe.model import build_model
+    from alexnet_pipe.train.config import TrainSettings
+    from alexnet_pipe.model.alexnet import build_model
     ts = TrainSettings(width=0.0625, crop=crop)
     torch.save({"model": build_model(ts.arch, classes, ts.width).state_dict(), "num_classes": classes,
                 "settings": dataclasses.asdict(ts)}, path)
@@ -172,10 +172,10 @@ def test_neighbors_says_when_it_shows_fewer_queries_or_neighbours(tmp_path, data
 
 
 def test_one_class_data_is_said(tmp_path):
-    from alexnet_pipe.verify import class_note
+    from alexnet_pipe.shards.verify import class_note
     images = random_images(6, S, seed=1)
     one = make_data_dir(tmp_path / "one", {"train": (images, np.zeros(6, int))}, 1, 1)
-    from alexnet_pipe.shards import read_manifest
+    from alexnet_pipe.shards.format import read_manifest
     note = class_note(read_manifest(one), one)
     assert note and f"{one} holds 1 class:" in note and "loss is 0" in note
     result = run("info", "--data", one, "--json")
@@ -188,8 +188,8 @@ def test_one_class_data_is_said(tmp_path):
 
 @pytest.mark.parametrize("words", [["evaluate", "CKPT"], ["viz", "neighbors", "CKPT"]], ids=" ".join)
 def test_gpu_without_cuda_names_the_commands_own_options(words, ckpt3, data3, monkeypatch):
-    import alexnet_pipe.launch
-    monkeypatch.setattr(alexnet_pipe.launch, "visible_gpus", lambda: 0)
+    import alexnet_pipe.train.launch
+    monkeypatch.setattr(alexnet_pipe.train.launch, "visible_gpus", lambda: 0)
     words = [str(ckpt3) if w == "CKPT" else w for w in words]
     line = one_sentence(run(*words, "--data", data3, "--gpu"))
     assert "--gpu" in line and "--cpu" not in line and "--nproc" not in line and "--gpus" not in line, line
@@ -265,36 +265,36 @@ def test_non_finite_option_is_refused_at_the_command_line(words, value, tmp_path
 # first): a message's options must be options of each of them. Options inside "`alexnet-pipe CMD ...`" are
 # checked against CMD instead. A module that names options in its messages and is missing here fails the test.
 REACHED_BY = {
-    "arrayjob": {"prepare"},
-    "augment": {"train", "viz augment", "bench loader"},  # train-mode loaders: mean image, PCA lighting
-    "checkpoint": {"train", "evaluate", "viz filters", "viz neighbors"},
-    "checkpoint.check_resumable": {"train"},
-    "datadir": {"train", "evaluate", "viz neighbors"},
-    "decode": {"stats", "bench loader"},  # the decode-only pass
-    "decode.check_dali_can_open": {"train", "evaluate", "viz augment", "viz neighbors", "bench loader"},
-    "demo": {"demo"},
-    "evaluate": {"evaluate", "viz neighbors"},
-    "launch": {"train"},
+    "ingest.arrayjob": {"prepare"},
+    "loaders.augment": {"train", "viz augment", "bench loader"},  # train-mode loaders: mean image, PCA lighting
+    "train.checkpoint": {"train", "evaluate", "viz filters", "viz neighbors"},
+    "train.checkpoint.check_resumable": {"train"},
+    "shards.datadir": {"train", "evaluate", "viz neighbors"},
+    "shards.decode": {"stats", "bench loader"},  # the decode-only pass
+    "shards.decode.check_dali_can_open": {"train", "evaluate", "viz augment", "viz neighbors", "bench loader"},
+    "report.demo": {"demo"},
+    "train.evaluation": {"evaluate", "viz neighbors"},
+    "train.launch": {"train"},
     "loaders": {"train", "evaluate", "viz augment", "viz neighbors", "bench loader"},
     "loaders.base.cuda_device_id": {"bench loader"},  # the others check for CUDA before any loader
     "loaders.base.BaseLoader.__init__": {"train", "viz augment", "bench loader"},  # evaluate checks the crop first
-    "owned": {"prepare"},
-    "prepare": {"prepare"},
-    "runlog": {"train"},
-    "sample_data": {"sample-data"},
-    "sources": {"prepare"},
-    "stats": {"stats"},
-    "train": {"train"},
-    "verify": {"info", "verify"},
-    "viz": {"viz filters", "viz neighbors", "viz curves", "viz augment"},
+    "ingest.owned": {"prepare"},
+    "ingest.prepare": {"prepare"},
+    "train.runlog": {"train"},
+    "ingest.sample_data": {"sample-data"},
+    "ingest.sources": {"prepare"},
+    "stats.compute": {"stats"},
+    "train.loop": {"train"},
+    "shards.verify": {"info", "verify"},
+    "report.viz": {"viz filters", "viz neighbors", "viz curves", "viz augment"},
 }
 # messages only some of a function's callers can reach: (where, a phrase of the message) -> those callers
-ONLY_WHEN = {("datadir.check_data", "has no val split"): {"train"}}  # need_val: train's evaluations
+ONLY_WHEN = {("shards.datadir.check_data", "has no val split"): {"train"}}  # need_val: train's evaluations
 
 
 def _error_names() -> set[str]:
     import builtins
-    import alexnet_pipe.errors as errors
+    import alexnet_pipe.core.errors as errors
     ours = {n for n, v in vars(errors).items() if isinstance(v, type) and issubclass(v, Exception)}
     return ours | {"ClickException", "UsageError", "BadParameter"} - set(dir(builtins))
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_pipe import images
+from alexnet_pipe.ingest import images
 
 
 def smooth(h, w, seed=0):

@@ -1,4 +1,4 @@
-"""Colour jitter (alexnet_pipe.jitter): the numpy references against torchvision's documented
+"""Colour jitter (alexnet_pipe.loaders.jitter): the numpy references against torchvision's documented
 definitions, the torch batch against the numpy references, and the plan's draws."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from alexnet_pipe import jitter
-from alexnet_pipe.jitter import BRIGHTNESS, CONTRAST, HUE, SATURATION, JitterSpec
+from alexnet_pipe.loaders import jitter
+from alexnet_pipe.loaders.jitter import BRIGHTNESS, CONTRAST, HUE, SATURATION, JitterSpec
 
 
 def _image(seed, h=6, w=5):

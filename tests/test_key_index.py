@@ -9,8 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from alexnet_pipe import shards, verify
-from alexnet_pipe.files import write_json_atomic
+from alexnet_pipe.shards import format as shards
+from alexnet_pipe.shards import verify
+from alexnet_pipe.core.files import write_json_atomic
 from alexnet_pipe.loaders import records
 from alexnet_pipe.loaders.records import RecordIndex
 from tests.shardgen import make_data_dir, random_images
@@ -153,8 +154,8 @@ def test_keys_index_like_the_list_they_replace():
 
 def test_prepare_owns_the_key_files_it_writes(data, tmp_path):
     """A resumed or --overwrite prepare refuses a data dir holding files it did not write: keys.bin is its own."""
-    from alexnet_pipe import owned
-    from alexnet_pipe.datadir import DataDir
+    from alexnet_pipe.ingest import owned
+    from alexnet_pipe.shards.datadir import DataDir
     dd = DataDir(copy_data(data, tmp_path / "d"))
     left = dd.root / "train" / "shard-00000" / f".{shards.KEY_INDEX}.tmp-123"  # what a kill inside commit leaves
     left.write_bytes(b"")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from alexnet_pipe import augment
-from alexnet_pipe.errors import UserError
+from alexnet_pipe.loaders import augment
+from alexnet_pipe.core.errors import UserError
 from alexnet_pipe.loaders import LoaderSettings, make_loader
 from alexnet_pipe.loaders.base import TorchNormalizer
 from alexnet_pipe.loaders.dali import DaliLoader
@@ -382,7 +382,7 @@ def test_viz_augment_writes_png(dirs, tmp_path):
 
 
 def test_viz_shows_unnormalised_pixels(dirs, pixels):
-    from alexnet_pipe.viz import seen_pixels
+    from alexnet_pipe.report.viz import seen_pixels
     loader = make_loader(settings(dirs["raw"], lighting=0))
     images, _, p = next(iter(loader.epoch(0)))
     views = seen_pixels(images, p, loader)

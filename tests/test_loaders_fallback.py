@@ -108,7 +108,7 @@ def test_workers_start_after_opencv_work_in_the_same_process(tmp_path):
     code = ("import sys\n"
             "from pathlib import Path\n"
             "from alexnet_pipe.loaders import LoaderSettings, make_loader\n"
-            "from alexnet_pipe.sample_data import SampleSettings, write_sample_tree\n"
+            "from alexnet_pipe.ingest.sample_data import SampleSettings, write_sample_tree\n"
             "write_sample_tree(Path(sys.argv[2]), SampleSettings(classes=2, train_per_class=8, val_per_class=2))\n"
             "s = LoaderSettings(data=Path(sys.argv[1]), split='val', train=False, batch_size=4, crop=32,\n"
             "                   loader='torch', num_threads=2)\n"

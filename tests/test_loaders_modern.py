@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet_pipe import augment, jitter
-from alexnet_pipe.errors import UserError
-from alexnet_pipe.jitter import JitterSpec
+from alexnet_pipe.loaders import augment
+from alexnet_pipe.loaders import jitter
+from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.loaders.jitter import JitterSpec
 from alexnet_pipe.loaders import LoaderSettings, make_loader
 from alexnet_pipe.loaders.base import BaseLoader, TorchNormalizer, validate
 from test_loaders import CROP, N_TRAIN, S, decoded, normalizer_case, reference_normalize
@@ -157,7 +158,7 @@ def test_dali_and_torch_agree_on_modern_batches(dirs):
 
 def test_viz_augment_modern_shows_resized_jittered_views(dirs, pixels, tmp_path):
     from PIL import Image
-    from alexnet_pipe.viz import VizAugmentSettings, augment_loader, seen_pixels
+    from alexnet_pipe.report.viz import VizAugmentSettings, augment_loader, seen_pixels
     from alexnet_pipe_cli.main import cli
     from click.testing import CliRunner
     out = tmp_path / "modern.png"

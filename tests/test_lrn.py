@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from alexnet_pipe.lrn import LRN_IMPLS, lrn, lrn_reference
-from alexnet_pipe.model import LRN_IMPL_DEFAULT, LocalResponseNorm, build_model
+from alexnet_pipe.model.lrn import LRN_IMPLS, lrn, lrn_reference
+from alexnet_pipe.model.alexnet import LRN_IMPL_DEFAULT, LocalResponseNorm, build_model
 from test_model import lrn_reference as lrn_numpy
 
 CONSTANTS = dict(size=5, alpha=1e-4 / 5, beta=0.75, k=2.0)

@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from alexnet_pipe import shards, statfiles, stats, verify
-from alexnet_pipe.errors import UserError
+from alexnet_pipe.shards import format as shards
+from alexnet_pipe.stats import readers as statfiles
+from alexnet_pipe.stats import compute as stats
+from alexnet_pipe.shards import verify
+from alexnet_pipe.core.errors import UserError
 from shardgen import make_data_dir, random_images
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 1 << 70) | st.floats(allow_nan=False)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from alexnet_pipe.model import (CONV_DEFAULT, CONV_IMPLS, LRN_CONVENTIONS, LRN_DEFAULT, LocalResponseNorm,
+from alexnet_pipe.model.alexnet import (CONV_DEFAULT, CONV_IMPLS, LRN_CONVENTIONS, LRN_DEFAULT, LocalResponseNorm,
                                 build_model, count_parameters, layer_table, lrn_convention, scaled)
 
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from alexnet_pipe.config import RECIPES, TrainSettings, check, resolve_settings, settings_from_dict
-from alexnet_pipe.errors import UserError
+from alexnet_pipe.train.config import RECIPES, TrainSettings, check, resolve_settings, settings_from_dict
+from alexnet_pipe.core.errors import UserError
 from alexnet_pipe_cli.main import cli
 
 MODERN_FIELDS = ("crops", "crop_scale", "crop_ratio", "color_jitter", "hue", "label_smoothing", "tensorboard")
@@ -73,7 +73,7 @@ def test_settings_files_are_checked_the_same_way(tmp_path):
 
 def test_make_loaders_passes_the_modern_settings(monkeypatch):
     import alexnet_pipe.loaders as pipeline
-    from alexnet_pipe.train import make_loaders
+    from alexnet_pipe.train.loop import make_loaders
     seen = []
     monkeypatch.setattr(pipeline, "make_loader", lambda ls: seen.append(ls) or ls)
     s = resolve_settings("modern", data="d", crop=224, crop_scale=(0.2, 0.7), hue=0.05)
@@ -86,7 +86,7 @@ def test_make_loaders_passes_the_modern_settings(monkeypatch):
 
 @pytest.mark.parametrize("eps", [0.0, 0.1])
 def test_train_step_smooths_the_loss(eps):
-    from alexnet_pipe.train import train_step
+    from alexnet_pipe.train.loop import train_step
     torch.manual_seed(0)
     net = torch.nn.Linear(6, 4)
     opt = torch.optim.SGD(net.parameters(), lr=0.0)
@@ -100,7 +100,7 @@ def test_train_step_smooths_the_loss(eps):
 
 def test_random_resized_with_the_mean_image_is_one_sentence(tmp_path):
     import numpy as np
-    from alexnet_pipe.stats import StatsSettings, run_stats
+    from alexnet_pipe.stats.compute import StatsSettings, run_stats
     from shardgen import make_data_dir, random_images
     images = random_images(8, 72, seed=1)
     data = make_data_dir(tmp_path / "d", {"train": (images[:6], np.arange(6) % 2),

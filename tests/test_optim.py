@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from alexnet_pipe.model import build_model
-from alexnet_pipe.optim import (MOMENTUM_FORMS, PaperSGD, describe_param_groups, format_param_groups,
+from alexnet_pipe.model.alexnet import build_model
+from alexnet_pipe.train.optim import (MOMENTUM_FORMS, PaperSGD, describe_param_groups, format_param_groups,
                                 make_optimizer, param_groups, set_lr)
 
 BIASES = 96 + 256 + 384 + 384 + 256 + 4096 + 4096 + 1000  # one per kernel or unit of the paper's table

@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 import layouts
-from alexnet_pipe import shards
-from alexnet_pipe.prepare import PrepareSettings, run
-from alexnet_pipe.sample_data import SampleSettings, write_sample_tree
+from alexnet_pipe.shards import format as shards
+from alexnet_pipe.ingest.prepare import PrepareSettings, run
+from alexnet_pipe.ingest.sample_data import SampleSettings, write_sample_tree
 from alexnet_pipe_cli.main import cli
 
 SIZE = 48
@@ -130,7 +130,7 @@ def test_plan_does_not_depend_on_workers_and_refuses_other_settings(tree, tmp_pa
     assert splits_of(one) == splits_of(two)
     again = prep(root, tmp_path / "d1", shards=2, workers=2)  # same settings: nothing to redo
     assert splits_of(again) == splits_of(one)
-    from alexnet_pipe.errors import UserError
+    from alexnet_pipe.core.errors import UserError
     with pytest.raises(UserError, match="quality 90 -> 80"):
         prep(root, tmp_path / "d1", shards=2, quality=80)
     assert splits_of(prep(root, tmp_path / "d1", shards=2, quality=80, overwrite=True)) != splits_of(one)
@@ -214,7 +214,7 @@ def test_workers_start_after_opencv_threads_ran_in_the_parent(tree, tmp_path):
     root, _ = tree
     code = ("import cv2, numpy as np\n"
             "cv2.setNumThreads(2); cv2.resize(np.zeros((2000, 2000, 3), np.uint8), (999, 999))\n"
-            "from pathlib import Path\nfrom alexnet_pipe.prepare import PrepareSettings, run\n"
+            "from pathlib import Path\nfrom alexnet_pipe.ingest.prepare import PrepareSettings, run\n"
             f"run(PrepareSettings(source=Path({str(root)!r}), data=Path({str(tmp_path / 'd')!r}), size=32,"
             " workers=2, shards=2), echo=print)\n")
     out = _run_python(code, stdin=False)
@@ -225,8 +225,8 @@ def test_workers_start_after_opencv_threads_ran_in_the_parent(tree, tmp_path):
 def test_workers_that_cannot_start_are_an_error_not_a_hang(tree, tmp_path):
     """A script read from stdin cannot be re-imported by spawned workers: say so, do not wait forever."""
     root, _ = tree
-    code = ("from pathlib import Path\nfrom alexnet_pipe.prepare import PrepareSettings, run\n"
-            "from alexnet_pipe.errors import UserError\ntry:\n"
+    code = ("from pathlib import Path\nfrom alexnet_pipe.ingest.prepare import PrepareSettings, run\n"
+            "from alexnet_pipe.core.errors import UserError\ntry:\n"
             f"    run(PrepareSettings(source=Path({str(root)!r}), data=Path({str(tmp_path / 'd')!r}), size=32,"
             " workers=2), echo=print)\nexcept UserError as exc:\n    print('USERERROR', exc)\n")
     out = _run_python(code, stdin=True)
@@ -235,7 +235,7 @@ def test_workers_that_cannot_start_are_an_error_not_a_hang(tree, tmp_path):
 
 
 def test_ctrl_c_keeps_whole_shards_says_how_to_resume_and_exits_130(tree, tmp_path, monkeypatch):
-    import alexnet_pipe.prepare as prepare_mod
+    import alexnet_pipe.ingest.prepare as prepare_mod
     root, _ = tree
     whole = prep(root, tmp_path / "whole", shards=3)
     real, calls = prepare_mod.process_chunk, []

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from alexnet_pipe import shards, verify
-from alexnet_pipe.errors import UserError
-from alexnet_pipe.prepare import PrepareSettings, run
-from alexnet_pipe.sample_data import SampleSettings, write_sample_tree
+from alexnet_pipe.shards import format as shards
+from alexnet_pipe.shards import verify
+from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.ingest.prepare import PrepareSettings, run
+from alexnet_pipe.ingest.sample_data import SampleSettings, write_sample_tree
 from alexnet_pipe_cli.main import cli
 
 SIZE = 48
@@ -60,7 +61,7 @@ def _python(code: str, env: dict | None = None) -> subprocess.Popen:
 
 def _prep_code(src: Path, data: Path, **kw) -> str:
     args = ", ".join(f"{k}={v!r}" for k, v in kw.items())
-    return ("import json\nfrom pathlib import Path\nfrom alexnet_pipe.prepare import PrepareSettings, run\n"
+    return ("import json\nfrom pathlib import Path\nfrom alexnet_pipe.ingest.prepare import PrepareSettings, run\n"
             f"s = run(PrepareSettings(source=Path({str(src)!r}), data=Path({str(data)!r}), size={SIZE}, "
             f"shards={SHARDS}, workers=1, {args}), echo=lambda *_: None)\n"
             "print(json.dumps(s['written_shards']))\n")
@@ -236,7 +237,7 @@ def test_only_shards_auto_outside_an_array_job_is_one_sentence(tree, tmp_path, m
 def test_array_ranges_are_disjoint_and_cover_every_shard():
     from hypothesis import given, strategies as st
 
-    from alexnet_pipe.arrayjob import auto_range
+    from alexnet_pipe.ingest.arrayjob import auto_range
 
     @given(st.integers(0, 300), st.integers(1, 64))
     def check(shard_count, tasks):

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from alexnet_pipe import shards
-from alexnet_pipe.errors import UserError
-from alexnet_pipe.prepare import PrepareSettings, run
-from alexnet_pipe.sample_data import SampleSettings, write_jpeg, write_sample_tree
-from alexnet_pipe.sources import discover
+from alexnet_pipe.shards import format as shards
+from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.ingest.prepare import PrepareSettings, run
+from alexnet_pipe.ingest.sample_data import SampleSettings, write_jpeg, write_sample_tree
+from alexnet_pipe.ingest.sources import discover
 from alexnet_pipe_cli.main import cli
 
 SIZE = 32

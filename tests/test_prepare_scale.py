@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet_pipe import prepare, sources
-from alexnet_pipe.prepare import PrepareSettings, make_plan
-from alexnet_pipe.sources import ItemList, discover
+from alexnet_pipe.ingest import prepare
+from alexnet_pipe.ingest import sources
+from alexnet_pipe.ingest.prepare import PrepareSettings, make_plan
+from alexnet_pipe.ingest.sources import ItemList, discover
 
 
 def _flat_tree(root: Path, n: int, classes: int = 10) -> Path:
@@ -77,7 +78,7 @@ class Log(io.StringIO):
 
 
 def _images(root: Path, n: int = 6) -> Path:
-    from alexnet_pipe.sample_data import draw_image, write_jpeg
+    from alexnet_pipe.ingest.sample_data import draw_image, write_jpeg
     for i in range(n):
         (root / "train" / f"n{i % 2:08d}").mkdir(parents=True, exist_ok=True)
         write_jpeg(root / "train" / f"n{i % 2:08d}" / f"{i}.JPEG", draw_image(i % 8, np.random.default_rng(i), 40, 48))
@@ -106,7 +107,7 @@ def test_the_rate_is_over_the_whole_run_listing_included(tmp_path, monkeypatch):
 
 
 def test_verify_shows_each_shard_verified(tmp_path, monkeypatch):
-    from alexnet_pipe import verify
+    from alexnet_pipe.shards import verify
     src = _images(tmp_path / "src")
     prepare.run(PrepareSettings(source=src, data=tmp_path / "d", size=32, shards=3), echo=lambda *_: None,
                 stream=io.StringIO())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 
-from alexnet_pipe.progress import Progress
+from alexnet_pipe.core.progress import Progress
 
 
 class Terminal(io.StringIO):

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from alexnet_pipe.errors import UserError
-from alexnet_pipe.runlog import read_metrics
+from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.train.runlog import read_metrics
 
 
 def test_read_metrics_skips_only_a_cut_last_row(tmp_path):
@@ -50,8 +50,8 @@ def assert_same_scalars(run):
 
 
 def test_tensorboard_log_has_the_rows_scalars_and_follows_a_resume(tmp_path):
-    from alexnet_pipe.config import TrainSettings
-    from alexnet_pipe.runlog import RunLog
+    from alexnet_pipe.train.config import TrainSettings
+    from alexnet_pipe.train.runlog import RunLog
     s = TrainSettings(tensorboard=True)
     log = RunLog(tmp_path, True)
     log.start(s, 0)
@@ -68,16 +68,16 @@ def test_tensorboard_log_has_the_rows_scalars_and_follows_a_resume(tmp_path):
 
 
 def test_no_tensorboard_log_unless_asked_nor_on_other_ranks(tmp_path):
-    from alexnet_pipe.config import TrainSettings
-    from alexnet_pipe.runlog import RunLog
+    from alexnet_pipe.train.config import TrainSettings
+    from alexnet_pipe.train.runlog import RunLog
     RunLog(tmp_path / "a", True).start(TrainSettings(), 0)
     RunLog(tmp_path / "b", False).start(TrainSettings(tensorboard=True), 0)
     assert not (tmp_path / "a" / "tensorboard").exists() and not (tmp_path / "b").exists()
 
 
 def test_training_with_tensorboard_writes_the_jsonl_scalars(tmp_path):
-    from alexnet_pipe.config import TrainSettings
-    from alexnet_pipe.train import run_training
+    from alexnet_pipe.train.config import TrainSettings
+    from alexnet_pipe.train.loop import run_training
     run = tmp_path / "r"
     s = TrainSettings(loader="synthetic", width=0.0625, crop=64, batch_size=4, num_classes=3, eval_every=1,
                       log_every=2, synthetic_steps=3, epochs=2, max_steps=5, run=str(run), data=str(tmp_path),

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from alexnet_pipe.errors import UserError
-from alexnet_pipe.sample_data import (SampleSettings, class_name, draw_image, make_wnids, source_image,
+from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.ingest.sample_data import (SampleSettings, class_name, draw_image, make_wnids, source_image,
                                       write_cmyk_jpeg, write_gray_jpeg, write_jpeg, write_png,
                                       write_sample_tree, write_truncated_jpeg)
 from alexnet_pipe_cli.main import cli

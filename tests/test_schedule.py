@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from alexnet_pipe.schedule import Plateau, lr_at
+from alexnet_pipe.train.schedule import Plateau, lr_at
 
 
 def test_step_schedule():

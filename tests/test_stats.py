@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from alexnet_pipe.decode import iter_decoded
-from alexnet_pipe.errors import UserError
-from alexnet_pipe.shards import Datum, ShardStats, iter_records, record_key, shard_dirs
-from alexnet_pipe.stats import (StatsSettings, compute, exact_moments, load_stats, principal_axes,
+from alexnet_pipe.shards.decode import iter_decoded
+from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.shards.format import Datum, ShardStats, iter_records, record_key, shard_dirs
+from alexnet_pipe.stats.compute import (StatsSettings, compute, exact_moments, load_stats, principal_axes,
                                 run_stats)
 from alexnet_pipe_cli.main import cli
 from shardgen import make_data_dir, random_images
@@ -398,7 +398,7 @@ def test_cli_bad_input(jpeg_copy, tmp_path):
 
 
 def test_device_auto_picks_the_cpu_without_a_gpu(dirs, tmp_path):
-    from alexnet_pipe.decode import cuda_devices
+    from alexnet_pipe.shards.decode import cuda_devices
     data = Path(shutil.copytree(dirs["raw"], tmp_path / "data"))
     result = CliRunner().invoke(cli, ["stats", "--data", str(data), "--sample", "4"])
     assert result.exit_code == 0, result.output
@@ -408,21 +408,21 @@ def test_device_auto_picks_the_cpu_without_a_gpu(dirs, tmp_path):
 
 @pytest.mark.parametrize("when", ["decoding", "writing"])
 def test_ctrl_c_in_recompute_says_what_is_intact(jpeg_copy, monkeypatch, when):
-    import alexnet_pipe.decode
-    import alexnet_pipe.stats
+    import alexnet_pipe.shards.decode
+    import alexnet_pipe.stats.compute
     before = {p.name: p.read_bytes() for p in (jpeg_copy / "stats").glob("*")} if (jpeg_copy / "stats").is_dir() else {}
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
     if when == "decoding":
-        real = alexnet_pipe.decode.iter_decoded
+        real = alexnet_pipe.shards.decode.iter_decoded
 
         def one_batch_then_ctrl_c(*args, **kwargs):
             yield next(iter(real(*args, **kwargs)))
             raise KeyboardInterrupt
-        monkeypatch.setattr(alexnet_pipe.decode, "iter_decoded", one_batch_then_ctrl_c)
+        monkeypatch.setattr(alexnet_pipe.shards.decode, "iter_decoded", one_batch_then_ctrl_c)
     else:
-        monkeypatch.setattr(alexnet_pipe.stats, "write_outputs", interrupted)
+        monkeypatch.setattr(alexnet_pipe.stats.compute, "write_outputs", interrupted)
     result = CliRunner().invoke(cli, ["stats", "--data", str(jpeg_copy), "--recompute", "--device", "cpu"])
     assert result.exit_code == 130, result.output
     assert "Aborted" not in result.output and "Traceback" not in result.output

@@ -11,11 +11,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from alexnet_pipe.errors import UserError
-from alexnet_pipe.checkpoint import checkpoints, latest_checkpoint, load_checkpoint
-from alexnet_pipe.config import TrainSettings, resolve_settings
-from alexnet_pipe.runlog import read_metrics
-from alexnet_pipe.train import finalize, run_training
+from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.train.checkpoint import checkpoints, latest_checkpoint, load_checkpoint
+from alexnet_pipe.train.config import TrainSettings, resolve_settings
+from alexnet_pipe.train.runlog import read_metrics
+from alexnet_pipe.train.loop import finalize, run_training
 from alexnet_pipe_cli.main import cli
 
 TRAIN_ROW = ("step", "epoch", "loss", "lr")
@@ -227,7 +227,7 @@ def test_a_deleted_shard_dir_is_found_before_any_worker_starts(tmp_path):
 
 
 def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
-    import alexnet_pipe.train as train_mod
+    import alexnet_pipe.train.loop as train_mod
 
     def interrupted(s):
         raise KeyboardInterrupt
@@ -240,8 +240,8 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
 
 def test_lighting_scale_reaches_the_loader(monkeypatch):
     import alexnet_pipe.loaders as pipeline
-    from alexnet_pipe.config import resolve_settings
-    from alexnet_pipe.train import make_loaders
+    from alexnet_pipe.train.config import resolve_settings
+    from alexnet_pipe.train.loop import make_loaders
     seen = []
     monkeypatch.setattr(pipeline, "make_loader", lambda ls: seen.append(ls) or ls)
     s = resolve_settings("paper", data="d", lighting_scale="fbresnet", crop=224)
@@ -261,7 +261,7 @@ def test_no_lighting_flag():
 
 def test_bench_train_times_the_implementation_asked_for(monkeypatch):
     """--lrn-impl / --conv reach the model both loops build (a GPU table compares them row by row)."""
-    import alexnet_pipe.bench_train as bench
+    import alexnet_pipe.report.bench_train as bench
     built = []
     real = bench.build
     monkeypatch.setattr(bench, "build", lambda s, n, d: built.append((s.lrn_impl, s.conv)) or real(s, n, d))

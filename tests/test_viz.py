@@ -18,11 +18,11 @@ S, CROP, N_TRAIN, N_VAL, CLASSES = 72, 64, 40, 12, 4
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(data dir, checkpoint): 2 steps of the real trainer (recipe small, width 0.25, crop 64) on a
-    data dir from shardgen with stats from `alexnet_pipe.stats`."""
-    from alexnet_pipe.stats import StatsSettings, run_stats
-    from alexnet_pipe.checkpoint import latest_checkpoint
-    from alexnet_pipe.config import resolve_settings
-    from alexnet_pipe.train import run_training
+    data dir from shardgen with stats from `alexnet_pipe.stats.compute`."""
+    from alexnet_pipe.stats.compute import StatsSettings, run_stats
+    from alexnet_pipe.train.checkpoint import latest_checkpoint
+    from alexnet_pipe.train.config import resolve_settings
+    from alexnet_pipe.train.loop import run_training
     root = tmp_path_factory.mktemp("viz")
     images = random_images(N_TRAIN + N_VAL, S, seed=5)
     labels = np.arange(N_TRAIN + N_VAL) % CLASSES
@@ -52,7 +52,7 @@ def png_rgb(path: Path) -> np.ndarray:
 # ---------------------------------------------------------------- filters
 
 def test_filter_grid_places_kernels_and_normalises_each():
-    from alexnet_pipe.viz import filter_grid
+    from alexnet_pipe.report.viz import filter_grid
     rng = np.random.default_rng(0)
     w = rng.normal(size=(96, 3, 11, 11)) * 0.01
     w[50] = 0.0
@@ -75,14 +75,14 @@ def test_filter_grid_places_kernels_and_normalises_each():
 
 
 def test_filter_grid_single_block_for_owt():
-    from alexnet_pipe.viz import filter_grid, filter_grid_size
+    from alexnet_pipe.report.viz import filter_grid, filter_grid_size
     w = np.random.default_rng(1).normal(size=(64, 3, 11, 11))
     assert filter_grid(w, 1, scale=2).shape[:2][::-1] == filter_grid_size(64, 1, 11, 11, scale=2) == (16 * 24 + 2, 4 * 24 + 2)
 
 
 def test_viz_filters_command(trained, tmp_path):
     import torch
-    from alexnet_pipe.checkpoint import load_checkpoint, save_atomic
+    from alexnet_pipe.train.checkpoint import load_checkpoint, save_atomic
     _, ckpt = trained
     state = load_checkpoint(ckpt)
     w = state["model"]["features.conv1.weight"]
@@ -126,7 +126,7 @@ def test_viz_filters_bad_input(tmp_path):
 # ---------------------------------------------------------------- neighbors
 
 def test_nearest_matches_numpy_reference():
-    from alexnet_pipe.viz import nearest
+    from alexnet_pipe.report.viz import nearest
     rng = np.random.default_rng(2)
     train = rng.normal(size=(37, 20))
     queries = np.concatenate([train[[4, 30]], rng.normal(size=(1, 20))])
@@ -143,7 +143,7 @@ def test_nearest_matches_numpy_reference():
 def fc7_reference(ckpt, data, split):
     """Every record's fc7 by a plain loop: torch loader batches of 1, model.fc7, float64."""
     import torch
-    from alexnet_pipe.checkpoint import load_model
+    from alexnet_pipe.train.checkpoint import load_model
     from alexnet_pipe.loaders import LoaderSettings, make_loader
     model, ts = load_model(ckpt, torch.device("cpu"))
     loader = make_loader(LoaderSettings(data, split=split, train=False, batch_size=1, crop=ts.crop, loader="torch",
@@ -154,7 +154,7 @@ def fc7_reference(ckpt, data, split):
 
 @pytest.mark.dali
 def test_neighbors_of_training_images_are_themselves(trained):
-    from alexnet_pipe.viz import NeighborsSettings, find_neighbors
+    from alexnet_pipe.report.viz import NeighborsSettings, find_neighbors
     data, ckpt = trained
     found = find_neighbors(NeighborsSettings(ckpt, data, Path("unused.png"), split="train", query=3, k=4,
                                              batch_size=16, loader="dali"))
@@ -236,7 +236,7 @@ def test_help(name):
 
 def test_viz_uses_the_one_checkpoint_loader(tmp_path):
     """An empty file (EOFError inside torch.load) is one sentence in viz too, from checkpoint.load_model."""
-    import alexnet_pipe.viz as viz
+    import alexnet_pipe.report.viz as viz
     assert not hasattr(viz, "load_model")  # no second copy of the loader
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..errors import UserError
-from .base import LOADERS, LoaderSettings, validate
-from ..decode import dali_available
-from .records import release_shards
+from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.loaders.base import LOADERS, LoaderSettings, validate
+from alexnet_pipe.shards.decode import dali_available
+from alexnet_pipe.loaders.records import release_shards
 
 __all__ = ["LOADERS", "LoaderSettings", "make_loader", "release_shards", "resolve_loader"]
 
@@ -32,7 +32,7 @@ def make_loader(settings: LoaderSettings):
     settings = dataclasses.replace(settings, loader=resolve_loader(settings.loader))
     validate(settings)
     if settings.loader == "torch":
-        from .fallback import TorchLoader
+        from alexnet_pipe.loaders.fallback import TorchLoader
         return TorchLoader(settings)
-    from .dali import CaffeReaderLoader, DaliLoader
+    from alexnet_pipe.loaders.dali import CaffeReaderLoader, DaliLoader
     return CaffeReaderLoader(settings) if settings.reader == "caffe" else DaliLoader(settings)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import augment
-from ..errors import UserError
-from ..jitter import JitterSpec
-from .records import RecordIndex, decode_rgb, release_shards
+from alexnet_pipe.loaders import augment
+from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.loaders.jitter import JitterSpec
+from alexnet_pipe.loaders.records import RecordIndex, decode_rgb, release_shards
 
 LOADERS = ("auto", "dali", "torch")  # auto: DALI where it is installed, else torch
 DEVICES = ("cpu", "gpu")
@@ -251,7 +251,7 @@ class TorchNormalizer:
     def _jittered(out, dst, src, jitter, batched: bool):
         """Copy the uint8 crops into the float output and jitter them there; -> the new source (`dst`
         itself: every later op reads one element and writes the same one, so in place is safe)."""
-        from ..jitter import jitter_one_, jitter_batch_
+        from alexnet_pipe.loaders.jitter import jitter_one_, jitter_batch_
         factors, order = np.asarray(jitter[0], np.float32), np.asarray(jitter[1])
         if batched:
             dst.copy_(src)

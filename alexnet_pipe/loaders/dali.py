@@ -18,11 +18,11 @@ from typing import Iterator
 
 import numpy as np
 
-from .. import augment
-from ..errors import UserError
-from .base import BaseLoader, LoaderSettings, cuda_device_id
-from ..decode import check_dali_can_open, dali_error_cause
-from .records import release_shards
+from alexnet_pipe.loaders import augment
+from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.loaders.base import BaseLoader, LoaderSettings, cuda_device_id
+from alexnet_pipe.shards.decode import check_dali_can_open, dali_error_cause
+from alexnet_pipe.loaders.records import release_shards
 
 
 def process(data, anchor, flip, cmn_mean, *, encoded: bool, device: str, size: int, crop: int,
@@ -42,7 +42,7 @@ def process(data, anchor, flip, cmn_mean, *, encoded: bool, device: str, size: i
     mirrors them on the host (`mirror_in_place`), much cheaper than DALI's CPU flip.
     """
     from nvidia.dali import fn, types
-    from ..decode import decoder_options
+    from alexnet_pipe.shards.decode import decoder_options
     op_device = "cpu" if device == "cpu" else "gpu"
     # slice's anchor/shape inputs: a bare numpy value becomes a Constant on the operator's device, and a
     # GPU slice then copies it back to the host with a sync point every iteration (fn.slice docs: "CPU

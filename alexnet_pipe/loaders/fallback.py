@@ -17,9 +17,9 @@ from typing import Iterator
 
 import numpy as np
 
-from .. import augment
-from .base import BaseLoader, LoaderSettings, cuda_device_id
-from .records import RecordIndex, decode_rgb, release_shards
+from alexnet_pipe.loaders import augment
+from alexnet_pipe.loaders.base import BaseLoader, LoaderSettings, cuda_device_id
+from alexnet_pipe.loaders.records import RecordIndex, decode_rgb, release_shards
 
 
 def _quiet_opencv_pool() -> None:

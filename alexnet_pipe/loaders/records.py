@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from ..shards import (DamagedRecord, Datum, Keys, ShardFormatError, key_index_problem, load_shard_meta, open_reader,
+from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.shards.format import (DamagedRecord, Datum, Keys, ShardFormatError, key_index_problem, load_shard_meta, open_reader,
                       read_datum, read_manifest, shard_dirs)
 
 _TXNS: dict[tuple[int, str], tuple] = {}
@@ -109,7 +109,7 @@ def decode_rgb(datum, index: RecordIndex, i: int) -> np.ndarray:
     does not decode to that is one sentence naming its shard and key."""
     if not datum.encoded:
         return index.pixels(datum, i)
-    from ..images import decode_stored_jpeg
+    from alexnet_pipe.shards.pixels import decode_stored_jpeg
     rgb = decode_stored_jpeg(datum.data)
     if rgb is None or rgb.shape != (index.size, index.size, 3):
         raise index.damaged(i, f"does not decode to a {index.size}x{index.size} RGB image")

@@ -1,0 +1,1 @@
+"""Raw ImageNet in: the layouts (sources), image decoding and resizing, the prepare run, the sample data."""

@@ -1,0 +1,101 @@
+"""What in a data dir prepare wrote, and so what `prepare --overwrite` may remove: nothing else.
+
+A data dir is often a folder users keep other things in (runs/, notes, a stats plot they edited), and a
+wrong `--data` can point at anything.  So removal goes by name, file by file, never a recursive delete:
+shard dirs hold only the files ShardWriter writes, stats/ only what `stats` writes, and a folder is
+removed only once it is empty.  Anything else found inside a split or a shard dir stops the run instead
+(prepare would otherwise write shards beside, or over, files it does not know).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from alexnet_pipe.shards import format as shards
+from alexnet_pipe.shards.datadir import DataDir
+from alexnet_pipe.core.errors import UserError
+
+SPLITS = ("train", "val")
+PREPARE_JSON = "prepare.json"
+SHARD_REJECTS = "rejects.jsonl"
+# the ".NAME.tmp-PID" suffix is files.atomic_write's temp file, left behind only by a kill
+_TMP = r"(\.tmp-\d+)?"
+CLAIMS_LOCK = ".claims.lock"  # claims.CLAIMS_LOCK; kept by clear(): another writer may hold it
+SHARD_DIR = re.compile(r"shard-\d{5}")
+SHARD_ENTRY = re.compile(r"(shard-\d{5}|\.shard-\d{5}\.tmp-.+|\.shard-\d{5}\.claim|\.claims\.lock)")
+SHARD_FILE = re.compile(rf"\.?(data\.mdb|lock\.mdb|{re.escape(shards.SHARD_META)}|{re.escape(shards.SHARD_STATS)}"
+                        rf"|{re.escape(shards.KEY_INDEX)}"
+                        rf"|{re.escape(SHARD_REJECTS)}){_TMP}")
+STATS_FILE = re.compile(rf"\.?(mean\.npy|mean\.binaryproto|stats_settings\.json|pca\.json|mean\.png|pca_axes\.png)"
+                        rf"{_TMP}")
+TOP_FILE = re.compile(rf"\.?(manifest\.json|rejects\.jsonl|{re.escape(PREPARE_JSON)}){_TMP}")
+
+
+def _foreign_in_shard(shard_dir: Path) -> list[Path]:
+    if shard_dir.is_symlink() or not shard_dir.is_dir():
+        return [] if shard_dir.name.startswith(".") and shard_dir.is_file() else [shard_dir]
+    return [p for p in shard_dir.iterdir() if not (SHARD_FILE.fullmatch(p.name) and p.is_file())]
+
+
+def foreign_entries(dd: DataDir) -> list[Path]:
+    """Files and folders inside train/ and val/ (and inside their shard dirs) that prepare does not write."""
+    found = []
+    for split in SPLITS:
+        folder = dd.split(split)
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            found.append(folder)
+            continue
+        for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+            found.extend(_foreign_in_shard(entry) if SHARD_ENTRY.fullmatch(entry.name) else [entry])
+    return found
+
+
+def refuse_foreign(dd: DataDir) -> None:
+    found = foreign_entries(dd)
+    if found:
+        names = ", ".join(str(p.relative_to(dd.root)) for p in found[:3])
+        raise UserError(f"{dd.root} holds {len(found)} file(s) in its split folders that prepare did not write "
+                        f"({names}); move them away or choose another --data dir")
+
+
+def has_shards(dd: DataDir) -> bool:
+    return any(dd.split(s).is_dir() and any(SHARD_DIR.fullmatch(p.name) for p in dd.split(s).iterdir())
+               for s in SPLITS)
+
+
+def _remove_matching(folder: Path, pattern: re.Pattern) -> None:
+    for entry in folder.iterdir():
+        if pattern.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+            entry.unlink()
+    _rmdir_if_empty(folder)
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty: something there is not ours, and stays
+        pass
+
+
+def remove_shard_dir(shard_dir: Path) -> None:
+    """A shard dir, file by file; a file prepare does not write keeps it (and itself) in place."""
+    if shard_dir.is_dir() and not shard_dir.is_symlink():
+        _remove_matching(shard_dir, SHARD_FILE)
+    elif shard_dir.is_file() and SHARD_ENTRY.fullmatch(shard_dir.name):
+        shard_dir.unlink()
+
+
+def clear(dd: DataDir) -> None:
+    """Remove everything prepare (and stats) wrote in the data dir; the user's own files stay."""
+    for split in SPLITS:
+        folder = dd.split(split)
+        if folder.is_dir() and not folder.is_symlink():
+            for entry in folder.iterdir():
+                if SHARD_ENTRY.fullmatch(entry.name) and entry.name != CLAIMS_LOCK:
+                    remove_shard_dir(entry)
+            _rmdir_if_empty(folder)
+    if dd.stats.is_dir() and not dd.stats.is_symlink():
+        _remove_matching(dd.stats, STATS_FILE)
+    for entry in dd.root.iterdir():
+        if TOP_FILE.fullmatch(entry.name) and entry.is_file():
+            entry.unlink()

@@ -1,0 +1,1 @@
+"""What the tool shows: pictures of a trained network and its run (viz), the demo, and the benchmark drivers."""

@@ -1,0 +1,142 @@
+"""Image bytes <-> 8-bit pixels, by content: prepare's inputs (any format) and the records' JPEGs.
+
+OpenCV does the decoding (libjpeg-turbo, libpng): it is several times faster than Pillow here
+and can downscale JPEGs in the DCT domain while decoding (IMREAD_REDUCED_*), which is where
+most of prepare's time goes for large photographs.
+"""
+from __future__ import annotations
+
+import struct
+
+import cv2
+import numpy as np
+
+_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+_FLAGS = cv2.IMREAD_IGNORE_ORIENTATION  # as PIL/torchvision/Caffe-era pipelines: EXIF is not applied
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_MAGIC = [(b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"GIF8", "gif"), (b"BM", "bmp"),
+          (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"), (b"RIFF", "webp")]
+
+
+class Reject(Exception):
+    """An input that cannot become a record; the message is the reason listed in rejects.jsonl."""
+
+
+def sniff(data: bytes) -> str | None:
+    """The image format by magic bytes, whatever the file is called."""
+    for magic, kind in _MAGIC:
+        if data.startswith(magic):
+            return None if kind == "webp" and data[8:12] != b"WEBP" else kind
+    return None
+
+
+def jpeg_info(data: bytes) -> tuple[int, int, int, bool]:
+    """(height, width, components, complete) from the JPEG markers, without decoding.
+
+    complete is False where the entropy-coded data ends before the EOI marker: libjpeg
+    would fill the rest with grey and call it a success, so truncation is caught here.
+    """
+    pos, n, info = 2, len(data), None
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            raise Reject("corrupt JPEG (bad marker)")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:
+            break
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            pos += 2
+            continue
+        length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
+        if marker in _SOF and pos + 10 <= n:
+            h, w = struct.unpack(">HH", data[pos + 5:pos + 9])
+            info = (h, w, data[pos + 9])
+        pos += 2 + length
+        if marker == 0xDA:
+            # FF D9 cannot occur inside entropy-coded data (FF is always stuffed), so a file
+            # ending in EOI after the first scan is complete: no need to walk the scans
+            if info is not None and data.endswith(b"\xff\xd9") and n > pos:
+                return (*info, True)
+            pos = _skip_scan(data, pos)
+            if pos < 0:
+                return (*(info or (0, 0, 0)), False)
+    if info is None:
+        raise Reject("corrupt JPEG (no frame header)")
+    return (*info, pos + 2 <= n and data[pos + 1] == 0xD9)
+
+
+def _skip_scan(data: bytes, pos: int) -> int:
+    """Position of the marker ending an entropy-coded segment, or -1 if the data ends first."""
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= len(data):
+            return -1
+        nxt = data[pos + 1]
+        if nxt == 0x00 or 0xD0 <= nxt <= 0xD7 or nxt == 0xFF:
+            pos += 1 if nxt == 0xFF else 2
+            continue
+        return pos
+
+
+def _to_bgr8(img: np.ndarray) -> np.ndarray:
+    """Any OpenCV decode (gray, BGR, BGRA; 8 or 16 bit) -> contiguous uint8 BGR."""
+    if img.dtype == np.uint16:
+        img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise Reject(f"unsupported pixel type {img.dtype}")
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)  # alpha dropped, as PIL's convert("RGB")
+    if img.shape[2] == 1:
+        return cv2.cvtColor(img[..., 0], cv2.COLOR_GRAY2BGR)
+    return img
+
+
+def decode_rgb(data: bytes, min_side: int = 0) -> np.ndarray:
+    """Decode bytes of any supported format to uint8 RGB (H, W, 3); see decode_bgr."""
+    return cv2.cvtColor(decode_bgr(data, min_side), cv2.COLOR_BGR2RGB)
+
+
+def decode_bgr(data: bytes, min_side: int = 0) -> np.ndarray:
+    """Decode bytes of any supported format to uint8 BGR (H, W, 3), OpenCV's own order: prepare
+    keeps it up to the JPEG encoder, which wants it too, so no pixel is reordered twice.
+
+    min_side > 0 lets a JPEG be reduced by 2/4/8 in the DCT domain as long as its shorter
+    side stays >= min_side (the later resize then starts from fewer pixels).
+    """
+    if not data:
+        raise Reject("empty file")
+    kind = sniff(data)
+    if kind is None:
+        raise Reject("not an image (unrecognised content)")
+    buf = np.frombuffer(data, np.uint8)
+    if kind == "jpeg":
+        h, w, comps, complete = jpeg_info(data)
+        if not complete:
+            raise Reject("truncated JPEG (no end-of-image marker)")
+        factor = max([f for f in _REDUCED if min(h, w) // f >= min_side > 0], default=1)
+        flags = (_REDUCED[factor] if factor > 1 else cv2.IMREAD_COLOR) | _FLAGS
+        img = cv2.imdecode(buf, flags)
+    else:
+        if kind == "png" and b"IEND" not in data[-64:]:
+            raise Reject("truncated PNG (no IEND chunk)")  # before libpng prints its own complaint
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | _FLAGS)
+    if img is None or img.size == 0:
+        raise Reject(f"undecodable {kind.upper()} (corrupt or truncated)")
+    return _to_bgr8(img)
+
+
+def encode_jpeg(bgr: np.ndarray, quality: int) -> bytes:
+    """JPEG bytes of a BGR image (OpenCV's order, as decode_bgr gives it)."""
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("OpenCV failed to encode a JPEG")
+    return buf.tobytes()
+
+
+def decode_stored_jpeg(data: bytes) -> np.ndarray | None:
+    """The pixels a reader gets back from a JPEG record (RGB), or None if they do not decode."""
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB | _FLAGS)

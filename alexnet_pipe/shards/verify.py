@@ -1,0 +1,139 @@
+"""info and verify: what a data dir holds, and whether every record is intact."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from alexnet_pipe.shards import format as shards
+from alexnet_pipe.shards.datadir import DataDir
+from alexnet_pipe.core.errors import UserError
+
+VERIFY_EVERY = 1.0  # seconds between progress lines in a log: a shard of 10,000 records takes seconds
+
+
+@dataclasses.dataclass
+class ShardReport:
+    split: str
+    name: str
+    records: int
+    problems: list[str]
+
+
+def check_shard(shard_dir: Path, expected: dict, size: int, num_classes: int) -> list[str]:
+    """Decode every record of one shard; compare count and checksum with the manifest."""
+    problems, keys = [], []
+    check, count = shards.RecordChecksum(), 0
+    try:
+        for key, value in shards.iter_records(shard_dir):
+            check.update(key, value)
+            keys.append(key)
+            count += 1
+            problem = record_problem(shard_dir, key, value, size, num_classes)
+            if problem:
+                problems.append(f"{key.decode(errors='replace')}: {problem}")
+    except shards.ShardFormatError as exc:  # iter_records turns every lmdb failure into this
+        return [f"unreadable LMDB ({getattr(exc, 'reason', exc)})"]
+    if count != expected["records"]:
+        problems.append(f"{count} records, manifest says {expected['records']}")
+    if check.hexdigest() != expected["checksum"]:
+        problems.append("checksum differs from the manifest")
+    problems += key_index_problems(shard_dir, keys)
+    return problems[:20]
+
+
+def key_index_problems(shard_dir: Path, keys: list[bytes]) -> list[str]:
+    """keys.bin against the records: the loaders list a shard's keys from it without reading LMDB."""
+    try:
+        index, problem = shards.key_index_problem(shard_dir, shards.load_shard_meta(shard_dir))
+    except shards.ShardFormatError as exc:
+        return [f"{shards.SHARD_META} is unreadable ({exc})"]
+    if problem:
+        return [f"{problem} (the loaders then list the keys from LMDB, slower)"]
+    if index is not None and list(index) != keys:
+        return [f"{shards.KEY_INDEX} does not hold the shard's keys"]
+    return []
+
+
+def check_record(shard_dir: Path, key: bytes, value: bytes, size: int, num_classes: int) -> None:
+    """DamagedRecord where one record is not a Datum of this data dir: the loaders' own checks."""
+    shards.record_pixels(shard_dir, key, shards.read_datum(shard_dir, key, value, num_classes), size)
+
+
+def record_problem(shard_dir: Path, key: bytes, value: bytes, size: int, num_classes: int) -> str | None:
+    try:
+        check_record(shard_dir, key, value, size, num_classes)
+    except shards.DamagedRecord as exc:
+        return exc.reason
+    return None
+
+
+def first_damaged_record(shard_dirs: list[Path], size: int, num_classes: int) -> shards.DamagedRecord | None:
+    """The first record of these shards that does not decode, as the error to raise; None if all do.
+
+    For a reader that decodes out of sight (DALI) and only learns that some record of a batch failed."""
+    for shard in shard_dirs:
+        for key, value in shards.iter_records(shard):
+            try:
+                check_record(shard, key, value, size, num_classes)
+            except shards.DamagedRecord as exc:
+                return exc
+    return None
+
+
+def verify(data: Path, workers: int = 1, stream=None, show: bool = True) -> list[ShardReport]:
+    """Every shard's problems, in manifest order; shards verified so far go to stream (stderr by default)."""
+    from alexnet_pipe.core.progress import Progress
+    dd = DataDir(Path(data))
+    manifest = shards.read_manifest(dd.root)
+    size, ncls = manifest["settings"]["size"], len(manifest["classes"])
+    jobs = [(split, entry) for split, info in manifest["splits"].items() for entry in info["shards"]]
+    args = [(dd.split(split) / e["name"], e, size, ncls) for split, e in jobs]
+    progress = Progress(len(args), "verify", unit="shard", stream=stream, every=VERIFY_EVERY, enabled=show)
+    try:
+        checked = _in_workers(args, workers) if workers > 1 and len(args) > 1 else (check_shard(*a) for a in args)
+        found = []
+        for (split, e), problems in zip(jobs, checked):
+            found.append(ShardReport(split, e["name"], e["records"], problems))
+            progress.update(1, f"{split}/{e['name']}")
+    finally:
+        progress.close()
+    return found
+
+
+def _in_workers(args: list[tuple], workers: int):
+    """check_shard of each, in order, as each is done."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from alexnet_pipe.core.workers import worker_pool
+    try:
+        with worker_pool(workers) as pool:
+            yield from pool.map(check_shard, *zip(*args))
+    except BrokenProcessPool:  # a shard damaged in a way that crashes LMDB itself, or memory ran out
+        raise UserError("a verify worker process died (a shard damaged so that LMDB crashed reading it, or "
+                        "memory ran out): run `alexnet-pipe verify --workers 1` to see which shard") from None
+
+
+def class_note(manifest: dict, data: Path | str | None = None) -> str | None:
+    """A one-line warning where the data dir holds fewer than 2 classes (training reaches loss 0 at once and
+    every error is 0, which says nothing); None otherwise. train and info print it."""
+    count = len(manifest["classes"])
+    if count >= 2:
+        return None
+    where = f"{data} holds" if data is not None else "this data dir holds"
+    return (f"note: {where} {count} class{'' if count == 1 else 'es'}: the loss is 0 from the start and every "
+            "error is 0; prepare images of 2 or more classes to train anything")
+
+
+def info(data: Path) -> dict:
+    dd = DataDir(Path(data))
+    manifest = shards.read_manifest(dd.root)
+    out = {"data": str(dd.root), "settings": manifest["settings"], "classes": len(manifest["classes"]),
+           "splits": {}, "stats": sorted(p.name for p in dd.stats.glob("*")) if dd.stats.is_dir() else [],
+           "runs": sorted(p.name for p in dd.runs.iterdir()) if dd.runs.is_dir() else []}
+    for split, s in manifest["splits"].items():
+        out["splits"][split] = {"records": s["count"], "rejects": s["rejects"], "shards": len(s["shards"]),
+                                "bytes": sum(e["bytes"] for e in s["shards"]),
+                                "missing": [e["name"] for e in s["shards"] if not (dd.split(split) / e["name"]).is_dir()]}
+    out["example_classes"] = [f"{c['wnid']} {c['name']}" for c in manifest["classes"][:3]]
+    out["notes"] = [note] if (note := class_note(manifest, dd.root)) else []
+    return out

@@ -1,0 +1,178 @@
+"""Checkpoints: atomic save, list / latest / load, every rank's RNG state, the resume rules, and load_model.
+
+A checkpoint is one torch file `RUN/ckpt-<step>.pt` holding the model, optimiser and schedule state, the
+position in the run (epoch, step in it, global step), every rank's RNG state and the settings it was trained
+with; `best.pt` is a hard link to the best one.  Writes go through files.atomic_write, so a reader never sees
+half of one and a crash leaves the previous checkpoints as they were.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+from alexnet_pipe.train.config import TrainSettings, settings_from_dict
+from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.core.files import atomic_write
+
+CKPT_PREFIX = "ckpt-"
+
+
+def save_atomic(obj, path: Path) -> None:
+    """torch.save to a temp file in the same dir, fsync, rename: a reader never sees half a checkpoint."""
+    import torch
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def checkpoints(run: Path) -> list[Path]:
+    """Step checkpoints of a run, oldest first."""
+    return sorted(Path(run).glob(f"{CKPT_PREFIX}*.pt"), key=lambda p: int(p.stem[len(CKPT_PREFIX):]))
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    found = checkpoints(run)
+    return found[-1] if found else None
+
+
+def write_checkpoint(state: dict, run: Path, keep: int, best: bool) -> Path:
+    """ckpt-<step>.pt; the newest `keep` are kept, plus best.pt (a hard link to the best one)."""
+    path = Path(run) / f"{CKPT_PREFIX}{state['step']:08d}.pt"
+    save_atomic(state, path)
+    if best:
+        tmp = path.with_name(f".best.pt.tmp-{os.getpid()}")
+        try:
+            os.link(path, tmp)
+        except OSError:  # file systems without hard links
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, path.with_name("best.pt"))
+    for old in checkpoints(run)[:-keep] if keep > 0 else []:
+        old.unlink()
+    return path
+
+
+def load_checkpoint(path: Path | str) -> dict:
+    """A checkpoint's state dict; a file that is not one raises UserError (train --resume, evaluate, viz)."""
+    import torch
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load on a junk, empty or truncated file raises pickle, zip, EOF, Key,
+        # Runtime, Value... errors (no common type): all mean "not a checkpoint", said with torch's own text
+        text = "" if isinstance(exc, (KeyError, EOFError)) else " ".join(str(exc).split())[:200]
+        raise UserError(f"{path} is not a checkpoint written by `alexnet-pipe train` "
+                        f"(torch.load cannot read it: {text or 'empty, cut short or not a torch file'})") from None
+    if not isinstance(state, dict) or not {"model", "settings", "num_classes"} <= state.keys():
+        raise UserError(f"{path} is not a checkpoint written by `alexnet-pipe train` "
+                        "(it lacks model, settings or num_classes)")
+    return state
+
+
+def rng_state(device) -> dict:
+    import torch
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device) -> None:
+    import torch
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def gather_rng(device, world: int) -> list[dict]:
+    """Every rank's RNG state (dropout draws differ per rank), so a resume replays each rank exactly."""
+    import torch.distributed as dist
+    mine = rng_state(device)
+    if world == 1:
+        return [mine]
+    everyone = [None] * world
+    dist.all_gather_object(everyone, {k: v.cpu() if hasattr(v, "cpu") else v for k, v in mine.items()})
+    return everyone
+
+
+def resume_path(s: TrainSettings) -> Path | None:
+    """An explicit path, or the newest checkpoint for --resume and for any elastic restart."""
+    if s.resume and s.resume != "latest":
+        return Path(s.resume)
+    if s.resume == "latest" or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0:
+        return latest_checkpoint(Path(s.run))
+    return None
+
+
+# Settings a resumed run may change: how long it runs, how often it reports and saves, where and how fast it
+# computes (device, processes, loader backend, implementations with the same maths). Every other setting defines
+# the run (model, data, optimiser, schedule, augmentation, seed) and must stay as it was.
+FREE_ON_RESUME = ("epochs", "max_steps", "eval_every", "ckpt_every", "keep", "log_every", "num_threads", "nproc",
+                  "max_restarts", "resume", "run", "data", "device", "loader", "compile", "lrn_impl", "conv",
+                  "tensorboard")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def resume_changes(saved: TrainSettings, now: TrainSettings) -> tuple[list[str], dict]:
+    """(the run-defining settings that differ, each as 'OPTION saved (now new)'; the free ones that differ,
+    name -> [saved, now])."""
+    refused, allowed = [], {}
+    for f in dataclasses.fields(TrainSettings):
+        before, after = getattr(saved, f.name), getattr(now, f.name)
+        if before == after or f.name == "resume":  # how this process was started, not what the run does
+            continue
+        if f.name in FREE_ON_RESUME:
+            allowed[f.name] = [before, after]
+        else:
+            refused.append(f"{_flag(f.name)} {_show(before)} (now {_show(after)})")
+    return refused, allowed
+
+
+def _show(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def check_resumable(state: dict, s: TrainSettings, data_fingerprint: str | None = None) -> None:
+    """A resume continues the same run: the settings that define it, and the data, as the checkpoint's."""
+    refused, _ = resume_changes(settings_from_dict(state["settings"]), s)
+    if refused:
+        raise UserError(f"--resume: the checkpoint was trained with {', '.join(refused)}; resume with the run's "
+                        "own settings (only epochs, max steps, cadences, threads, processes and device may change) "
+                        "or start a new --run")
+    saved = state.get("data_fingerprint")
+    if saved and data_fingerprint and saved != data_fingerprint:
+        raise UserError(f"--resume: the checkpoint was trained on other data than {s.data} holds now (manifest "
+                        f"fingerprint {saved} vs {data_fingerprint}); pass the run's own --data or start a new --run")
+
+
+def data_fingerprint(manifest: dict) -> str:
+    """What identifies a data dir's contents: every split's shards (names, record counts, checksums)."""
+    splits = {name: [(e.get("name"), e.get("records"), e.get("checksum")) for e in info.get("shards", [])]
+              for name, info in manifest.get("splits", {}).items()}
+    return hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_model(path: Path | str, device="cpu"):
+    """A checkpoint written by train -> (model in eval mode, its training settings); the one loader of
+    evaluate and viz. A file that is not such a checkpoint raises UserError."""
+    from alexnet_pipe.model.alexnet import build_model
+    state = load_checkpoint(path)
+    try:
+        s = settings_from_dict(state["settings"])
+        model = build_model(s.arch, state["num_classes"], s.width, lrn_alpha=s.lrn_alpha, dropout=s.dropout,
+                            lrn_impl=s.lrn_impl, conv=s.conv)
+        model.load_state_dict(state["model"])
+    except (TypeError, ValueError, RuntimeError) as exc:  # settings or weights that do not fit together
+        raise UserError(f"{path}: its weights do not fit the model its settings describe "
+                        f"({str(exc).strip().splitlines()[0]})") from None
+    return model.to(device).eval(), s

@@ -1,0 +1,118 @@
+"""Top-1/top-5 error of one checkpoint or an ensemble (softmax outputs averaged, the paper's 5- and 7-CNN rows),
+with the centre crop or the paper's ten views (four corners + centre, and their reflections); and the trainer's
+own evaluation of the model it holds (`evaluate_model`, summed over ranks)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from alexnet_pipe.core.errors import UserError
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    checkpoints: tuple[str, ...]
+    data: str = "alexnet-data"
+    split: str = "val"
+    ten_crop: bool = False
+    batch_size: int = 128
+    loader: str = "auto"
+    device: str = "cpu"
+    num_threads: int = 2
+
+
+def topk_correct(scores, labels, ks=(1, 5)) -> list[int]:
+    """How many rows have their label among the k highest scores, for each k (k capped at the class count)."""
+    top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
+    hits = top == labels[:, None]
+    return [int(hits[:, :k].any(dim=1).sum()) for k in ks]
+
+
+def average_softmax(models, images):
+    """Mean softmax over models and, for (B, V, 3, H, W) input, over the V views: (B, classes)."""
+    import torch
+    views = images.shape[1] if images.dim() == 5 else 1
+    flat = images.flatten(0, 1) if images.dim() == 5 else images
+    probs = torch.stack([torch.softmax(m(flat).float(), dim=1) for m in models]).mean(0)
+    return probs.view(images.shape[0], views, -1).mean(1)
+
+
+def evaluate_model(model, loader, device, world: int) -> dict:
+    """Centre-crop top-1/top-5 error over the val loader, summed over ranks."""
+    import torch
+    import torch.distributed as dist
+    was_training = model.training
+    model.eval()
+    counts = torch.zeros(3, dtype=torch.float64, device=device)
+    with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+        for images, labels in loader.epoch(0):
+            c1, c5 = topk_correct(model(images).float(), labels, (1, 5))
+            counts += torch.tensor([c1, c5, len(labels)], dtype=torch.float64, device=device)
+    if world > 1:
+        dist.all_reduce(counts)
+    model.train(was_training)
+    n = counts[2].item()
+    return {"top1_error": 1 - counts[0].item() / n, "top5_error": 1 - counts[1].item() / n, "images": int(n)}
+
+
+def check_eval_data(data, split: str, purpose: str = "", *, checkpoint=None, model=None, ts=None) -> dict:
+    """The data dir is ready for evaluating a checkpoint and holds `split`; -> its manifest. The one check of
+    evaluate and viz. Given the checkpoint's model and settings, the data must also fit it: the same number of
+    classes, and images at least as large as its crop."""
+    from alexnet_pipe.shards.datadir import check_data
+    manifest = check_data(data, need_val=False)
+    if split not in manifest["splits"]:
+        raise UserError(f"{data} has no {split} split{purpose}")
+    check_fits(manifest, data, checkpoint, model, ts)
+    return manifest
+
+
+def check_fits(manifest: dict, data, checkpoint, model=None, ts=None) -> None:
+    """A checkpoint's model and settings fit the data dir: the same number of classes, images at least as large
+    as its crop."""
+    if model is not None:
+        trained, here = model.classifier.fc8.out_features, len(manifest["classes"])
+        if trained != here:
+            raise UserError(f"{checkpoint} was trained on {trained} classes but {data} holds {here}: "
+                            "evaluate it on a data dir prepared from the classes it was trained on")
+    if ts is not None and ts.crop > (size := int(manifest["settings"]["size"])):
+        raise UserError(f"{checkpoint} was trained on {ts.crop} px crops but {data} holds {size} px images: "
+                        f"evaluate it on a data dir prepared with `alexnet-pipe prepare --size {ts.crop}` or more")
+
+
+def eval_loader(data, split: str, ts, device, *, batch_size: int, loader: str, num_threads: int,
+                ten_crop: bool = False, with_params: bool = False):
+    """The eval pipeline (centre crop or ten views, no augmentation) for a checkpoint trained with `ts`."""
+    from alexnet_pipe.loaders import LoaderSettings, make_loader
+    return make_loader(LoaderSettings(
+        data=Path(data), split=split, train=False, batch_size=batch_size, crop=ts.crop, loader=loader,
+        device="gpu" if device.type == "cuda" else "cpu", normalize=ts.normalize,
+        views="ten-crop" if ten_crop else "center", num_threads=num_threads, with_params=with_params))
+
+
+def evaluate(es: EvalSettings) -> dict:
+    """-> {"top1_error", "top5_error", "images", "views", "checkpoints", "split"}."""
+    import torch
+    device = torch.device(es.device)
+    from alexnet_pipe.train.checkpoint import load_model
+    loaded = [load_model(p, device) for p in es.checkpoints]
+    models, first = [m for m, _ in loaded], loaded[0][1]
+    for path, (_, s) in zip(es.checkpoints[1:], loaded[1:]):
+        if (s.crop, s.normalize) != (first.crop, first.normalize):
+            raise UserError(f"{path} was trained on crop {s.crop}/{s.normalize}, the first checkpoint on "
+                            f"{first.crop}/{first.normalize}: an ensemble needs the same input")
+    manifest = check_eval_data(es.data, es.split)  # read and checked once for the whole ensemble
+    for path, (model, s) in zip(es.checkpoints, loaded):  # each member must fit the data (classes, crop)
+        check_fits(manifest, es.data, path, model, s)
+    loader = eval_loader(es.data, es.split, first, device, batch_size=es.batch_size, loader=es.loader,
+                         num_threads=es.num_threads, ten_crop=es.ten_crop)
+    correct1 = correct5 = images = 0
+    with torch.no_grad():
+        for batch, labels in loader.epoch(0):
+            c1, c5 = topk_correct(average_softmax(models, batch), labels.to(device))
+            correct1, correct5, images = correct1 + c1, correct5 + c5, images + len(labels)
+    loader.close()
+    if images == 0:
+        raise UserError(f"the {es.split} split of {es.data} gave no images")
+    return {"top1_error": 1 - correct1 / images, "top5_error": 1 - correct5 / images, "images": images,
+            "views": 10 if es.ten_crop else 1, "checkpoints": list(es.checkpoints), "split": es.split}
