@@ -1,7 +1,8 @@
-"""Shared fixtures: everything is generated here, nothing is downloaded."""
+"""Shared fixtures: everything is generated here, nothing is downloaded. Shared plain functions live in helpers/."""
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
@@ -33,3 +34,27 @@ def pytest_collection_modifyitems(config, items):
         for marker, reason in missing.items():
             if reason and marker in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 20 MB tmpfs, for the full-disk tests of prepare, the shard writer, stats and checkpoints (or a skip)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20M", "tmpfs", str(mnt)], capture_output=True)
+    except FileNotFoundError:
+        pytest.skip("no mount command here: the full-disk test needs a 20 MB tmpfs")
+    if done.returncode != 0:
+        pytest.skip("mounting a tmpfs is not allowed here (needs root or CAP_SYS_ADMIN): "
+                    f"{done.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    """The loader tests' data dirs, raw and JPEG (helpers.loaders.build_data), built once per module that asks."""
+    from helpers.loaders import build_data  # cv2, lmdb and the loaders wing only where a test asks for them
+    root = tmp_path_factory.mktemp("pipe")
+    return {enc: build_data(root / enc, enc) for enc in ("raw", "jpeg")}

@@ -108,7 +108,7 @@ def ready(tmp_path):
     """A small data dir with shards, manifest and stats (mean image + PCA), as prepare + stats --pca leave it."""
     import numpy as np
     from alexnet_pipe.stats.compute import StatsSettings, run_stats
-    from shardgen import make_data_dir, random_images
+    from helpers.shardgen import make_data_dir, random_images
     images = random_images(16, 64, seed=2)
     data = make_data_dir(tmp_path / "d", {"train": (images[:12], np.arange(12) % 3),
                                           "val": (images[12:], np.arange(4) % 3)}, 3, 2)

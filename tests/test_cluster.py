@@ -212,7 +212,7 @@ def one_node(tmp_path_factory):
 
 
 def assert_reaches(run: Path, one_node) -> None:
-    from test_train import assert_same_weights
+    from helpers.training import assert_same_weights
     weights, steps, settings = tiny_state(run)
     ref_weights, ref_steps, ref_settings = one_node
     assert steps == ref_steps == [1, 2, 3]

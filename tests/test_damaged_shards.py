@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from alexnet_pipe.shards import format as shards
-from shardgen import make_data_dir, random_images
+from helpers.shardgen import make_data_dir, random_images
 
 
 @pytest.fixture()

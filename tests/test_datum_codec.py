@@ -1,6 +1,6 @@
 """The hand-written Datum codec against google.protobuf's parsing of the same bytes.
 
-The reference is Caffe's Datum built at run time (tests/caffe_proto.py). Messages are generated
+The reference is Caffe's Datum built at run time (tests/helpers/caffe_proto.py). Messages are generated
 field by field, so the test knows where it put a wrong wire type; fuzzed truncations and bit flips
 of valid records check that the codec raises nothing but ShardFormatError and never accepts a
 value protobuf would not read.
@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from alexnet_pipe.shards.format import Datum, ShardFormatError
 
 pytest.importorskip("google.protobuf", reason="google.protobuf is the codec's reference")
-import caffe_proto  # noqa: E402
+from helpers import caffe_proto  # noqa: E402
 from google.protobuf.message import DecodeError  # noqa: E402
 
 READ_FIELDS = {1: 0, 2: 0, 3: 0, 4: 2, 5: 0, 7: 0}  # the fields Datum reads -> their wire type

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from alexnet_pipe.train.evaluation import average_softmax, topk_correct
 from alexnet_pipe_cli.main import cli
-from shardgen import make_data_dir, random_images, write_pca_json
+from helpers.shardgen import make_data_dir, random_images, write_pca_json
 
 S = 72  # stored size; crop 64 (the smallest crop the network takes is 63)
 

@@ -115,7 +115,7 @@ def test_gpu_decoding_pass_without_cuda_is_one_sentence(tmp_path, monkeypatch):
     import alexnet_pipe.shards.decode as decode
     from alexnet_pipe.core.errors import UserError
     from alexnet_pipe.shards.format import shard_dirs
-    from shardgen import make_data_dir, random_images
+    from helpers.shardgen import make_data_dir, random_images
     monkeypatch.setattr(decode, "cuda_devices", lambda: 0)  # the machine without CUDA, wherever this runs
     make_data_dir(tmp_path, {"train": (random_images(2, 16, 0), np.array([0, 1]))}, 2, 1, "jpeg")
     with pytest.raises(UserError, match="needs a CUDA device"):
@@ -148,7 +148,7 @@ def test_dali_gpu_graph_matches_cpu_on_raw_records(tmp_path, case):
     """Raw records: no decoder difference, so GPU and CPU builds agree to float rounding."""
     from alexnet_pipe.loaders import LoaderSettings
     from alexnet_pipe.loaders.dali import CaffeReaderLoader, DaliLoader
-    from test_loaders import CROP, build_data
+    from helpers.loaders import CROP, build_data
     data = build_data(tmp_path / "raw", "raw")
     kw = dict(batch_size=8, crop=CROP, with_params=False)
     if case == "ten-crop":

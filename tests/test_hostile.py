@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings, strategies as st
 
 from alexnet_pipe_cli.main import cli
-from shardgen import make_data_dir, random_images
+from helpers.shardgen import make_data_dir, random_images
 
 S, CROP = 64, 64
 

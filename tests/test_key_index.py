@@ -14,7 +14,7 @@ from alexnet_pipe.shards import verify
 from alexnet_pipe.core.files import write_json_atomic
 from alexnet_pipe.loaders import records
 from alexnet_pipe.loaders.records import RecordIndex
-from tests.shardgen import make_data_dir, random_images
+from helpers.shardgen import make_data_dir, random_images
 
 
 def cursor_keys(shard_dir) -> list[bytes]:

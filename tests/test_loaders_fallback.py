@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from alexnet_pipe.loaders import LoaderSettings, make_loader
-from test_loaders import CROP, N_TRAIN, N_VAL, build_data, check_train, decoded, reference_ten
+from helpers.loaders import CROP, N_TRAIN, N_VAL, build_data, check_train, decoded, reference_ten
 
 
 @pytest.fixture(scope="module")

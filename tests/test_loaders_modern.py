@@ -14,8 +14,7 @@ from alexnet_pipe.core.errors import UserError
 from alexnet_pipe.loaders.jitter import JitterSpec
 from alexnet_pipe.loaders import LoaderSettings, make_loader
 from alexnet_pipe.loaders.base import BaseLoader, TorchNormalizer, validate
-from test_loaders import CROP, N_TRAIN, S, decoded, normalizer_case, reference_normalize
-from test_loaders import dirs  # noqa: F401  (the module's data dirs, raw and JPEG: a pytest fixture)
+from helpers.loaders import CROP, N_TRAIN, S, decoded, normalizer_case, reference_normalize
 
 # DALI's linear resize and cv2's INTER_LINEAR share the sampling (pixel centres aligned, no antialiasing) but not
 # the arithmetic: cv2 rounds 11-bit fixed-point weights, DALI computes in float and rounds once. Measured here

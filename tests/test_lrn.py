@@ -9,7 +9,7 @@ from torch import nn
 
 from alexnet_pipe.model.lrn import LRN_IMPLS, lrn, lrn_reference
 from alexnet_pipe.model.alexnet import LRN_IMPL_DEFAULT, LocalResponseNorm, build_model
-from test_model import lrn_reference as lrn_numpy
+from helpers.lrn import lrn_reference as lrn_numpy
 
 CONSTANTS = dict(size=5, alpha=1e-4 / 5, beta=0.75, k=2.0)
 # Larger alpha than AlexNet's so that the sum term, and with it the cross-channel part of the gradient, is of the

@@ -17,7 +17,7 @@ from alexnet_pipe.stats import readers as statfiles
 from alexnet_pipe.stats import compute as stats
 from alexnet_pipe.shards import verify
 from alexnet_pipe.core.errors import UserError
-from shardgen import make_data_dir, random_images
+from helpers.shardgen import make_data_dir, random_images
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 1 << 70) | st.floats(allow_nan=False)
                     | st.text(max_size=8), lambda c: st.lists(c, max_size=3)

@@ -10,18 +10,7 @@ from torch import nn
 
 from alexnet_pipe.model.alexnet import (CONV_DEFAULT, CONV_IMPLS, LRN_CONVENTIONS, LRN_DEFAULT, LocalResponseNorm,
                                 build_model, count_parameters, layer_table, lrn_convention, scaled)
-
-
-def lrn_reference(a: np.ndarray, n=5, k=2.0, alpha=1e-4, beta=0.75) -> np.ndarray:
-    """The paper's b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2)^beta, channel axis 1.
-    An even n reaches n/2 maps down and n/2 - 1 up, as torch.nn.LocalResponseNorm does."""
-    out = np.empty_like(a, dtype=np.float64)
-    channels = a.shape[1]
-    for i in range(channels):
-        lo, hi = max(0, i - n // 2), min(channels - 1, i + (n - 1) // 2)
-        total = (a[:, lo:hi + 1].astype(np.float64) ** 2).sum(axis=1)
-        out[:, i] = a[:, i] / (k + alpha * total) ** beta
-    return out
+from helpers.lrn import lrn_reference
 
 
 @pytest.mark.parametrize("arch, count", [("alexnet", 60_965_224), ("alexnet-owt", 61_100_840)])

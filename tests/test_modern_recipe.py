@@ -101,7 +101,7 @@ def test_train_step_smooths_the_loss(eps):
 def test_random_resized_with_the_mean_image_is_one_sentence(tmp_path):
     import numpy as np
     from alexnet_pipe.stats.compute import StatsSettings, run_stats
-    from shardgen import make_data_dir, random_images
+    from helpers.shardgen import make_data_dir, random_images
     images = random_images(8, 72, seed=1)
     data = make_data_dir(tmp_path / "d", {"train": (images[:6], np.arange(6) % 2),
                                           "val": (images[6:], np.arange(2) % 2)}, 2, 1)

@@ -14,7 +14,7 @@ import pytest
 
 from alexnet_pipe.train.signals import PREEMPTED_EXIT
 from alexnet_pipe.train.loop import run_training
-from test_train import assert_same_weights, tiny, weights
+from helpers.training import assert_same_weights, tiny, weights
 
 ARGS = ["--cpu", "--loader", "synthetic", "--width", "0.0625", "--crop", "64", "--batch-size", "8",
         "--num-classes", "5", "--eval-every", "0", "--log-every", "1", "--schedule", "step", "--dropout", "0",

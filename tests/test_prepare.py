@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import layouts
+from helpers import layouts
 from alexnet_pipe.shards import format as shards
 from alexnet_pipe.ingest.prepare import PrepareSettings, run
 from alexnet_pipe.ingest.sample_data import SampleSettings, write_sample_tree

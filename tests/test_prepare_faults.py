@@ -75,20 +75,6 @@ def _written(proc: subprocess.Popen) -> list[str]:
 
 # --- a full disk --------------------------------------------------------------------------------
 
-@pytest.fixture()
-def small_disk(tmp_path):
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20M", "tmpfs", str(mnt)], capture_output=True)
-    except FileNotFoundError:
-        pytest.skip("no mount command here: the full-disk test needs a 20 MB tmpfs")
-    if done.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not allowed here (needs root or CAP_SYS_ADMIN): {done.stderr.decode().strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 def _du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 

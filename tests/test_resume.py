@@ -19,8 +19,8 @@ from alexnet_pipe.core.errors import UserError
 from alexnet_pipe.train.runlog import read_metrics
 from alexnet_pipe.train.loop import dropout_seed, run_training
 from alexnet_pipe_cli.main import cli
-from shardgen import make_data_dir, random_images, write_pca_json
-from test_train import assert_same_weights, tiny, weights
+from helpers.shardgen import make_data_dir, random_images, write_pca_json
+from helpers.training import assert_same_weights, tiny, weights
 
 
 # ---------------------------------------------------------------- dropout: one stream per rank

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from alexnet_pipe.shards import format as shards
-from tests.test_prepare_faults import small_disk  # noqa: F401  (a fixture: a 20 MB tmpfs, or a skip)
 
 
 def test_datum_wire_bytes_match_a_hand_encoding():

@@ -16,7 +16,7 @@ from alexnet_pipe.shards.format import Datum, ShardStats, iter_records, record_k
 from alexnet_pipe.stats.compute import (StatsSettings, compute, exact_moments, load_stats, principal_axes,
                                 run_stats)
 from alexnet_pipe_cli.main import cli
-from shardgen import make_data_dir, random_images
+from helpers.shardgen import make_data_dir, random_images
 
 SIZE = 20
 N_IMAGES = 29  # not a multiple of the shard count or of any batch size used here

@@ -12,30 +12,14 @@ import torch
 from click.testing import CliRunner
 
 from alexnet_pipe.core.errors import UserError
-from alexnet_pipe.train.checkpoint import checkpoints, latest_checkpoint, load_checkpoint
-from alexnet_pipe.train.config import TrainSettings, resolve_settings
+from alexnet_pipe.train.checkpoint import checkpoints
+from alexnet_pipe.train.config import resolve_settings
 from alexnet_pipe.train.runlog import read_metrics
 from alexnet_pipe.train.loop import finalize, run_training
 from alexnet_pipe_cli.main import cli
+from helpers.training import assert_same_weights, tiny, weights
 
 TRAIN_ROW = ("step", "epoch", "loss", "lr")
-
-
-def tiny(run: Path, **kw) -> TrainSettings:
-    base = dict(loader="synthetic", arch="alexnet", width=0.0625, crop=64, batch_size=8, num_classes=5,
-                eval_every=0, log_every=1, schedule="step", synthetic_steps=4, run=str(run), data=str(run.parent))
-    return TrainSettings(**{**base, **kw})
-
-
-def weights(run: Path, step: int | None = None) -> dict:
-    path = Path(run) / f"ckpt-{step:08d}.pt" if step else latest_checkpoint(Path(run))
-    return load_checkpoint(path)["model"]
-
-
-def assert_same_weights(a: dict, b: dict, atol=1e-6):
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-5, msg=key)
 
 
 def train_rows(run: Path) -> list[tuple]:
@@ -126,7 +110,7 @@ def test_two_processes_match_one(tmp_path, reference):
 @pytest.mark.slow
 def test_killed_worker_restarts_from_checkpoint(tmp_path, reference, capfd):
     """Rank 1 dies after step 3 on the first attempt; the launcher restarts both, they resume from step 2."""
-    import faults
+    from helpers import faults
     assert faults.DIE_AFTER == 3
     run = tmp_path / "ft"
     run_training(tiny(run, dropout=0.0, max_steps=6, nproc=2, ckpt_every=2, max_restarts=1), worker=faults.train_dying)
@@ -214,7 +198,7 @@ def test_resume_with_a_damaged_settings_json_is_one_sentence(tmp_path):
 
 def test_a_deleted_shard_dir_is_found_before_any_worker_starts(tmp_path):
     import shutil
-    from shardgen import make_data_dir, random_images
+    from helpers.shardgen import make_data_dir, random_images
     images = random_images(8, 64, seed=1)
     data = make_data_dir(tmp_path / "d", {"train": (images, np.arange(8) % 2)}, 2, 2)
     (data / "stats").mkdir()

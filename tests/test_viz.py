@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from alexnet_pipe_cli.main import cli
-from shardgen import make_data_dir, random_images
+from helpers.shardgen import make_data_dir, random_images
 
 S, CROP, N_TRAIN, N_VAL, CLASSES = 72, 64, 40, 12, 4
 
