@@ -2,7 +2,7 @@
 
 The run's side is read off what the run will use (the resolved settings, the model it builds, its optimiser's
 parameter groups), never restated, so a change anywhere that moves the run away from the paper shows up here as
-a marked row (docs/reproducing.md is the table as printed; tests/test_paper.py keeps the two equal).
+a marked row (docs/reproducing.md is the table as printed; tests/train/test_paper.py keeps the two equal).
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from alexnet_pipe.train.checkpoint import latest_checkpoint, load_checkpoint
 from alexnet_pipe.train.runlog import read_metrics
 from alexnet_pipe_cli.main import cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GETTING_STARTED = ROOT / "docs" / "getting-started.md"
 SHARED = "/shared/alexnet-data"  # the docs' shared file system, a tmp dir here
 TINY = ["--cpu", "--loader", "synthetic", "--arch", "alexnet", "--width", "0.0625", "--crop", "64",

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from alexnet_pipe_cli.main import cli
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "reproducing.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "reproducing.md"
 # ImageNet's shape without ImageNet: 1000 classes, 256-pixel inputs (the synthetic loader's size)
 ARGS = ["train", "--loader", "synthetic", "--num-classes", "1000", "--cpu", "--dry-run"]
 
