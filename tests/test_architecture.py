@@ -1,6 +1,9 @@
-"""The house's rules: the import contracts hold, every module is placed in them, options are declared once."""
+"""The house's rules: the import contracts hold, every module is placed in them, options are declared once, and the
+tests stand alone (no test module imports another, so `pytest` and `python -m pytest` collect the same)."""
 from __future__ import annotations
 
+import ast
+import collections
 import dataclasses
 import pkgutil
 import re
@@ -13,6 +16,7 @@ import alexnet_pipe
 from alexnet_pipe.train.config import TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"
 
 
 def test_lint_imports_keeps_every_contract():
@@ -48,3 +52,38 @@ def test_train_options_are_generated_from_the_settings():
             assert tuple(getattr(offered[f.name].type, "choices", ())) == opt.choices, f.name
     help_text = " ".join(CliRunner().invoke(cli, ["train", "--help"]).output.split())
     assert "[default: 90 (small: 30)]" in help_text and "[plateau|step|cosine]" in help_text
+
+
+def _imports(tree: ast.AST):
+    """(line, names) of each import statement, those inside functions too: `from x import y` names x and x.y."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield node.lineno, [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            yield node.lineno, [base] + [f"{base}.{alias.name}".lstrip(".") for alias in node.names]
+
+
+def cross_imports(tests: Path) -> list[str]:
+    """'file:line: name' for each import of a test module (test_*.py, conftest) or of `tests` as a package: the
+    first works only by accident of sys.path order, the second not from the pytest console script at all."""
+    test_modules = {p.stem for p in tests.rglob("test_*.py")} | {"conftest"}
+    found = []
+    for path in sorted(tests.rglob("*.py")):
+        for line, names in _imports(ast.parse(path.read_text(), filename=str(path))):
+            bad = [n for n in names if n.split(".")[0] == "tests" or test_modules.intersection(n.split("."))]
+            if bad:
+                found.append(f"{path.relative_to(tests)}:{line}: {bad[0]}")
+    return found
+
+
+def test_no_test_module_imports_another():
+    """Shared code is a fixture in conftest.py or a plain function in tests/helpers/."""
+    assert cross_imports(TESTS) == []
+
+
+def test_test_file_names_are_unique():
+    """pytest imports test files by their basename (no __init__.py in tests/): two of a name in different wings
+    would fail collection with 'import file mismatch'."""
+    names = collections.Counter(p.name for p in TESTS.rglob("test_*.py"))
+    assert [name for name, count in names.items() if count > 1] == []
