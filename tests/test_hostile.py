@@ -175,7 +175,7 @@ def test_one_class_data_is_said(tmp_path):
     from alexnet_pipe.shards.verify import class_note
     images = random_images(6, S, seed=1)
     one = make_data_dir(tmp_path / "one", {"train": (images, np.zeros(6, int))}, 1, 1)
-    from alexnet_pipe.shards.format import read_manifest
+    from alexnet_pipe.shards import read_manifest
     note = class_note(read_manifest(one), one)
     assert note and f"{one} holds 1 class:" in note and "loss is 0" in note
     result = run("info", "--data", one, "--json")

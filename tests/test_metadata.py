@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from alexnet_pipe.shards import format as shards
+from alexnet_pipe import shards
 from alexnet_pipe.stats import readers as statfiles
 from alexnet_pipe.stats import compute as stats
 from alexnet_pipe.shards import verify

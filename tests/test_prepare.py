@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 import layouts
-from alexnet_pipe.shards import format as shards
+from alexnet_pipe import shards
 from alexnet_pipe.ingest.prepare import PrepareSettings, run
 from alexnet_pipe.ingest.sample_data import SampleSettings, write_sample_tree
 from alexnet_pipe_cli.main import cli

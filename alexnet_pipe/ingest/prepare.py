@@ -24,7 +24,7 @@ import numpy as np
 from alexnet_pipe.ingest import claims
 from alexnet_pipe.ingest import images
 from alexnet_pipe.ingest import owned
-from alexnet_pipe.shards import format as shards
+from alexnet_pipe import shards
 from alexnet_pipe.shards.datadir import DataDir
 from alexnet_pipe.core.errors import Interrupted, UserError
 from alexnet_pipe.core.files import DiskFull, atomic_write, write_json_atomic

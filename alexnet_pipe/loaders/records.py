@@ -11,9 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet_pipe.core.errors import UserError
-from alexnet_pipe.shards.format import (DamagedRecord, Datum, Keys, ShardFormatError, key_index_problem, load_shard_meta, open_reader,
-                      read_datum, read_manifest, shard_dirs)
+from alexnet_pipe.core.errors import ShardFormatError, UserError
+from alexnet_pipe.shards.codec import Datum
+from alexnet_pipe.shards.keyindex import Keys, key_index_problem
+from alexnet_pipe.shards.lmdbfile import open_reader
+from alexnet_pipe.shards.manifest import load_shard_meta, read_manifest, shard_dirs
+from alexnet_pipe.shards.records import DamagedRecord, read_datum
 
 _TXNS: dict[tuple[int, str], tuple] = {}
 

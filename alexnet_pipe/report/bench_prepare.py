@@ -47,7 +47,7 @@ def pil_baseline(files: list[Path], out: Path, size: int, quality: int) -> None:
     """The script a user would write: one process, PIL, one LMDB."""
     import lmdb
     from PIL import Image
-    from alexnet_pipe.shards.format import Datum
+    from alexnet_pipe.shards.codec import Datum
     env = lmdb.open(str(out), map_size=1 << 36)
     with env.begin(write=True) as txn:
         for i, path in enumerate(files):

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from alexnet_pipe.core.errors import UserError
-from alexnet_pipe.shards.format import read_manifest, shard_dirs
+from alexnet_pipe.shards.manifest import read_manifest, shard_dirs
 
 ENV_VAR = "ALEXNET_PIPE_DATA"
 DEFAULT = Path("alexnet-data")

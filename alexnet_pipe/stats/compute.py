@@ -30,7 +30,7 @@ from alexnet_pipe.shards.datadir import DataDir
 from alexnet_pipe.core.files import atomic_write, write_json_atomic
 from alexnet_pipe.stats.readers import read_pca
 from alexnet_pipe.core.errors import Interrupted, UserError
-from alexnet_pipe.shards.format import (MANIFEST, SHARD_META, SHARD_STATS, ShardFormatError, ShardStats, varint,
+from alexnet_pipe.shards import (MANIFEST, SHARD_META, SHARD_STATS, ShardFormatError, ShardStats, varint,
                      encode_field_bytes, encode_field_varint, open_reader, read_manifest,
                      load_shard_meta, shard_dirs)
 

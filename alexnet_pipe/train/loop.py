@@ -140,7 +140,7 @@ def current_data(s: TrainSettings) -> str | None:
     """The data dir's fingerprint (checkpoint.data_fingerprint); None for the synthetic loader."""
     if s.loader == "synthetic":
         return None
-    from alexnet_pipe.shards.format import read_manifest
+    from alexnet_pipe.shards.manifest import read_manifest
     return data_fingerprint(read_manifest(Path(s.data)))
 
 
