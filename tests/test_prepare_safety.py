@@ -124,6 +124,30 @@ def test_a_corrupt_prepare_json_is_one_sentence_and_does_not_block_overwrite(src
     assert shards.read_manifest(data)["splits"]["train"]["count"] == 6
 
 
+def test_a_damaged_rejects_list_of_a_shard_is_one_sentence_when_finalising(src, tmp_path):
+    """The plain run that finalises reads each shard's rejects.jsonl through the checked reader."""
+    data = tmp_path / "d"
+    _prep(src, data, shards=2, only_shards=(0, 1))
+    damaged = data / "train" / "shard-00000" / shards.REJECTS
+    damaged.write_text('{"path": "train/a.JPEG", "split": "train"\n')
+    error = _one_error(_cli(["prepare", src, "--data", data, "--size", SIZE, "--workers", 1, "--shards", 2]))
+    assert str(damaged) in error and "line 1" in error and "delete that shard dir" in error
+    assert not (data / shards.MANIFEST).exists()
+
+
+def test_overwrite_removes_exactly_what_stats_writes(src, tmp_path):
+    """owned.py names the stats files by hand (the stats wing is above it): every file `stats` writes, and only
+    those, go with --overwrite."""
+    from alexnet_pipe.stats.readers import OUTPUTS
+    data = tmp_path / "d"
+    _prep(src, data)
+    assert _cli(["stats", "--data", data, "--pca", "--plot"]).exit_code == 0
+    assert sorted(p.name for p in (data / "stats").iterdir()) == sorted(OUTPUTS)
+    (data / "stats" / "mine.npy").write_bytes(b"mine")
+    _prep(src, data, quality=70, overwrite=True)
+    assert [p.name for p in (data / "stats").iterdir()] == ["mine.npy"]
+
+
 # --- 2. sample-data --overwrite and places that are not directories ---------------------------
 
 def test_sample_data_overwrite_keeps_a_users_file_inside_train(tmp_path):

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from alexnet_pipe.core.errors import UserError
-from alexnet_pipe.ingest.sample_data import (SampleSettings, class_name, draw_image, make_wnids, source_image,
-                                      write_cmyk_jpeg, write_gray_jpeg, write_jpeg, write_png,
-                                      write_sample_tree, write_truncated_jpeg)
+from alexnet_pipe.ingest.sample_data import (SampleSettings, source_image, write_cmyk_jpeg, write_gray_jpeg,
+                                             write_jpeg, write_png, write_sample_tree, write_truncated_jpeg)
+from alexnet_pipe.ingest.sample_drawing import class_name, draw_image, make_wnids
 from alexnet_pipe_cli.main import cli
 
 SMALL = SampleSettings(classes=4, train_per_class=8, val_per_class=3, seed=5)
@@ -300,3 +300,4 @@ def test_cli_refuses_non_empty_dir(tmp_path):
 def test_cli_rejects_bad_class_count(tmp_path):
     result = CliRunner().invoke(cli, ["sample-data", str(tmp_path / "y"), "--classes", "1"])
     assert result.exit_code == 2 and "--classes" in result.output
+
