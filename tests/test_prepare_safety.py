@@ -148,6 +148,35 @@ def test_overwrite_removes_exactly_what_stats_writes(src, tmp_path):
     assert [p.name for p in (data / "stats").iterdir()] == ["mine.npy"]
 
 
+def test_rmdir_if_empty_removes_only_an_empty_folder_and_never_fails(tmp_path):
+    from alexnet_pipe.core.files import rmdir_if_empty
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("x")
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    for name in ("empty", "full", "link", "gone"):
+        rmdir_if_empty(tmp_path / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "link", "target"]
+    assert (tmp_path / "full" / "mine.txt").read_text() == "x" and (tmp_path / "link").is_symlink()
+
+
+def test_sample_data_overwrite_goes_on_where_an_emptied_folder_cannot_be_removed(tmp_path, monkeypatch):
+    """A folder the OS will not remove (a mount point, a permission) stays: the tree is written into it."""
+    root = tmp_path / "tree"
+    write_sample_tree(root, TINY)
+    before = _files(root)
+    real = Path.rmdir
+
+    def refuse_val(self):
+        if self.name == "val":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+    monkeypatch.setattr(Path, "rmdir", refuse_val)
+    write_sample_tree(root, TINY, overwrite=True)
+    assert _files(root) == before
+
+
 # --- 2. sample-data --overwrite and places that are not directories ---------------------------
 
 def test_sample_data_overwrite_keeps_a_users_file_inside_train(tmp_path):

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from alexnet_pipe.core.errors import UserError
-from alexnet_pipe.core.files import write_json_atomic
+from alexnet_pipe.core.files import rmdir_if_empty, write_json_atomic
 from alexnet_pipe.ingest.claims import CLAIM_SUFFIX, CLAIMS_LOCK
 from alexnet_pipe.shards.datadir import DataDir
 from alexnet_pipe.shards.keyindex import KEY_INDEX
@@ -78,14 +78,7 @@ def _remove_matching(folder: Path, pattern: re.Pattern) -> None:
     for entry in folder.iterdir():
         if pattern.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
             entry.unlink()
-    _rmdir_if_empty(folder)
-
-
-def _rmdir_if_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:  # not empty: something there is not ours, and stays
-        pass
+    rmdir_if_empty(folder)
 
 
 def remove_shard_dir(shard_dir: Path) -> None:
@@ -104,7 +97,7 @@ def clear(dd: DataDir) -> None:
             for entry in folder.iterdir():
                 if SHARD_ENTRY.fullmatch(entry.name) and entry.name != CLAIMS_LOCK:
                     remove_shard_dir(entry)
-            _rmdir_if_empty(folder)
+            rmdir_if_empty(folder)
     if dd.stats.is_dir() and not dd.stats.is_symlink():
         _remove_matching(dd.stats, STATS_FILE)
     for entry in dd.root.iterdir():

@@ -32,8 +32,10 @@ import numpy as np
 from PIL import Image
 
 from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.core.files import rmdir_if_empty
 from alexnet_pipe.core.outdir import check_place, writable_dir
 from alexnet_pipe.ingest.sample_drawing import class_name, draw, make_wnids, synset_words
+from alexnet_pipe.shards.pixels import encode_jpeg
 
 JPEG_QUALITY = 92
 
@@ -74,10 +76,8 @@ class SampleSummary:
 # writers (every one writes real bytes of the claimed kind)
 
 def _encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
-    pixels = rgb[..., ::-1] if rgb.ndim == 3 else rgb
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(pixels), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    assert ok, "OpenCV failed to encode a JPEG"
-    return buf.tobytes()
+    """JPEG bytes of an RGB (or grayscale) image, by the image codec's encoder."""
+    return encode_jpeg(np.ascontiguousarray(rgb[..., ::-1] if rgb.ndim == 3 else rgb), int(quality))
 
 def write_jpeg(path: Path, rgb: np.ndarray, quality: int = JPEG_QUALITY) -> None:
     """Baseline 3-component (YCbCr) JPEG."""
@@ -103,7 +103,8 @@ def write_png(path: Path, rgb: np.ndarray, *, alpha: bool = False, bits16: bool 
     if bits16:
         bgr = bgr.astype(np.uint16) * 257
     ok, buf = cv2.imencode(".png", bgr)
-    assert ok, "OpenCV failed to encode a PNG"
+    if not ok:
+        raise RuntimeError("OpenCV failed to encode a PNG")
     Path(path).write_bytes(buf.tobytes())
 
 
@@ -183,12 +184,7 @@ def _remove_matching(folder: Path, pattern: re.Pattern) -> None:
     for path in folder.iterdir():
         if pattern.fullmatch(path.name) and path.is_file() and not path.is_symlink():
             path.unlink()
-    _rmdir_if_empty(folder)
-
-
-def _rmdir_if_empty(folder: Path) -> None:
-    if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
-        folder.rmdir()
+    rmdir_if_empty(folder)
 
 
 def _remove_own_tree(root: Path) -> None:
@@ -197,7 +193,7 @@ def _remove_own_tree(root: Path) -> None:
     for folder in sorted(train.iterdir()) if train.is_dir() and not train.is_symlink() else []:
         if WNID.fullmatch(folder.name):
             _remove_matching(folder, re.compile(rf"{folder.name}_\d+\.JPEG"))
-    _rmdir_if_empty(train)
+    rmdir_if_empty(train)
     _remove_matching(root / "val", VAL_FILE)
     for name in ("LOC_val_solution.csv", "LOC_synset_mapping.txt", "README.txt"):
         if (root / name).is_file() and not (root / name).is_symlink():

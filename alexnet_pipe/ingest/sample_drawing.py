@@ -8,6 +8,7 @@ import math
 import cv2
 import numpy as np
 
+from alexnet_pipe.core.colour import hsv_to_rgb
 from alexnet_pipe.core.errors import UserError
 
 SHAPES = ("disc", "square", "triangle", "stripes", "checker", "ring", "cross", "star")
@@ -52,8 +53,9 @@ def make_wnids(n: int) -> list[str]:
 # drawing
 
 def _hsv_colour(hue_deg: float, sat: float, val: float) -> tuple[int, int, int]:
-    hsv = np.array([[[hue_deg / 2 % 180, sat * 255, val * 255]]], dtype=np.float32).round().astype(np.uint8)
-    return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0])
+    """An 8-bit RGB colour from a hue in degrees (any, taken round the circle), saturation and value in 0..1."""
+    rgb = hsv_to_rgb(np.array([hue_deg / 360.0 % 1.0, sat, val])) * 255.0
+    return tuple(int(c) for c in np.round(rgb))
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
