@@ -147,6 +147,27 @@ def test_read_datum_and_record_pixels_name_shard_and_key(data):
         shards.read_datum(shard, key, shards.Datum(datum.data, 7, True, 3, 32, 32).to_bytes(), num_classes=3)
 
 
+def test_loaders_and_verify_refuse_the_same_truncated_jpeg_record(data):
+    """One record decoder: a JPEG record whose end-of-image marker is gone (libjpeg would fill the rest with grey
+    and call it a success) is refused by the loaders' decoder as by verify, naming shard and key."""
+    from alexnet_pipe.loaders.records import RecordIndex, decode_rgb, release_shards
+    from alexnet_pipe.shards.verify import record_problem
+    shard = data / "train" / "shard-00001"
+    key, value = _record(shard, 1)
+    _overwrite_in_file(shard, value, value.rindex(b"\xff\xd9"), b"\x00\x00")
+    index = RecordIndex(data, "train")
+    i = list(index.keys).index(key)
+    try:
+        with pytest.raises(shards.DamagedRecord) as caught:
+            decode_rgb(index.read(i), index, i)
+    finally:
+        release_shards()
+    assert (caught.value.shard, caught.value.key) == (shard, key) and key.decode() in str(caught.value)
+    _, damaged = _record(shard, 1)
+    assert caught.value.reason == record_problem(shard, key, damaged, 32, 3) == \
+        "truncated JPEG (no end-of-image marker)"
+
+
 def test_check_shard_finds_the_overwritten_record(data):
     from alexnet_pipe.shards.verify import check_shard
     manifest = shards.read_manifest(data)
