@@ -23,10 +23,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alexnet_pipe.core.files import write_json_atomic  # noqa: E402
 from alexnet_pipe.loaders.records import RecordIndex  # noqa: E402
-from alexnet_pipe.shards.format import (FORMAT_VERSION, KEY_INDEX, SHARD_META, Datum, ShardWriter,  # noqa: E402
-                                 record_key, shard_name)
+from alexnet_pipe.shards.codec import Datum  # noqa: E402
+from alexnet_pipe.shards.keyindex import KEY_INDEX  # noqa: E402
+from alexnet_pipe.shards.lmdbfile import DATA_MDB  # noqa: E402
+from alexnet_pipe.shards.manifest import (FORMAT_VERSION, MANIFEST, load_shard_meta, write_manifest,  # noqa: E402
+                                          write_shard_meta)
+from alexnet_pipe.shards.records import record_key, shard_name  # noqa: E402
+from alexnet_pipe.shards.writer import ShardWriter  # noqa: E402
 
 SHARD_SIZE = 10_000
 CLASSES = 1000
@@ -42,7 +46,7 @@ def generate(new: Path, records: int, value_bytes: int) -> None:
             writer.put(record_key(i, f"train/{wnid}/{wnid}_{i}.JPEG"), value)
         meta = writer.commit({"split": "train"})
         entries.append({k: meta[k] for k in ("name", "records", "bytes", "checksum")})
-    write_json_atomic(new / "manifest.json", {
+    write_manifest(new, {
         "format_version": FORMAT_VERSION, "settings": {"size": 32, "encoding": "jpeg", "quality": 90, "seed": 0},
         "classes": [{"wnid": f"n{1440764 + c:08d}", "name": f"class {c}"} for c in range(CLASSES)],
         "splits": {"train": {"count": records, "rejects": 0, "shards": entries}}})
@@ -53,11 +57,11 @@ def old_copy(new: Path, old: Path) -> None:
     for shard in sorted((new / "train").iterdir()):
         dst = old / "train" / shard.name
         dst.mkdir(parents=True)
-        os.link(shard / "data.mdb", dst / "data.mdb")
-        meta = json.loads((shard / SHARD_META).read_text())
+        os.link(shard / DATA_MDB, dst / DATA_MDB)
+        meta = load_shard_meta(shard)
         del meta["keys_sha256"]
-        write_json_atomic(dst / SHARD_META, meta)
-    shutil.copy(new / "manifest.json", old / "manifest.json")
+        write_shard_meta(dst, meta)
+    shutil.copy(new / MANIFEST, old / MANIFEST)
 
 
 def evict(*roots: Path) -> None:
@@ -96,7 +100,7 @@ def main() -> None:
         old_copy(new, old)
         marker.touch()
         print(json.dumps({"generated": args.records, "seconds": round(time.perf_counter() - t, 1)}), flush=True)
-    sizes = {"data.mdb": sum(p.stat().st_size for p in (new / "train").glob("*/data.mdb")),
+    sizes = {DATA_MDB: sum(p.stat().st_size for p in (new / "train").glob(f"*/{DATA_MDB}")),
              KEY_INDEX: sum(p.stat().st_size for p in (new / "train").glob(f"*/{KEY_INDEX}"))}
     print(json.dumps({"bytes": sizes, "shards": len(list((new / "train").iterdir()))}), flush=True)
     runs: dict[str, list[float]] = {}

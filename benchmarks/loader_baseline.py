@@ -18,7 +18,7 @@ import numpy as np
 class BaselineDataset:
     def __init__(self, data: Path, split: str = "train", crop: int = 224, sigma: float = 0.1):
         import lmdb
-        from alexnet_pipe.shards.format import Datum, shard_dirs
+        from alexnet_pipe.shards import Datum, shard_dirs
         self.Datum = Datum
         self.dirs = [str(d) for d in shard_dirs(Path(data), split)]
         self.items = []

@@ -22,7 +22,8 @@ from pathlib import Path
 RUN = """
 import json, os, resource, sys, threading, time
 from pathlib import Path
-from alexnet_pipe.ingest.prepare import PrepareSettings, run
+from alexnet_pipe.ingest.plan import PrepareSettings
+from alexnet_pipe.ingest.prepare import run
 peak, done = [0], threading.Event()
 def hwm_kb(pid):
     try:
@@ -47,7 +48,7 @@ print(json.dumps({"seconds": time.perf_counter() - t,
 PLAN = """
 import json, resource, sys, time
 from pathlib import Path
-from alexnet_pipe.ingest.prepare import PrepareSettings, make_plan
+from alexnet_pipe.ingest.plan import PrepareSettings, make_plan
 from alexnet_pipe.ingest.sources import discover
 t = time.perf_counter()
 plan = make_plan(discover(Path(sys.argv[1])), PrepareSettings(source=Path(sys.argv[1]), data=Path(sys.argv[2])))
@@ -59,7 +60,8 @@ print(json.dumps({"seconds": time.perf_counter() - t, "shards": sum(len(p) for p
 def make_tree(root: Path, n: int) -> None:
     import numpy as np
 
-    from alexnet_pipe.ingest.sample_data import draw_image, write_jpeg
+    from alexnet_pipe.ingest.sample_data import write_jpeg
+    from alexnet_pipe.ingest.sample_drawing import draw_image
     root.mkdir(parents=True)
     for k in range(100):  # one file per class: a file takes at most 65,000 links
         write_jpeg(root / f"{k}.JPEG", draw_image(k % 8, np.random.default_rng(k), 40, 48))

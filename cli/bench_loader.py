@@ -80,7 +80,7 @@ def _decode_batches(s: BenchLoaderSettings):
     """DALI's reader and decoder alone, endlessly; the batches stay where the decoder put them (a
     copy to numpy would time the host, not the decoder: 10,000 instead of 20,000+ img/s on an H100)."""
     from alexnet_pipe.shards.decode import build_decode_pipeline, probe
-    from alexnet_pipe.shards.format import shard_dirs
+    from alexnet_pipe.shards.manifest import shard_dirs
     dirs = shard_dirs(s.data, "train")
     pipe = build_decode_pipeline(dirs, batch_size=s.batch_size, device=s.device, encoded=probe(dirs).encoded,
                                  num_threads=s.threads, fancy_upsampling=s.fancy_upsampling)
@@ -107,7 +107,7 @@ def read_shards_once(data: Path) -> None:
     reads from disk (the first of three runs here was 1.5-2x slower than the next two without it).
     Skipped when the split is over a quarter of the memory (ImageNet: ~40 GB): the cache could not
     keep it, and the timed batches read only a few thousand records anyway."""
-    from alexnet_pipe.shards.format import shard_dirs
+    from alexnet_pipe.shards.manifest import shard_dirs
     files = [f for shard in shard_dirs(data, "train") if shard.is_dir()  # a missing shard: the loader says so
              for f in shard.iterdir()]
     if sum(f.stat().st_size for f in files) > _memory_bytes() // 4:

@@ -62,7 +62,8 @@ def prepare(source, data, dry_run, **options):
     alexnet-pipe prepare /data/imagenet --data /fast/alexnet-data
     alexnet-pipe prepare ./sample --size 128 --workers 2
     """
-    from alexnet_pipe.ingest.prepare import PrepareSettings, make_plan, run
+    from alexnet_pipe.ingest.plan import PrepareSettings, make_plan
+    from alexnet_pipe.ingest.prepare import run
     from alexnet_pipe.ingest.sources import discover
     settings = PrepareSettings(source=source, data=data, **options)
     print_settings("prepare", settings)
@@ -77,6 +78,8 @@ def prepare(source, data, dry_run, **options):
 
 
 def _print_summary(summary: dict, data: Path) -> None:
+    from alexnet_pipe.shards.datadir import DataDir
+    dd = DataDir(data)
     click.echo(f"wrote {summary['written_now']} images in {summary['seconds']:.1f} s "
                f"({summary['images_per_sec']:.0f} img/s overall: listing {summary['listing_seconds']:.1f} s, "
                f"then {summary['writing_images_per_sec']:.0f} img/s writing; {summary['shards_written_now']} shards)")
@@ -91,16 +94,18 @@ def _print_summary(summary: dict, data: Path) -> None:
     for split, s in manifest["splits"].items():
         mb = sum(e["bytes"] for e in s["shards"]) / 1e6
         click.echo(f"{split:<6} {s['count']:>9} {s['rejects']:>9} {len(s['shards']):>7} {mb:>9.1f}")
-    reasons = _reasons(data / "rejects.jsonl")
+    reasons = _reasons(dd.rejects)
     if reasons:
         click.echo("rejected, by reason: " + "; ".join(f"{n} {why}" for why, n in reasons))
-    click.echo(f"manifest: {data / 'manifest.json'}; rejected inputs and reasons: {data / 'rejects.jsonl'}")
+    click.echo(f"manifest: {dd.manifest}; rejected inputs and reasons: {dd.rejects}")
 
 
 def _reasons(path: Path, most: int = 6) -> list[tuple[str, int]]:
     """(reason, count) of the rejected inputs, commonest first; a reason's details after '(' merged."""
     from collections import Counter
-    counts = Counter(json.loads(line)["reason"].split(" (")[0] for line in path.read_text().splitlines() if line)
+
+    from alexnet_pipe.shards.manifest import read_rejects
+    counts = Counter(row["reason"].split(" (")[0] for row in read_rejects(path))
     return counts.most_common(most)
 
 

@@ -114,8 +114,8 @@ def test_gpu_graph_places_every_input_where_dali_wants_it(ten_crop, encoded, nor
 def test_gpu_decoding_pass_without_cuda_is_one_sentence(tmp_path, monkeypatch):
     import alexnet_pipe.shards.decode as decode
     from alexnet_pipe.core.errors import UserError
-    from alexnet_pipe.shards.format import shard_dirs
     from helpers.shardgen import make_data_dir, random_images
+    from alexnet_pipe.shards import shard_dirs
     monkeypatch.setattr(decode, "cuda_devices", lambda: 0)  # the machine without CUDA, wherever this runs
     make_data_dir(tmp_path, {"train": (random_images(2, 16, 0), np.array([0, 1]))}, 2, 1, "jpeg")
     with pytest.raises(UserError, match="needs a CUDA device"):

@@ -175,7 +175,7 @@ def test_one_class_data_is_said(tmp_path):
     from alexnet_pipe.shards.verify import class_note
     images = random_images(6, S, seed=1)
     one = make_data_dir(tmp_path / "one", {"train": (images, np.zeros(6, int))}, 1, 1)
-    from alexnet_pipe.shards.format import read_manifest
+    from alexnet_pipe.shards import read_manifest
     note = class_note(read_manifest(one), one)
     assert note and f"{one} holds 1 class:" in note and "loss is 0" in note
     result = run("info", "--data", one, "--json")
@@ -269,7 +269,7 @@ REACHED_BY = {
     "loaders.augment": {"train", "viz augment", "bench loader"},  # train-mode loaders: mean image, PCA lighting
     "train.checkpoint": {"train", "evaluate", "viz filters", "viz neighbors"},
     "train.checkpoint.check_resumable": {"train"},
-    "shards.datadir": {"train", "evaluate", "viz neighbors"},
+    "stats.ready": {"train", "evaluate", "viz neighbors"},
     "shards.decode": {"stats", "bench loader"},  # the decode-only pass
     "shards.decode.check_dali_can_open": {"train", "evaluate", "viz augment", "viz neighbors", "bench loader"},
     "report.demo": {"demo"},
@@ -280,16 +280,27 @@ REACHED_BY = {
     "loaders.base.BaseLoader.__init__": {"train", "viz augment", "bench loader"},  # evaluate checks the crop first
     "ingest.owned": {"prepare"},
     "ingest.prepare": {"prepare"},
+    "ingest.plan": {"prepare"},
+    "ingest.binding": {"prepare"},
+    "ingest.writing": {"prepare"},
+    "ingest.chunks": {"prepare"},
     "train.runlog": {"train"},
     "ingest.sample_data": {"sample-data"},
+    "ingest.sample_drawing": {"sample-data"},
     "ingest.sources": {"prepare"},
+    "ingest.items": {"prepare"},
+    "ingest.labels": {"prepare"},
+    "ingest.folders": {"prepare"},
+    "ingest.archives": {"prepare"},
     "stats.compute": {"stats"},
+    "stats.sums": {"stats"},
+    "stats.moments": {"stats"},
     "train.loop": {"train"},
     "shards.verify": {"info", "verify"},
     "report.viz": {"viz filters", "viz neighbors", "viz curves", "viz augment"},
 }
 # messages only some of a function's callers can reach: (where, a phrase of the message) -> those callers
-ONLY_WHEN = {("shards.datadir.check_data", "has no val split"): {"train"}}  # need_val: train's evaluations
+ONLY_WHEN = {("stats.ready.check_data", "has no val split"): {"train"}}  # need_val: train's evaluations
 
 
 def _error_names() -> set[str]:

@@ -107,3 +107,13 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def rmdir_if_empty(folder: Path) -> None:
+    """Remove a folder that is empty; leave anything else as it is: a folder that holds files that are not ours,
+    a link, a folder gone already, or one the OS will not remove (a mount point, no permission) stays, and the
+    run goes on."""
+    try:
+        Path(folder).rmdir()  # a link is refused (ENOTDIR), never followed
+    except OSError:
+        pass

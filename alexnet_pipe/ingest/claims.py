@@ -19,7 +19,13 @@ from pathlib import Path
 
 LOCK = ".prepare.lock"
 CLAIMS_LOCK = ".claims.lock"
+CLAIM_SUFFIX = ".claim"
 YOUNG_CLAIM_S = 30.0   # an empty claim file this young is one being written, not a leftover
+
+
+def claim_path(folder: Path, shard: str) -> Path:
+    """The claim file of shard `shard` (its dir name) in a split folder."""
+    return Path(folder) / f".{shard}{CLAIM_SUFFIX}"
 
 
 @contextlib.contextmanager

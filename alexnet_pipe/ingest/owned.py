@@ -8,27 +8,38 @@ removed only once it is empty.  Anything else found inside a split or a shard di
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
-from alexnet_pipe.shards import format as shards
-from alexnet_pipe.shards.datadir import DataDir
 from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.core.files import rmdir_if_empty, write_json_atomic
+from alexnet_pipe.ingest.claims import CLAIM_SUFFIX, CLAIMS_LOCK
+from alexnet_pipe.shards.datadir import DataDir
+from alexnet_pipe.shards.keyindex import KEY_INDEX
+from alexnet_pipe.shards.lmdbfile import DATA_MDB, LOCK_MDB
+from alexnet_pipe.shards.manifest import MANIFEST, REJECTS, SHARD_META
+from alexnet_pipe.shards.shardstats import SHARD_STATS
 
 SPLITS = ("train", "val")
-PREPARE_JSON = "prepare.json"
-SHARD_REJECTS = "rejects.jsonl"
+PREPARE_JSON = "prepare.json"  # what a data dir is bound to: prepare's output settings and its plan
+
+
+def _names(*names: str) -> str:
+    return "|".join(re.escape(n) for n in names)
+
+
 # the ".NAME.tmp-PID" suffix is files.atomic_write's temp file, left behind only by a kill
 _TMP = r"(\.tmp-\d+)?"
-CLAIMS_LOCK = ".claims.lock"  # claims.CLAIMS_LOCK; kept by clear(): another writer may hold it
 SHARD_DIR = re.compile(r"shard-\d{5}")
-SHARD_ENTRY = re.compile(r"(shard-\d{5}|\.shard-\d{5}\.tmp-.+|\.shard-\d{5}\.claim|\.claims\.lock)")
-SHARD_FILE = re.compile(rf"\.?(data\.mdb|lock\.mdb|{re.escape(shards.SHARD_META)}|{re.escape(shards.SHARD_STATS)}"
-                        rf"|{re.escape(shards.KEY_INDEX)}"
-                        rf"|{re.escape(SHARD_REJECTS)}){_TMP}")
+SHARD_ENTRY = re.compile(rf"(shard-\d{{5}}|\.shard-\d{{5}}\.tmp-.+|\.shard-\d{{5}}{re.escape(CLAIM_SUFFIX)}"
+                         rf"|{re.escape(CLAIMS_LOCK)})")
+SHARD_FILE = re.compile(rf"\.?({_names(DATA_MDB, LOCK_MDB, SHARD_META, SHARD_STATS, KEY_INDEX, REJECTS)}){_TMP}")
+# What `stats` writes (stats.readers.OUTPUTS): the stats wing sits above this one, so the names cannot be imported
+# from their owner here; tests/test_prepare_safety.py holds the two lists equal.
 STATS_FILE = re.compile(rf"\.?(mean\.npy|mean\.binaryproto|stats_settings\.json|pca\.json|mean\.png|pca_axes\.png)"
                         rf"{_TMP}")
-TOP_FILE = re.compile(rf"\.?(manifest\.json|rejects\.jsonl|{re.escape(PREPARE_JSON)}){_TMP}")
+TOP_FILE = re.compile(rf"\.?({_names(MANIFEST, REJECTS, PREPARE_JSON)}){_TMP}")
 
 
 def _foreign_in_shard(shard_dir: Path) -> list[Path]:
@@ -67,14 +78,7 @@ def _remove_matching(folder: Path, pattern: re.Pattern) -> None:
     for entry in folder.iterdir():
         if pattern.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
             entry.unlink()
-    _rmdir_if_empty(folder)
-
-
-def _rmdir_if_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:  # not empty: something there is not ours, and stays
-        pass
+    rmdir_if_empty(folder)
 
 
 def remove_shard_dir(shard_dir: Path) -> None:
@@ -93,9 +97,27 @@ def clear(dd: DataDir) -> None:
             for entry in folder.iterdir():
                 if SHARD_ENTRY.fullmatch(entry.name) and entry.name != CLAIMS_LOCK:
                     remove_shard_dir(entry)
-            _rmdir_if_empty(folder)
+            rmdir_if_empty(folder)
     if dd.stats.is_dir() and not dd.stats.is_symlink():
         _remove_matching(dd.stats, STATS_FILE)
     for entry in dd.root.iterdir():
         if TOP_FILE.fullmatch(entry.name) and entry.is_file():
             entry.unlink()
+
+
+def read_prepare_record(dd: DataDir) -> tuple[dict | None, str | None]:
+    """The data dir's prepare.json: (record, None); (None, None) where there is none; (None, why) where the file
+    is not one prepare wrote."""
+    try:
+        old = json.loads((dd.root / PREPARE_JSON).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON and bad UTF-8 alike
+        return None, str(exc)
+    if not (isinstance(old, dict) and isinstance(old.get("settings"), dict)):
+        return None, "it is JSON, but not the record prepare writes"
+    return old, None
+
+
+def write_prepare_record(dd: DataDir, record: dict) -> None:
+    write_json_atomic(dd.root / PREPARE_JSON, record)

@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from alexnet_pipe.core.errors import UserError
-from alexnet_pipe.stats.readers import read_mean, read_pca
+from alexnet_pipe.stats.readers import MEAN, PCA, read_mean, read_pca
 from alexnet_pipe.loaders.jitter import JitterSpec
 
 LIGHTING_SCALES = ("convnet2", "fbresnet")
@@ -160,7 +160,7 @@ class Normalizer:
 def load_normalizer(stats_dir: Path, mode: str, size: int) -> Normalizer:
     stats_dir = Path(stats_dir)
     if mode == "mean-image":
-        mean = read_mean(stats_dir / "mean.npy", size, hint="the mean image is needed for mean subtraction; "
+        mean = read_mean(stats_dir / MEAN, size, hint="the mean image is needed for mean subtraction; "
                          "run `alexnet-pipe stats` first")
         return Normalizer(mode, mean_image=mean)
     if mode == "channel":
@@ -168,10 +168,10 @@ def load_normalizer(stats_dir: Path, mode: str, size: int) -> Normalizer:
         try:
             mean, std = (np.asarray(doc[k], np.float32).reshape(3) for k in ("mean_rgb", "std_rgb"))
         except (KeyError, ValueError):
-            raise UserError(f"{stats_dir / 'pca.json'} has no usable mean_rgb/std_rgb: "
+            raise UserError(f"{stats_dir / PCA} has no usable mean_rgb/std_rgb: "
                             "run `alexnet-pipe stats` again") from None
         if np.any(std <= 0):
-            raise UserError(f"{stats_dir / 'pca.json'} has a zero channel std")
+            raise UserError(f"{stats_dir / PCA} has a zero channel std")
         return Normalizer(mode, mean_rgb=mean, std_rgb=std)
     raise ValueError(f"normalize must be one of {NORMALIZE}, not {mode!r}")
 
@@ -184,14 +184,14 @@ def load_eigen(stats_dir: Path, scale: str) -> Eigen:
         eigval = np.asarray(src["eigval"], np.float64).reshape(3)
         eigvec = np.asarray(src["eigvec"], np.float64).reshape(3, 3)
     except (KeyError, TypeError, ValueError):
-        raise UserError(f"{Path(stats_dir) / 'pca.json'} holds no {scale} eigenpairs: "
+        raise UserError(f"{Path(stats_dir) / PCA} holds no {scale} eigenpairs: "
                         "run `alexnet-pipe stats --pca` first (or turn lighting off: --lighting 0)") from None
     return Eigen(eigval, eigvec, scale)
 
 
 def _pca_doc(stats_dir: Path, purpose: str, fix: str, need_pca: bool = False) -> dict:
-    """pca.json, checked (statfiles.read_pca: finite numbers, 3 and 3x3 shapes, eigenpairs where needed)."""
-    return read_pca(Path(stats_dir) / "pca.json", need_pca=need_pca, hint=f"{purpose} needs it: {fix}")
+    """pca.json, checked (stats.readers.read_pca: finite numbers, 3 and 3x3 shapes, eigenpairs where needed)."""
+    return read_pca(Path(stats_dir) / PCA, need_pca=need_pca, hint=f"{purpose} needs it: {fix}")
 
 
 # --- the epoch schedule ---------------------------------------------------------------

@@ -26,6 +26,8 @@ import dataclasses
 
 import numpy as np
 
+from alexnet_pipe.core.colour import hsv_to_rgb  # the inverse of rgb_to_hsv below
+
 OPS = ("brightness", "contrast", "saturation", "hue")
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
 IDENTITY = np.array([1.0, 1.0, 1.0, 0.0], np.float32)  # the factors that leave an image unchanged
@@ -100,19 +102,6 @@ def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
     h = np.where(delta > 0, (h / 6.0) % 1.0, 0.0)
     s = np.where(v > 0, delta / np.where(v > 0, v, 1.0), 0.0)
     return np.stack([h, s, v], axis=-1)
-
-
-def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
-    """The inverse of ``rgb_to_hsv``: the six sectors of the colour circle."""
-    h, s, v = np.moveaxis(np.asarray(hsv, np.float64), -1, 0)
-    sector = np.floor(h * 6.0)
-    f = h * 6.0 - sector
-    sector = sector.astype(np.int64) % 6
-    p, q, t = v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f))
-    r = np.choose(sector, [v, q, p, p, t, v])
-    g = np.choose(sector, [t, v, v, q, p, p])
-    b = np.choose(sector, [p, p, t, v, v, q])
-    return np.stack([r, g, b], axis=-1)
 
 
 def adjust_hue(image: np.ndarray, h: float) -> np.ndarray:

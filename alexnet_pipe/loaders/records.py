@@ -11,9 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet_pipe.core.errors import UserError
-from alexnet_pipe.shards.format import (DamagedRecord, Datum, Keys, ShardFormatError, key_index_problem, load_shard_meta, open_reader,
-                      read_datum, read_manifest, shard_dirs)
+from alexnet_pipe.core.errors import ShardFormatError, UserError
+from alexnet_pipe.shards.codec import Datum
+from alexnet_pipe.shards.keyindex import Keys, key_index_problem
+from alexnet_pipe.shards.lmdbfile import open_reader
+from alexnet_pipe.shards.manifest import SHARD_META, load_shard_meta, read_manifest, shard_dirs
+from alexnet_pipe.shards.records import read_datum, record_pixels
 
 _TXNS: dict[tuple[int, str], tuple] = {}
 
@@ -54,7 +57,7 @@ def _shard_keys(path: Path) -> Keys:
     try:
         keys, problem = key_index_problem(path, load_shard_meta(path))
     except ShardFormatError as exc:  # a damaged meta.json: the LMDB itself may be fine, and stays the authority
-        keys, problem = None, f"its meta.json is unreadable ({exc})"
+        keys, problem = None, f"its {SHARD_META} is unreadable ({exc})"
     if keys is not None:
         return keys
     if problem:  # the records read from LMDB are right; only the start is slower. Say so, once per shard.
@@ -91,26 +94,12 @@ class RecordIndex:
             raise UserError(f"record {key!r} vanished from {shard}")
         return read_datum(shard, key, value, self.num_classes or None)
 
-    def damaged(self, i: int, reason: str) -> DamagedRecord:
-        """The error for record i when its pixels cannot be had (a decoder refused them)."""
-        return DamagedRecord(self.dirs[self.shard_of[i]], self.keys[i], reason)
-
-    def pixels(self, datum: Datum, i: int | None = None) -> np.ndarray:
-        """The (S, S, 3) uint8 array of a raw record (record i, named in the error when given)."""
-        flat = np.frombuffer(datum.data, np.uint8)
-        if flat.size != self.size * self.size * 3:
-            reason = f"a raw record holds {flat.size} bytes, not {self.size}x{self.size}x3"
-            raise self.damaged(i, reason) if i is not None else UserError(reason)
-        return flat.reshape(self.size, self.size, 3)
+    def pixels(self, datum: Datum, i: int) -> np.ndarray:
+        """The (S, S, 3) uint8 RGB of record i, by the shards' one record decoder (decoded, or a raw record's
+        bytes reshaped); a record that is not that is one sentence naming its shard and key."""
+        return record_pixels(self.dirs[self.shard_of[i]], self.keys[i], datum, self.size)
 
 
 def decode_rgb(datum, index: RecordIndex, i: int) -> np.ndarray:
-    """(S, S, 3) uint8 RGB of record i (OpenCV for JPEG; EXIF orientation ignored as in prepare); a record that
-    does not decode to that is one sentence naming its shard and key."""
-    if not datum.encoded:
-        return index.pixels(datum, i)
-    from alexnet_pipe.shards.pixels import decode_stored_jpeg
-    rgb = decode_stored_jpeg(datum.data)
-    if rgb is None or rgb.shape != (index.size, index.size, 3):
-        raise index.damaged(i, f"does not decode to a {index.size}x{index.size} RGB image")
-    return rgb
+    """(S, S, 3) uint8 RGB of record i (EXIF orientation ignored, as in prepare): RecordIndex.pixels."""
+    return index.pixels(datum, i)

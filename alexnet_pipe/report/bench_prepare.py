@@ -31,7 +31,8 @@ class BenchPrepareSettings:
 
 def make_tree(root: Path, n: int, seed: int = 0) -> Path:
     """JPEGs of ImageNet-like sizes under root/train/<class>/ (procedural content + sensor-like noise)."""
-    from alexnet_pipe.ingest.sample_data import draw_image, write_jpeg
+    from alexnet_pipe.ingest.sample_data import write_jpeg
+    from alexnet_pipe.ingest.sample_drawing import draw_image
     rng = np.random.default_rng(seed)
     shapes, weights = zip(*SHAPES)
     for i in range(n):
@@ -47,7 +48,7 @@ def pil_baseline(files: list[Path], out: Path, size: int, quality: int) -> None:
     """The script a user would write: one process, PIL, one LMDB."""
     import lmdb
     from PIL import Image
-    from alexnet_pipe.shards.format import Datum
+    from alexnet_pipe.shards.codec import Datum
     env = lmdb.open(str(out), map_size=1 << 36)
     with env.begin(write=True) as txn:
         for i, path in enumerate(files):
@@ -80,7 +81,8 @@ def _best_rate(n: int, repeats: int, fn) -> float:
 
 
 def run(settings: BenchPrepareSettings) -> dict:
-    from alexnet_pipe.ingest.prepare import PrepareSettings, run as prepare_run
+    from alexnet_pipe.ingest.plan import PrepareSettings
+    from alexnet_pipe.ingest.prepare import run as prepare_run
     work = Path(tempfile.mkdtemp(prefix="bench-prepare-"))
     try:
         src = settings.source or make_tree(work / "src", settings.images)

@@ -70,12 +70,14 @@ def _sample(s: DemoSettings, echo) -> None:
 
 
 def _prepare(s: DemoSettings, echo) -> dict:
-    from alexnet_pipe.ingest.prepare import PrepareSettings, run
+    from alexnet_pipe.ingest.plan import PrepareSettings
+    from alexnet_pipe.ingest.prepare import run
+    from alexnet_pipe.shards.manifest import REJECTS
     manifest = run(PrepareSettings(source=s.root / "sample", data=s.root, size=s.size, workers=s.workers,
                                    seed=s.seed), echo=lambda *_: None)["manifest"]
     for split, info in manifest["splits"].items():
         echo(f"   {split}: {info['count']} records in {len(info['shards'])} shards, {info['rejects']} rejected "
-             f"(reasons in {s.root / 'rejects.jsonl'})")
+             f"(reasons in {s.root / REJECTS})")
     return manifest
 
 

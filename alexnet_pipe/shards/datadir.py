@@ -5,8 +5,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from alexnet_pipe.core.errors import UserError
-from alexnet_pipe.shards.format import read_manifest, shard_dirs
+from alexnet_pipe.shards.manifest import MANIFEST, REJECTS
 
 ENV_VAR = "ALEXNET_PIPE_DATA"
 DEFAULT = Path("alexnet-data")
@@ -21,27 +20,20 @@ def resolve(data: Path | str | None) -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class DataDir:
+    """The places in a data dir; the files in them are named by their owners (shards.manifest, stats.readers)."""
     root: Path
 
     @property
     def manifest(self) -> Path:
-        return self.root / "manifest.json"
+        return self.root / MANIFEST
 
     @property
     def rejects(self) -> Path:
-        return self.root / "rejects.jsonl"
+        return self.root / REJECTS
 
     @property
     def stats(self) -> Path:
         return self.root / "stats"
-
-    @property
-    def mean(self) -> Path:
-        return self.stats / "mean.npy"
-
-    @property
-    def pca(self) -> Path:
-        return self.stats / "pca.json"
 
     @property
     def runs(self) -> Path:
@@ -49,27 +41,3 @@ class DataDir:
 
     def split(self, name: str) -> Path:
         return self.root / name
-
-
-def check_data(root: Path | str, need_val: bool) -> dict:
-    """Say which earlier stage to run when the data dir is not ready for training or evaluation; -> its manifest
-    (read once here). need_val: evaluations are due, so the val split must exist too."""
-    d = DataDir(Path(root))
-    if not d.manifest.exists():
-        raise UserError(f"{d.root} has no manifest.json: run `alexnet-pipe prepare` first "
-                        f"(or pass --data to the data dir it wrote)")
-    if not (d.mean.exists() and d.pca.exists()):
-        raise UserError(f"{d.stats} lacks mean.npy or pca.json: run `alexnet-pipe stats --pca --data {d.root}` first")
-    manifest = read_manifest(d.root)
-    splits = manifest["splits"]
-    if "train" not in splits:
-        raise UserError(f"{d.root} has no train split: run `alexnet-pipe prepare` with the training images")
-    if need_val and "val" not in splits:
-        raise UserError(f"{d.root} has no val split: prepare one, or pass --eval-every 0 (and --schedule step)")
-    # before any worker starts: a deleted shard would otherwise fail inside every rank
-    for split in ("train", "val") if need_val else ("train",):
-        missing = [p for p in shard_dirs(d.root, split, manifest) if not p.is_dir()]
-        if missing:
-            raise UserError(f"{len(missing)} {split} shard dir(s) listed in {d.manifest} are missing ({missing[0]}): "
-                            "run `alexnet-pipe prepare` again with the same settings to rewrite them")
-    return manifest

@@ -19,7 +19,9 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from alexnet_pipe.core.errors import UserError
-from alexnet_pipe.shards.format import Datum, check_lmdb, iter_records, read_datum
+from alexnet_pipe.shards.codec import Datum
+from alexnet_pipe.shards.lmdbfile import check_lmdb, iter_records
+from alexnet_pipe.shards.records import read_datum
 
 # DALI opens each LMDB with the map size stored in its meta page (it sets none itself) and maps that
 # much address space per shard. x86-64 gives a process 128 TiB; shards written with a 1 TiB map (this
@@ -28,8 +30,6 @@ from alexnet_pipe.shards.format import Datum, check_lmdb, iter_records, read_dat
 # half the address space, so that a train and a val reader and the rest of the process still fit.
 USER_ADDRESS_SPACE = 128 << 40
 DALI_LMDB_ADDRESS_BUDGET = USER_ADDRESS_SPACE // 2
-LEGACY_MAP_SIZE = 1 << 40
-SAFE_LEGACY_LMDBS_PER_DALI_PROCESS = DALI_LMDB_ADDRESS_BUDGET // LEGACY_MAP_SIZE  # 64
 
 DEVICES = ("cpu", "gpu", "mixed")
 RAW_LAYOUTS = ("hwc_rgb", "chw_bgr")

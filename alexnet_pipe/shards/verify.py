@@ -4,9 +4,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from alexnet_pipe.shards import format as shards
+from alexnet_pipe.core.errors import ShardFormatError, UserError
 from alexnet_pipe.shards.datadir import DataDir
-from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.shards.keyindex import KEY_INDEX, key_index_problem
+from alexnet_pipe.shards.lmdbfile import iter_records
+from alexnet_pipe.shards.manifest import SHARD_META, load_shard_meta, read_manifest
+from alexnet_pipe.shards.records import DamagedRecord, RecordChecksum, read_datum, record_pixels
 
 VERIFY_EVERY = 1.0  # seconds between progress lines in a log: a shard of 10,000 records takes seconds
 
@@ -22,16 +25,16 @@ class ShardReport:
 def check_shard(shard_dir: Path, expected: dict, size: int, num_classes: int) -> list[str]:
     """Decode every record of one shard; compare count and checksum with the manifest."""
     problems, keys = [], []
-    check, count = shards.RecordChecksum(), 0
+    check, count = RecordChecksum(), 0
     try:
-        for key, value in shards.iter_records(shard_dir):
+        for key, value in iter_records(shard_dir):
             check.update(key, value)
             keys.append(key)
             count += 1
             problem = record_problem(shard_dir, key, value, size, num_classes)
             if problem:
                 problems.append(f"{key.decode(errors='replace')}: {problem}")
-    except shards.ShardFormatError as exc:  # iter_records turns every lmdb failure into this
+    except ShardFormatError as exc:  # iter_records turns every lmdb failure into this
         return [f"unreadable LMDB ({getattr(exc, 'reason', exc)})"]
     if count != expected["records"]:
         problems.append(f"{count} records, manifest says {expected['records']}")
@@ -44,39 +47,26 @@ def check_shard(shard_dir: Path, expected: dict, size: int, num_classes: int) ->
 def key_index_problems(shard_dir: Path, keys: list[bytes]) -> list[str]:
     """keys.bin against the records: the loaders list a shard's keys from it without reading LMDB."""
     try:
-        index, problem = shards.key_index_problem(shard_dir, shards.load_shard_meta(shard_dir))
-    except shards.ShardFormatError as exc:
-        return [f"{shards.SHARD_META} is unreadable ({exc})"]
+        index, problem = key_index_problem(shard_dir, load_shard_meta(shard_dir))
+    except ShardFormatError as exc:
+        return [f"{SHARD_META} is unreadable ({exc})"]
     if problem:
         return [f"{problem} (the loaders then list the keys from LMDB, slower)"]
     if index is not None and list(index) != keys:
-        return [f"{shards.KEY_INDEX} does not hold the shard's keys"]
+        return [f"{KEY_INDEX} does not hold the shard's keys"]
     return []
 
 
 def check_record(shard_dir: Path, key: bytes, value: bytes, size: int, num_classes: int) -> None:
     """DamagedRecord where one record is not a Datum of this data dir: the loaders' own checks."""
-    shards.record_pixels(shard_dir, key, shards.read_datum(shard_dir, key, value, num_classes), size)
+    record_pixels(shard_dir, key, read_datum(shard_dir, key, value, num_classes), size)
 
 
 def record_problem(shard_dir: Path, key: bytes, value: bytes, size: int, num_classes: int) -> str | None:
     try:
         check_record(shard_dir, key, value, size, num_classes)
-    except shards.DamagedRecord as exc:
+    except DamagedRecord as exc:
         return exc.reason
-    return None
-
-
-def first_damaged_record(shard_dirs: list[Path], size: int, num_classes: int) -> shards.DamagedRecord | None:
-    """The first record of these shards that does not decode, as the error to raise; None if all do.
-
-    For a reader that decodes out of sight (DALI) and only learns that some record of a batch failed."""
-    for shard in shard_dirs:
-        for key, value in shards.iter_records(shard):
-            try:
-                check_record(shard, key, value, size, num_classes)
-            except shards.DamagedRecord as exc:
-                return exc
     return None
 
 
@@ -84,7 +74,7 @@ def verify(data: Path, workers: int = 1, stream=None, show: bool = True) -> list
     """Every shard's problems, in manifest order; shards verified so far go to stream (stderr by default)."""
     from alexnet_pipe.core.progress import Progress
     dd = DataDir(Path(data))
-    manifest = shards.read_manifest(dd.root)
+    manifest = read_manifest(dd.root)
     size, ncls = manifest["settings"]["size"], len(manifest["classes"])
     jobs = [(split, entry) for split, info in manifest["splits"].items() for entry in info["shards"]]
     args = [(dd.split(split) / e["name"], e, size, ncls) for split, e in jobs]
@@ -126,7 +116,7 @@ def class_note(manifest: dict, data: Path | str | None = None) -> str | None:
 
 def info(data: Path) -> dict:
     dd = DataDir(Path(data))
-    manifest = shards.read_manifest(dd.root)
+    manifest = read_manifest(dd.root)
     out = {"data": str(dd.root), "settings": manifest["settings"], "classes": len(manifest["classes"]),
            "splits": {}, "stats": sorted(p.name for p in dd.stats.glob("*")) if dd.stats.is_dir() else [],
            "runs": sorted(p.name for p in dd.runs.iterdir()) if dd.runs.is_dir() else []}

@@ -1,16 +1,29 @@
-"""The readers of the statistics files (stats/pca.json, stats/mean.npy), checked: shapes, finite numbers, ranges.
+"""The statistics files under DATA/stats/: their names, and the checked readers of those read back.
 
-Every stage that reads the statistics (stats itself, the loaders' normaliser and lighting) reads them here, so a
-damaged or hand-edited file is one sentence naming it, never NaN in a training run.
+Every stage that reads the statistics (stats itself, the loaders' normaliser and lighting, train's readiness check)
+reads them here, so a damaged or hand-edited file is one sentence naming it, never NaN in a training run. The
+writers (outputs.py, plots.py) take the names from here too.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 
 from alexnet_pipe.core.errors import UserError
 from alexnet_pipe.core.files import UnreadableFile, read_regular_bytes
+from alexnet_pipe.shards.datadir import DataDir
+from alexnet_pipe.shards.manifest import MANIFEST, read_manifest
+
+SPLIT = "train"  # the split the statistics describe
+MEAN = "mean.npy"  # float32 (S, S, 3) RGB: the mean image
+PCA = "pca.json"  # mean/std RGB, covariance, eigenpairs, and the train shards they describe
+MEAN_BINARYPROTO = "mean.binaryproto"  # the mean as Caffe's BlobProto, for Caffe users
+STATS_SETTINGS = "stats_settings.json"  # the settings of the run that wrote them
+MEAN_PLOT, PCA_PLOT = "mean.png", "pca_axes.png"  # stats --plot
+OUTPUTS = (MEAN, PCA, MEAN_BINARYPROTO, STATS_SETTINGS, MEAN_PLOT, PCA_PLOT)  # all that `stats` writes
 
 
 def _pca_shape(need_pca: bool):
@@ -65,3 +78,25 @@ def _mean_problem(mean: np.ndarray, size: int | None) -> str | None:
     if not np.isfinite(mean).all() or mean.min(initial=0) < 0 or mean.max(initial=0) > 255:
         return "values outside 0..255, or not finite"
     return None
+
+
+def shard_fingerprint(manifest: dict | None) -> list[dict]:
+    if manifest is None:
+        return []
+    return [{k: s.get(k) for k in ("name", "records", "checksum")} for s in manifest["splits"][SPLIT]["shards"]]
+
+
+def fingerprint_digest(shards: list[dict]) -> str:
+    return hashlib.sha256(json.dumps(shards, sort_keys=True).encode()).hexdigest()
+
+
+def load_stats(data: Path, *, need_pca: bool) -> dict:
+    """pca.json of a data dir, checked (read_pca) and checked to describe its current train shards."""
+    path = DataDir(Path(data)).stats / PCA
+    hint = "run `alexnet-pipe stats --pca`" if need_pca else "run `alexnet-pipe stats`"
+    doc = read_pca(path, need_pca=need_pca, hint=hint)
+    if (Path(data) / MANIFEST).exists():
+        current = fingerprint_digest(shard_fingerprint(read_manifest(Path(data))))
+        if doc.get("shards_digest") != current:
+            raise UserError(f"{path} describes other train shards than the manifest lists: {hint}")
+    return doc

@@ -59,7 +59,7 @@ def check_eval_data(data, split: str, purpose: str = "", *, checkpoint=None, mod
     """The data dir is ready for evaluating a checkpoint and holds `split`; -> its manifest. The one check of
     evaluate and viz. Given the checkpoint's model and settings, the data must also fit it: the same number of
     classes, and images at least as large as its crop."""
-    from alexnet_pipe.shards.datadir import check_data
+    from alexnet_pipe.stats.ready import check_data
     manifest = check_data(data, need_val=False)
     if split not in manifest["splits"]:
         raise UserError(f"{data} has no {split} split{purpose}")

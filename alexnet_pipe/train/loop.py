@@ -20,7 +20,7 @@ from pathlib import Path
 from alexnet_pipe.train.checkpoint import (check_resumable, data_fingerprint, gather_rng, latest_checkpoint, load_checkpoint,
                                      resume_changes, resume_path, set_rng_state, settings_from_dict, write_checkpoint)
 from alexnet_pipe.train.config import MIN_CROP, TrainSettings, check
-from alexnet_pipe.shards.datadir import check_data
+from alexnet_pipe.stats.ready import check_data
 from alexnet_pipe.core.errors import Interrupted, Preempted, UserError
 from alexnet_pipe.train.evaluation import evaluate_model
 from alexnet_pipe.train.optim import set_lr
@@ -140,7 +140,7 @@ def current_data(s: TrainSettings) -> str | None:
     """The data dir's fingerprint (checkpoint.data_fingerprint); None for the synthetic loader."""
     if s.loader == "synthetic":
         return None
-    from alexnet_pipe.shards.format import read_manifest
+    from alexnet_pipe.shards.manifest import read_manifest
     return data_fingerprint(read_manifest(Path(s.data)))
 
 

@@ -21,7 +21,7 @@ def _classes(s: TrainSettings) -> int:
         return s.num_classes
     if s.loader == "synthetic":
         return 10
-    from alexnet_pipe.shards.format import read_manifest
+    from alexnet_pipe.shards.manifest import read_manifest
     return len(read_manifest(Path(s.data))["classes"])
 
 

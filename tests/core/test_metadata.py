@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from alexnet_pipe.shards import format as shards
+from alexnet_pipe import shards
 from alexnet_pipe.stats import readers as statfiles
 from alexnet_pipe.stats import compute as stats
 from alexnet_pipe.shards import verify
@@ -116,7 +116,7 @@ def test_pca_json_mutations(data):
     @given(damaged(doc))
     def check(bad):
         def read():
-            good = stats.load_stats(data, need_pca=True)
+            good = statfiles.load_stats(data, need_pca=True)
             np.asarray(good["eigvec"], np.float64).reshape(3, 3)
             assert np.isfinite(np.asarray(good["fbresnet"]["eigval"], np.float64)).all()
         _fails_as_one_sentence(read, data / "stats" / "pca.json", json.dumps(bad).encode())
@@ -153,7 +153,7 @@ def test_bad_encoding_and_json(data, name, body):
         path.write_text("")
     readers = {"manifest.json": lambda: shards.read_manifest(data),
                "train/shard-00000/meta.json": lambda: shards.load_shard_meta(data / "train" / "shard-00000"),
-               "stats/pca.json": lambda: stats.load_stats(data, need_pca=False),
+               "stats/pca.json": lambda: statfiles.load_stats(data, need_pca=False),
                "rejects.jsonl": lambda: shards.read_rejects(path)}
     with restoring(path):
         path.write_bytes(body)
@@ -187,7 +187,7 @@ def test_a_fifo_in_place_of_a_metadata_file_is_refused_not_waited_on(data, tmp_p
     (copy_ / name).unlink()
     os.mkfifo(copy_ / name)
     readers = {"manifest.json": lambda: shards.read_manifest(copy_),
-               "stats/pca.json": lambda: stats.load_stats(copy_, need_pca=False),
+               "stats/pca.json": lambda: statfiles.load_stats(copy_, need_pca=False),
                "stats/mean.npy": lambda: statfiles.read_mean(copy_ / name),
                "train/shard-00000/stats.npz": lambda: shards.ShardStats.load(copy_ / name)}
     assert "not a regular file" in _finishes(readers[name])

@@ -42,7 +42,7 @@ def decoded(data: Path, split: str) -> dict[str, np.ndarray]:
     for i, key in enumerate(index.keys):
         datum = index.read(i)
         out[key.decode()] = (cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
-                             if datum.encoded else index.pixels(datum))
+                             if datum.encoded else index.pixels(datum, i))
     return out
 
 

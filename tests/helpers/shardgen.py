@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from alexnet_pipe.core.files import write_json_atomic
-from alexnet_pipe.shards.format import FORMAT_VERSION, Datum, ShardWriter, record_key, shard_name
+from alexnet_pipe.shards import FORMAT_VERSION, Datum, ShardWriter, record_key, shard_name
 
 
 def stored_pixels(rgb: np.ndarray, encoding: str, quality: int) -> tuple[bytes, np.ndarray]:

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from helpers import layouts
-from alexnet_pipe.shards import format as shards
+from alexnet_pipe import shards
 from alexnet_pipe.ingest.prepare import PrepareSettings, run
 from alexnet_pipe.ingest.sample_data import SampleSettings, write_sample_tree
 from alexnet_pipe_cli.main import cli
@@ -235,17 +235,17 @@ def test_workers_that_cannot_start_are_an_error_not_a_hang(tree, tmp_path):
 
 
 def test_ctrl_c_keeps_whole_shards_says_how_to_resume_and_exits_130(tree, tmp_path, monkeypatch):
-    import alexnet_pipe.ingest.prepare as prepare_mod
+    import alexnet_pipe.ingest.writing as writing  # where the chunks are handed to the workers
     root, _ = tree
     whole = prep(root, tmp_path / "whole", shards=3)
-    real, calls = prepare_mod.process_chunk, []
+    real, calls = writing.process_chunk, []
 
     def interrupt_on_the_third_chunk(task):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
         return real(task)
-    monkeypatch.setattr(prepare_mod, "process_chunk", interrupt_on_the_third_chunk)
+    monkeypatch.setattr(writing, "process_chunk", interrupt_on_the_third_chunk)
     data = tmp_path / "d"
     cmd = ["prepare", str(root), "--data", str(data), "--size", str(SIZE), "--shards", "3", "--workers", "1"]
     result = CliRunner().invoke(cli, cmd)
@@ -254,6 +254,6 @@ def test_ctrl_c_keeps_whole_shards_says_how_to_resume_and_exits_130(tree, tmp_pa
     assert "2 of the 6 shards" in result.output  # one chunk per shard here: the third one was cut
     assert not (data / "manifest.json").exists()
     assert not list(data.glob("*/.shard-*"))  # no half-written shard left behind
-    monkeypatch.setattr(prepare_mod, "process_chunk", real)
+    monkeypatch.setattr(writing, "process_chunk", real)
     assert CliRunner().invoke(cli, cmd).exit_code == 0
     assert splits_of(shards.read_manifest(data)) == splits_of(whole)

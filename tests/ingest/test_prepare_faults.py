@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from alexnet_pipe.shards import format as shards
+from alexnet_pipe import shards
 from alexnet_pipe.shards import verify
 from alexnet_pipe.core.errors import UserError
 from alexnet_pipe.ingest.prepare import PrepareSettings, run

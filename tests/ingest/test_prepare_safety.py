@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from alexnet_pipe.shards import format as shards
+from alexnet_pipe import shards
 from alexnet_pipe.core.errors import UserError
 from alexnet_pipe.ingest.prepare import PrepareSettings, run
 from alexnet_pipe.ingest.sample_data import SampleSettings, write_jpeg, write_sample_tree
@@ -122,6 +122,59 @@ def test_a_corrupt_prepare_json_is_one_sentence_and_does_not_block_overwrite(src
     result = _cli(["prepare", src, "--data", data, "--size", SIZE, "--workers", 1, "--overwrite"])
     assert result.exit_code == 0, result.output
     assert shards.read_manifest(data)["splits"]["train"]["count"] == 6
+
+
+def test_a_damaged_rejects_list_of_a_shard_is_one_sentence_when_finalising(src, tmp_path):
+    """The plain run that finalises reads each shard's rejects.jsonl through the checked reader."""
+    data = tmp_path / "d"
+    _prep(src, data, shards=2, only_shards=(0, 1))
+    damaged = data / "train" / "shard-00000" / shards.REJECTS
+    damaged.write_text('{"path": "train/a.JPEG", "split": "train"\n')
+    error = _one_error(_cli(["prepare", src, "--data", data, "--size", SIZE, "--workers", 1, "--shards", 2]))
+    assert str(damaged) in error and "line 1" in error and "delete that shard dir" in error
+    assert not (data / shards.MANIFEST).exists()
+
+
+def test_overwrite_removes_exactly_what_stats_writes(src, tmp_path):
+    """owned.py names the stats files by hand (the stats wing is above it): every file `stats` writes, and only
+    those, go with --overwrite."""
+    from alexnet_pipe.stats.readers import OUTPUTS
+    data = tmp_path / "d"
+    _prep(src, data)
+    assert _cli(["stats", "--data", data, "--pca", "--plot"]).exit_code == 0
+    assert sorted(p.name for p in (data / "stats").iterdir()) == sorted(OUTPUTS)
+    (data / "stats" / "mine.npy").write_bytes(b"mine")
+    _prep(src, data, quality=70, overwrite=True)
+    assert [p.name for p in (data / "stats").iterdir()] == ["mine.npy"]
+
+
+def test_rmdir_if_empty_removes_only_an_empty_folder_and_never_fails(tmp_path):
+    from alexnet_pipe.core.files import rmdir_if_empty
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("x")
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    for name in ("empty", "full", "link", "gone"):
+        rmdir_if_empty(tmp_path / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "link", "target"]
+    assert (tmp_path / "full" / "mine.txt").read_text() == "x" and (tmp_path / "link").is_symlink()
+
+
+def test_sample_data_overwrite_goes_on_where_an_emptied_folder_cannot_be_removed(tmp_path, monkeypatch):
+    """A folder the OS will not remove (a mount point, a permission) stays: the tree is written into it."""
+    root = tmp_path / "tree"
+    write_sample_tree(root, TINY)
+    before = _files(root)
+    real = Path.rmdir
+
+    def refuse_val(self):
+        if self.name == "val":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+    monkeypatch.setattr(Path, "rmdir", refuse_val)
+    write_sample_tree(root, TINY, overwrite=True)
+    assert _files(root) == before
 
 
 # --- 2. sample-data --overwrite and places that are not directories ---------------------------

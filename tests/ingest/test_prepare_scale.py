@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from alexnet_pipe.ingest import prepare
-from alexnet_pipe.ingest import sources
 from alexnet_pipe.ingest.prepare import PrepareSettings, make_plan
-from alexnet_pipe.ingest.sources import ItemList, discover
+from alexnet_pipe.ingest.items import TICK, Item, ItemList
+from alexnet_pipe.ingest.sources import discover
 
 
 def _flat_tree(root: Path, n: int, classes: int = 10) -> Path:
@@ -62,7 +62,7 @@ def test_items_give_back_what_was_added():
     tar = ItemList("/t.tar", archive=True)
     tar.add("val/v.JPEG", 0, offset=512, size=9)
     picked = tar.take(np.array([0, 0]))
-    assert picked[1:] == [sources.Item("val/v.JPEG", 0, "/t.tar", 512, 9)] and len(picked) == 2
+    assert picked[1:] == [Item("val/v.JPEG", 0, "/t.tar", 512, 9)] and len(picked) == 2
 
 
 class Log(io.StringIO):
@@ -78,7 +78,8 @@ class Log(io.StringIO):
 
 
 def _images(root: Path, n: int = 6) -> Path:
-    from alexnet_pipe.ingest.sample_data import draw_image, write_jpeg
+    from alexnet_pipe.ingest.sample_data import write_jpeg
+    from alexnet_pipe.ingest.sample_drawing import draw_image
     for i in range(n):
         (root / "train" / f"n{i % 2:08d}").mkdir(parents=True, exist_ok=True)
         write_jpeg(root / "train" / f"n{i % 2:08d}" / f"{i}.JPEG", draw_image(i % 8, np.random.default_rng(i), 40, 48))
@@ -87,13 +88,13 @@ def _images(root: Path, n: int = 6) -> Path:
 
 def test_listing_shows_the_files_found_while_it_lists(tmp_path, monkeypatch):
     src = _images(tmp_path / "src")
-    _flat_tree(src, sources.TICK * 3, classes=2)  # empty files: listed, then rejected
+    _flat_tree(src, TICK * 3, classes=2)  # empty files: listed, then rejected
     log, make_plan_now = Log(), prepare.make_plan
     monkeypatch.setattr(prepare, "LISTING_EVERY", 0.0)
     monkeypatch.setattr(prepare, "make_plan", lambda *a: (setattr(log, "listed", True), make_plan_now(*a))[1])
     prepare.run(PrepareSettings(source=src, data=tmp_path / "d", size=32), echo=lambda *_: None, stream=log)
     during = [text for listed, text in log.lines if not listed and text.startswith("listing")]
-    assert len(during) >= 3 and f"{sources.TICK} files" in during[0]
+    assert len(during) >= 3 and f"{TICK} files" in during[0]
 
 
 def test_the_rate_is_over_the_whole_run_listing_included(tmp_path, monkeypatch):

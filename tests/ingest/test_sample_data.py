@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from alexnet_pipe.core.errors import UserError
-from alexnet_pipe.ingest.sample_data import (SampleSettings, class_name, draw_image, make_wnids, source_image,
-                                      write_cmyk_jpeg, write_gray_jpeg, write_jpeg, write_png,
-                                      write_sample_tree, write_truncated_jpeg)
+from alexnet_pipe.ingest.sample_data import (SampleSettings, source_image, write_cmyk_jpeg, write_gray_jpeg,
+                                             write_jpeg, write_png, write_sample_tree, write_truncated_jpeg)
+from alexnet_pipe.ingest.sample_drawing import class_name, draw_image, make_wnids
 from alexnet_pipe_cli.main import cli
 
 SMALL = SampleSettings(classes=4, train_per_class=8, val_per_class=3, seed=5)
@@ -300,3 +300,29 @@ def test_cli_refuses_non_empty_dir(tmp_path):
 def test_cli_rejects_bad_class_count(tmp_path):
     result = CliRunner().invoke(cli, ["sample-data", str(tmp_path / "y"), "--classes", "1"])
     assert result.exit_code == 2 and "--classes" in result.output
+
+
+# ---------------------------------------------------------------------------------------------- one codec
+
+def test_sample_colours_are_the_hsv_colours_they_name():
+    """HSV -> RGB without 8-bit rounding of hue, saturation or value on the way (OpenCV's 8-bit HSV moved hues
+    by up to 1 degree, 4 grey levels): colorsys is the reference."""
+    import colorsys
+
+    from alexnet_pipe.core.colour import hsv_to_rgb
+    from alexnet_pipe.ingest.sample_drawing import _hsv_colour
+    rng = np.random.default_rng(0)
+    hsv = rng.uniform([-20, 0, 0], [380, 1, 1], (500, 3))
+    want = np.array([colorsys.hsv_to_rgb(h / 360 % 1, s, v) for h, s, v in hsv])
+    assert np.abs(hsv_to_rgb(np.column_stack([hsv[:, 0] / 360 % 1, hsv[:, 1:]])) - want).max() < 1e-12
+    assert [_hsv_colour(*c) for c in hsv] == [tuple(int(x) for x in np.round(w * 255)) for w in want]
+
+
+def test_a_failed_encode_is_an_error_whatever_python_runs_with(tmp_path, monkeypatch):
+    """The image codec's encoder raises; an assert would vanish under `python -O` and write garbage."""
+    monkeypatch.setattr(cv2, "imencode", lambda *a, **k: (False, None))
+    with pytest.raises(RuntimeError, match="failed to encode a JPEG"):
+        write_jpeg(tmp_path / "a.JPEG", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(RuntimeError, match="failed to encode a PNG"):
+        write_png(tmp_path / "a.png", np.zeros((8, 8, 3), np.uint8))
+

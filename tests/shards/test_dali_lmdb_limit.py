@@ -10,17 +10,18 @@ import pytest
 
 from alexnet_pipe.shards import decode
 from alexnet_pipe.core.errors import UserError
-from alexnet_pipe.shards.format import Datum, ShardWriter, read_lmdb_meta, record_key
+from alexnet_pipe.shards import Datum, ShardWriter, read_lmdb_meta, record_key
 
 pytest.importorskip("nvidia.dali")
 SHARDS = 140
+LEGACY_MAP_SIZE = 1 << 40  # the map size shards were once written with, as Caffe's convert_imageset does
 
 
 def legacy_shards(root: Path, n: int = SHARDS) -> list[Path]:
     """One raw 2x2 record each, in LMDBs created with a 1 TiB map, the size their meta page keeps."""
     dirs = []
     for i in range(n):
-        env = lmdb.open(str(root / f"shard-{i:05d}"), map_size=decode.LEGACY_MAP_SIZE)
+        env = lmdb.open(str(root / f"shard-{i:05d}"), map_size=LEGACY_MAP_SIZE)
         with env.begin(write=True) as txn:
             txn.put(record_key(i, f"train/{i}"), Datum(bytes([i % 256] * 12), i % 7, False, 3, 2, 2).to_bytes())
         env.close()

@@ -12,8 +12,8 @@ import lmdb
 import numpy as np
 import pytest
 
-from alexnet_pipe.shards import format as shards
 from helpers.shardgen import make_data_dir, random_images
+from alexnet_pipe import shards
 
 
 @pytest.fixture()
@@ -147,14 +147,37 @@ def test_read_datum_and_record_pixels_name_shard_and_key(data):
         shards.read_datum(shard, key, shards.Datum(datum.data, 7, True, 3, 32, 32).to_bytes(), num_classes=3)
 
 
-def test_first_damaged_record_finds_the_overwritten_one(data):
-    from alexnet_pipe.shards.verify import first_damaged_record
-    dirs = [data / "train" / f"shard-0000{i}" for i in range(3)]
-    assert first_damaged_record(dirs, 32, 3) is None
+def test_loaders_and_verify_refuse_the_same_truncated_jpeg_record(data):
+    """One record decoder: a JPEG record whose end-of-image marker is gone (libjpeg would fill the rest with grey
+    and call it a success) is refused by the loaders' decoder as by verify, naming shard and key."""
+    from alexnet_pipe.loaders.records import RecordIndex, decode_rgb, release_shards
+    from alexnet_pipe.shards.verify import record_problem
+    shard = data / "train" / "shard-00001"
+    key, value = _record(shard, 1)
+    _overwrite_in_file(shard, value, value.rindex(b"\xff\xd9"), b"\x00\x00")
+    index = RecordIndex(data, "train")
+    i = list(index.keys).index(key)
+    try:
+        with pytest.raises(shards.DamagedRecord) as caught:
+            decode_rgb(index.read(i), index, i)
+    finally:
+        release_shards()
+    assert (caught.value.shard, caught.value.key) == (shard, key) and key.decode() in str(caught.value)
+    _, damaged = _record(shard, 1)
+    assert caught.value.reason == record_problem(shard, key, damaged, 32, 3) == \
+        "truncated JPEG (no end-of-image marker)"
+
+
+def test_check_shard_finds_the_overwritten_record(data):
+    from alexnet_pipe.shards.verify import check_shard
+    manifest = shards.read_manifest(data)
+    dirs, entries = shards.shard_dirs(data, "train", manifest), manifest["splits"]["train"]["shards"]
+    assert [check_shard(d, e, 32, 3) for d, e in zip(dirs, entries)] == [[], [], []]
     key, value = _record(dirs[2], 3)
     _overwrite_in_file(dirs[2], value, 0, b"\x0f")
-    found = first_damaged_record(dirs, 32, 3)
-    assert (found.shard, found.key) == (dirs[2], key) and key.decode() in str(found)
+    problems = [check_shard(d, e, 32, 3) for d, e in zip(dirs, entries)]
+    assert problems[:2] == [[], []]
+    assert problems[2][0].startswith(f"{key.decode()}: not a Datum"), problems[2]
 
 
 def test_decoding_pass_refuses_a_truncated_shard_it_does_not_probe(data):
@@ -165,7 +188,7 @@ def test_decoding_pass_refuses_a_truncated_shard_it_does_not_probe(data):
     with pytest.raises(shards.ShardFormatError, match="shard-00002.*truncated"):
         list(decode.iter_decoded(dirs, backend="opencv"))
     # DALI maps the files itself: a regression here is SIGBUS, so it runs in a process of its own
-    code = ("import sys; from alexnet_pipe.shards import decode, format as shards\n"
+    code = ("import sys; from alexnet_pipe import shards; from alexnet_pipe.shards import decode\n"
             "try:\n    list(decode.iter_decoded(sys.argv[1:], backend='dali'))\n"
             "except shards.ShardFormatError as exc:\n    print(exc)")
     out = subprocess.run([sys.executable, "-c", code, *map(str, dirs)], capture_output=True, text=True, timeout=120)

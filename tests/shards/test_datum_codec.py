@@ -12,7 +12,7 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from alexnet_pipe.shards.format import Datum, ShardFormatError
+from alexnet_pipe.shards import Datum, ShardFormatError
 
 pytest.importorskip("google.protobuf", reason="google.protobuf is the codec's reference")
 from helpers import caffe_proto  # noqa: E402

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from alexnet_pipe.shards import format as shards
+import alexnet_pipe.shards.writer
+from alexnet_pipe import shards
 from alexnet_pipe.shards import verify
 from alexnet_pipe.core.files import write_json_atomic
 from alexnet_pipe.loaders import records
@@ -33,8 +34,8 @@ def test_key_index_holds_the_cursor_keys_for_any_key_set(tmp_path_factory, keys)
     for key in sorted(keys):  # LMDB's default order: bytewise, shorter first on a common prefix
         writer.put(key, b"v" + key[:3])
     meta = writer.commit()
-    index = shards.read_key_index(shard, meta)
-    assert index is not None
+    index, problem = shards.key_index_problem(shard, meta)
+    assert index is not None and problem is None
     assert list(index) == cursor_keys(shard) == sorted(keys)
     assert len(index) == meta["records"] == len(keys)
 
@@ -47,7 +48,7 @@ def test_commit_writes_the_key_index_before_the_rename(tmp_path, monkeypatch):
         if str(src).endswith(f".tmp-{os.getpid()}") and os.path.isdir(src):
             seen["files"] = sorted(os.listdir(src))
         return real_replace(src, dst)
-    monkeypatch.setattr(shards.os, "replace", replace)
+    monkeypatch.setattr(alexnet_pipe.shards.writer.os, "replace", replace)
     writer = shards.ShardWriter(tmp_path / "shard-00000", 1)
     writer.put(b"a", b"1")
     meta = writer.commit()

@@ -6,7 +6,7 @@ import contextlib
 import numpy as np
 import pytest
 
-from alexnet_pipe.shards import format as shards
+from alexnet_pipe import shards
 
 
 def test_datum_wire_bytes_match_a_hand_encoding():
@@ -114,7 +114,7 @@ def test_a_full_disk_when_a_shard_opens_is_enospc_not_sigbus(small_disk):
         with contextlib.suppress(OSError):
             while True:
                 f.write(b"\0" * (1 << 16))
-    code = f"from alexnet_pipe.shards.format import ShardWriter\nShardWriter({str(small_disk / 'shard-00000')!r}, 1)\n"
+    code = f"from alexnet_pipe.shards import ShardWriter\nShardWriter({str(small_disk / 'shard-00000')!r}, 1)\n"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and "No space left on device" in run.stderr, (run.returncode, run.stderr[-300:])
     assert sorted(p.name for p in small_disk.iterdir()) == ["ballast"]  # no temp dir left behind

@@ -12,9 +12,10 @@ from click.testing import CliRunner
 
 from alexnet_pipe.shards.decode import iter_decoded
 from alexnet_pipe.core.errors import UserError
-from alexnet_pipe.shards.format import Datum, ShardStats, iter_records, record_key, shard_dirs
-from alexnet_pipe.stats.compute import (StatsSettings, compute, exact_moments, load_stats, principal_axes,
-                                run_stats)
+from alexnet_pipe.shards import Datum, ShardStats, iter_records, record_key, shard_dirs
+from alexnet_pipe.stats.compute import StatsSettings, run_stats
+from alexnet_pipe.stats.moments import compute, exact_moments, principal_axes
+from alexnet_pipe.stats.readers import load_stats
 from alexnet_pipe_cli.main import cli
 from helpers.shardgen import make_data_dir, random_images
 
