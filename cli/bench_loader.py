@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from alexnet_pipe.core.errors import UserError
-from alexnet_pipe_cli.common import FiniteFloat, data_option, run_and_report
+from alexnet_pipe_cli.common import FiniteFloat, data_option, device_option, run_and_report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +146,7 @@ def measure(s: BenchLoaderSettings) -> dict:
 @click.command()
 @data_option
 @click.option("--loader", type=click.Choice(["dali", "torch"]), default="dali", show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@device_option("cpu", help="Where the loader decodes and normalises.")
 @click.option("--reader", type=click.Choice(["external", "caffe"]), default="external", show_default=True,
               help="DALI record source: the exact per-epoch plan, or fn.readers.caffe's shuffle buffer.")
 @click.option("--roi/--no-roi", "roi_decode", default=True, show_default=True,
@@ -181,7 +181,7 @@ def bench_loader(data, loader, device, reader, roi_decode, normalize_in, fancy_u
     \b
     alexnet-pipe bench loader --data ./alexnet-data --batches 30
     alexnet-pipe bench loader --data ./alexnet-data --normalize-in dali --no-baseline
-    alexnet-pipe bench loader --device gpu --batch-size 256 --threads 8 --no-baseline --json
+    alexnet-pipe bench loader --device cuda --batch-size 256 --threads 8 --no-baseline --json
     alexnet-pipe bench loader --crops random-resized --color-jitter 0.4 --lighting 0   # vs the paper's, same run
 
     An augmentation other than the paper's is also timed against the paper's (ratio_to_paper).

@@ -74,6 +74,18 @@ def output_option(default: str | None, help_default: str | None = None):
         help=f"Picture to write: .png, .jpg, .pdf, .svg ... by its suffix (none: PNG).{shown}")
 
 
+def device_option(default: str, *, auto: bool = False, help: str = ""):
+    """--device, in the library's vocabulary (core.devices: cpu | cuda); "gpu", the older spelling, still
+    passes and becomes "cuda". With `auto`, "auto" is passed on for the command to decide."""
+    from alexnet_pipe.core.devices import TYPED, device_name
+
+    def to_name(ctx, param, value):
+        return value if value == "auto" else device_name(value)
+    choices = (["auto"] if auto else []) + list(TYPED)
+    return click.option("--device", type=click.Choice(choices), default=default, show_default=True,
+                        callback=to_name, help=f"{help} (gpu: the same as cuda)".lstrip())
+
+
 def require_gpu(flag: str = "--gpu") -> None:
     """`flag` (evaluate's and viz's --gpu) needs one CUDA device: say so, and that leaving it out runs on the CPU."""
     from alexnet_pipe.train.launch import visible_gpus

@@ -67,7 +67,7 @@ def test_training_on_cuda_resumes_on_cpu(tmp_path):
 # --- the DALI GPU graph and its hand-over to torch ------------------------------------
 
 def _gpu_graph(ten_crop: bool, encoded: bool, normalize_in: str):
-    """process() on device "gpu", defined but not built (building needs CUDA): its operators."""
+    """process() on device "cuda", defined but not built (building needs CUDA): its operators."""
     from nvidia.dali import fn, pipeline_def, types
     from alexnet_pipe.loaders import augment
     from alexnet_pipe.loaders.dali import process
@@ -77,7 +77,7 @@ def _gpu_graph(ten_crop: bool, encoded: bool, normalize_in: str):
     def graph():
         data, anchor, flip, cmn = fn.external_source(source=lambda: None, num_outputs=4, batch=True,
                                                      dtype=[types.UINT8, types.INT32, types.INT32, types.FLOAT])
-        return process(data, anchor, flip, cmn, encoded=encoded, device="gpu", size=16, crop=8, norm=norm,
+        return process(data, anchor, flip, cmn, encoded=encoded, device="cuda", size=16, crop=8, norm=norm,
                        ten_crop=ten_crop, layout="CHW", dtype=types.FLOAT, normalize_in=normalize_in)
 
     with warnings.catch_warnings():
@@ -119,7 +119,7 @@ def test_gpu_decoding_pass_without_cuda_is_one_sentence(tmp_path, monkeypatch):
     monkeypatch.setattr(decode, "cuda_devices", lambda: 0)  # the machine without CUDA, wherever this runs
     make_data_dir(tmp_path, {"train": (random_images(2, 16, 0), np.array([0, 1]))}, 2, 1, "jpeg")
     with pytest.raises(UserError, match="needs a CUDA device"):
-        list(decode.iter_decoded(shard_dirs(tmp_path, "train"), device="gpu"))
+        list(decode.iter_decoded(shard_dirs(tmp_path, "train"), device="cuda"))
 
 
 @pytest.mark.gpu
@@ -160,7 +160,7 @@ def test_dali_gpu_graph_matches_cpu_on_raw_records(tmp_path, case):
             return next(iter(DaliLoader(s, normalize_in="dali").epoch(0)))
         return next(iter((CaffeReaderLoader(s) if case == "caffe-reader" else DaliLoader(s)).epoch(0)))
 
-    (cpu_x, cpu_y), (gpu_x, gpu_y) = first("cpu"), first("gpu")
+    (cpu_x, cpu_y), (gpu_x, gpu_y) = first("cpu"), first("cuda")
     assert gpu_x.is_cuda and gpu_y.is_cuda and gpu_x.shape == cpu_x.shape
     torch.testing.assert_close(gpu_x.cpu(), cpu_x, atol=1e-3, rtol=0)
     assert torch.equal(gpu_y.cpu(), cpu_y)

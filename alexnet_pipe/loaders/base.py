@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet_pipe.loaders import augment
+from alexnet_pipe.core.devices import DEVICES
 from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.loaders import augment
 from alexnet_pipe.loaders.jitter import JitterSpec
 from alexnet_pipe.loaders.records import RecordIndex, decode_rgb, release_shards
 
 LOADERS = ("auto", "dali", "torch")  # auto: DALI where it is installed, else torch
-DEVICES = ("cpu", "gpu")
 DTYPES = ("float32", "bfloat16", "float16")
 READERS = ("external", "caffe")
 
@@ -33,7 +33,7 @@ class LoaderSettings:
     batch_size: int = 128  # per process
     crop: int = 224
     loader: str = "auto"  # "auto" | "dali" | "torch"
-    device: str = "cpu"  # "cpu" | "gpu"
+    device: str = "cpu"  # "cpu" | "cuda" (core.devices)
     lighting: float = 0.1  # sigma of alpha; 0 switches it off
     lighting_scale: str = "convnet2"  # | "fbresnet"
     normalize: str = "mean-image"  # | "channel" (per-channel mean/std)
@@ -95,7 +95,7 @@ def cuda_device_id(settings: LoaderSettings) -> int | None:
         return None
     import torch
     if not torch.cuda.is_available():
-        raise UserError("device 'gpu' needs CUDA, and this machine has none: use --device cpu")
+        raise UserError("a loader on the GPU needs CUDA, and this machine has none: use --device cpu")
     local = os.environ.get("LOCAL_RANK")
     return int(local) if local is not None else settings.rank % torch.cuda.device_count()
 

@@ -5,7 +5,7 @@
   graph is fed the record bytes and these parameters through ``fn.external_source``; ``docs/pipeline.md`` says
   why this, and not ``fn.readers.caffe``'s shuffle buffer, is the default (exact per-epoch coverage, resume at
   any step, equal step counts), and `CaffeReaderLoader` keeps the native reader for comparison.
-* the processing (`process`), written once with the device as a parameter ("cpu": ``device_id=None``; "gpu":
+* the processing (`process`), written once with the device as a parameter ("cpu": ``device_id=None``; "cuda":
   the mixed nvJPEG decoder): ROI decode of exactly the crop window (random-resized crops: of the plan's window,
   then ``fn.resize`` to the crop, linear without antialiasing as cv2) and the flip, in uint8; then
   ``TorchNormalizer`` (base.py) does all the float work on the output device.
@@ -19,6 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from alexnet_pipe.loaders import augment
+from alexnet_pipe.core.devices import dali_device
 from alexnet_pipe.core.errors import UserError
 from alexnet_pipe.loaders.base import BaseLoader, LoaderSettings, cuda_device_id
 from alexnet_pipe.shards.decode import check_dali_can_open, dali_error_cause
@@ -43,7 +44,7 @@ def process(data, anchor, flip, cmn_mean, *, encoded: bool, device: str, size: i
     """
     from nvidia.dali import fn, types
     from alexnet_pipe.shards.decode import decoder_options
-    op_device = "cpu" if device == "cpu" else "gpu"
+    op_device = dali_device(device)
     # slice's anchor/shape inputs: a bare numpy value becomes a Constant on the operator's device, and a
     # GPU slice then copies it back to the host with a sync point every iteration (fn.slice docs: "CPU
     # inputs are preferred"), so the constants are made on the CPU explicitly (what CPU graphs got anyway)

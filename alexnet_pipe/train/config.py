@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from alexnet_pipe import loaders
 from alexnet_pipe.loaders.augment import CROP_MODES, LIGHTING_SCALES, NORMALIZE, RRC_RATIO, RRC_SCALE
+from alexnet_pipe.core.devices import DEVICES
 from alexnet_pipe.core.errors import UserError
 from alexnet_pipe.model.choices import (ARCHS, CONV_IMPLS, INITS, LRN_CONVENTIONS, LRN_IMPLS,  # noqa: F401 (API)
                                         MIN_CROP, lrn_convention)
@@ -21,7 +22,6 @@ from alexnet_pipe.train.schedule import SCHEDULES
 # The model's choices live in the model wing (model/choices.py, no torch) so that the settings can name them.
 MOMENTUM_FORMS = ("paper", "torch")
 LOADERS = (*loaders.LOADERS, "synthetic")
-DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)

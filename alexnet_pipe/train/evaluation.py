@@ -86,7 +86,7 @@ def eval_loader(data, split: str, ts, device, *, batch_size: int, loader: str, n
     from alexnet_pipe.loaders import LoaderSettings, make_loader
     return make_loader(LoaderSettings(
         data=Path(data), split=split, train=False, batch_size=batch_size, crop=ts.crop, loader=loader,
-        device="gpu" if device.type == "cuda" else "cpu", normalize=ts.normalize,
+        device=device.type, normalize=ts.normalize,
         views="ten-crop" if ten_crop else "center", num_threads=num_threads, with_params=with_params))
 
 

@@ -50,7 +50,7 @@ def make_loaders(s: TrainSettings, rank: int, world: int, device):
                 SyntheticLoader(seed=s.seed + 1, steps_per_epoch=2, **common) if s.eval_every else None)
     from alexnet_pipe.loaders import LoaderSettings, make_loader
     base = LoaderSettings(data=Path(s.data), batch_size=s.batch_size // world, crop=s.crop, loader=s.loader,
-                          device="gpu" if cuda else "cpu", lighting=s.lighting, lighting_scale=s.lighting_scale,
+                          device=device.type, lighting=s.lighting, lighting_scale=s.lighting_scale,
                           normalize=s.normalize, channels_last=cuda, seed=s.seed, rank=rank, world_size=world,
                           num_threads=s.num_threads, crops=s.crops, crop_scale=s.crop_scale,
                           crop_ratio=s.crop_ratio, color_jitter=s.color_jitter, hue=s.hue)
