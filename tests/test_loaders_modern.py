@@ -51,11 +51,16 @@ def unnormalised(images, stats: Path) -> np.ndarray:
     (dict(crop_ratio=(1.0,)), "crop_ratio"),
     (dict(color_jitter=-0.1), "color_jitter"),
     (dict(hue=0.6), "hue"),
-    (dict(reader="caffe"), "reader 'caffe'"),
 ])
 def test_bad_settings_are_one_sentence(tmp_path, bad, says):
     with pytest.raises(UserError, match=says):
         validate(modern(tmp_path, **bad))
+
+
+def test_caffe_reader_refuses_the_modern_augmentations(tmp_path):
+    from alexnet_pipe.report.dali_variants import check_reader
+    with pytest.raises(UserError, match="reader 'caffe'"):
+        check_reader(modern(tmp_path), "caffe")
 
 
 def test_plan_carries_the_settings(dirs):
