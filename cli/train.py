@@ -165,7 +165,7 @@ def train(data: Path, run: Path | None, recipe: str | None, config: Path | None,
     """
     from alexnet_pipe.train import distributed
     from alexnet_pipe.train.config import resolve_settings
-    from alexnet_pipe.train.loop import finalize, run_training
+    from alexnet_pipe.train.entry import finalize, run_training
 
     if no_lighting:
         if options["lighting"]:

@@ -48,3 +48,13 @@ def test_train_options_are_generated_from_the_settings():
             assert tuple(getattr(offered[f.name].type, "choices", ())) == opt.choices, f.name
     help_text = " ".join(CliRunner().invoke(cli, ["train", "--help"]).output.split())
     assert "[default: 90 (small: 30)]" in help_text and "[plateau|step|cosine]" in help_text
+
+
+def test_train_loop_reads_in_one_screen():
+    """train() holds the epoch and step loops; the step, the metrics row, the checkpoint and the evaluation are
+    named functions of their own (issue 18)."""
+    import inspect
+    from alexnet_pipe.train.loop import train
+    lines, _ = inspect.getsourcelines(train)
+    assert len(lines) < 60, f"train() is {len(lines)} lines"
+

@@ -12,7 +12,7 @@ import torch
 from alexnet_pipe.model.alexnet import build_model
 from alexnet_pipe.train.config import resolve_settings
 from alexnet_pipe.train.runlog import read_metrics
-from alexnet_pipe.train.loop import run_training
+from alexnet_pipe.train.entry import run_training
 
 
 def short_run(device: str, run_dir, steps: int = 4) -> dict:

@@ -285,6 +285,10 @@ REACHED_BY = {
     "ingest.sources": {"prepare"},
     "stats.compute": {"stats"},
     "train.loop": {"train"},
+    "train.entry": {"train"},
+    "train.evaluation.ensemble_precision": {"evaluate"},
+    "report.bench_loader": {"bench loader"},
+    "report.dali_variants": {"bench loader"},
     "shards.verify": {"info", "verify"},
     "report.viz": {"viz filters", "viz neighbors", "viz curves", "viz augment"},
 }

@@ -15,7 +15,7 @@ from alexnet_pipe.core.errors import UserError
 from alexnet_pipe.train.checkpoint import checkpoints, latest_checkpoint, load_checkpoint
 from alexnet_pipe.train.config import TrainSettings, resolve_settings
 from alexnet_pipe.train.runlog import read_metrics
-from alexnet_pipe.train.loop import finalize, run_training
+from alexnet_pipe.train.entry import finalize, run_training
 from alexnet_pipe_cli.main import cli
 
 TRAIN_ROW = ("step", "epoch", "loss", "lr")

@@ -88,7 +88,7 @@ def _stats(s: DemoSettings, echo) -> None:
 
 def _train(s: DemoSettings, echo) -> dict:
     from alexnet_pipe.train.config import resolve_settings
-    from alexnet_pipe.train.loop import run_training
+    from alexnet_pipe.train.entry import run_training
     settings = resolve_settings("small", data=str(s.root), run=str(s.root / "runs" / "demo"), nproc=s.nproc,
                                 epochs=s.epochs, crop=s.crop, loader=s.loader, seed=s.seed)
     echo(f"   recipe small: width {settings.width}, {settings.epochs} epochs, batch {settings.batch_size}, "
