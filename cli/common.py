@@ -45,7 +45,7 @@ def _dir_callback(what: str):
 
 def _check_picture(path, what: str) -> None:
     from alexnet_pipe.core.outdir import check_file_place
-    from alexnet_pipe.report.viz import image_format
+    from alexnet_pipe.report.pictures import image_format
     check_file_place(path, what)
     image_format(path)
 

@@ -382,7 +382,7 @@ def test_viz_augment_writes_png(dirs, tmp_path):
 
 
 def test_viz_shows_unnormalised_pixels(dirs, pixels):
-    from alexnet_pipe.report.viz import seen_pixels
+    from alexnet_pipe.report.augment_grid import seen_pixels
     loader = make_loader(settings(dirs["raw"], lighting=0))
     images, _, p = next(iter(loader.epoch(0)))
     views = seen_pixels(images, p, loader)

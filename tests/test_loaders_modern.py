@@ -163,7 +163,7 @@ def test_dali_and_torch_agree_on_modern_batches(dirs):
 
 def test_viz_augment_modern_shows_resized_jittered_views(dirs, pixels, tmp_path):
     from PIL import Image
-    from alexnet_pipe.report.viz import VizAugmentSettings, augment_loader, seen_pixels
+    from alexnet_pipe.report.augment_grid import VizAugmentSettings, augment_loader, seen_pixels
     from alexnet_pipe_cli.main import cli
     from click.testing import CliRunner
     out = tmp_path / "modern.png"
