@@ -45,7 +45,7 @@ def _dir_callback(what: str):
 
 def _check_picture(path, what: str) -> None:
     from alexnet_pipe.core.outdir import check_file_place
-    from alexnet_pipe.report.viz import image_format
+    from alexnet_pipe.report.pictures import image_format
     check_file_place(path, what)
     image_format(path)
 
@@ -72,6 +72,18 @@ def output_option(default: str | None, help_default: str | None = None):
         "-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
         default=Path(default) if default else None, show_default=default is not None, callback=output_callback,
         help=f"Picture to write: .png, .jpg, .pdf, .svg ... by its suffix (none: PNG).{shown}")
+
+
+def device_option(default: str, *, auto: bool = False, help: str = ""):
+    """--device, in the library's vocabulary (core.devices: cpu | cuda); "gpu", the older spelling, still
+    passes and becomes "cuda". With `auto`, "auto" is passed on for the command to decide."""
+    from alexnet_pipe.core.devices import TYPED, device_name
+
+    def to_name(ctx, param, value):
+        return value if value == "auto" else device_name(value)
+    choices = (["auto"] if auto else []) + list(TYPED)
+    return click.option("--device", type=click.Choice(choices), default=default, show_default=True,
+                        callback=to_name, help=f"{help} (gpu: the same as cuda)".lstrip())
 
 
 def require_gpu(flag: str = "--gpu") -> None:

@@ -19,9 +19,12 @@ from alexnet_pipe_cli.common import data_option, require_gpu, run_and_report
 @click.option("--loader", type=click.Choice(LOADERS), default="auto", show_default=True,
               help="auto: DALI where it is installed, else the torch DataLoader.")
 @click.option("--gpu", is_flag=True, help="Run on CUDA device 0.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+              help="Arithmetic of the forward passes: fp32, or bf16/fp16 autocast.  [default: the precision the "
+                   "checkpoints were trained in, so the errors are those the run reported]")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (top1_error, top5_error, images, views).")
 def evaluate(checkpoints: tuple[Path, ...], data: Path, split: str, ten_crop: bool, batch_size: int, loader: str,
-             gpu: bool, as_json: bool):
+             gpu: bool, precision: str | None, as_json: bool):
     """Top-1 and top-5 error; several checkpoints average their softmax outputs (the paper's 5-CNN row).
 
     \b
@@ -34,7 +37,7 @@ def evaluate(checkpoints: tuple[Path, ...], data: Path, split: str, ten_crop: bo
         require_gpu()
     settings = EvalSettings(checkpoints=tuple(str(c) for c in checkpoints), data=str(data), split=split,
                             ten_crop=ten_crop, batch_size=batch_size, loader=loader,
-                            device="cuda" if gpu else "cpu")
+                            device="cuda" if gpu else "cpu", precision=precision)
     run_and_report("evaluate", settings, run_evaluate, as_json, lambda r: [
-        f"{r['images']} images x {r['views']} view(s), {len(checkpoints)} model(s): "
+        f"{r['images']} images x {r['views']} view(s), {len(checkpoints)} model(s), {r['precision']}: "
         f"top-1 error {r['top1_error']:.4f}, top-5 error {r['top5_error']:.4f}"])

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from alexnet_pipe_cli.common import data_option, print_settings
+from alexnet_pipe_cli.common import data_option, device_option, print_settings
 
 
 @click.command("stats")
@@ -17,8 +17,8 @@ from alexnet_pipe_cli.common import data_option, print_settings
 @click.option("--sample", type=click.IntRange(min=1), default=None, metavar="N",
               help="Quick estimate from the first N train records in key order (a decoding pass).")
 @click.option("--plot", is_flag=True, help="Also write stats/mean.png and stats/pca_axes.png.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
-              help="Where the decoding pass decodes JPEGs: auto = the GPU (DALI 'mixed') when one is visible.")
+@device_option("auto", auto=True, help="Where the decoding pass decodes JPEGs: auto = the GPU (DALI 'mixed') when one "
+              "is visible.")
 def stats(data: Path, pca: bool, recompute: bool, sample: int | None, plot: bool, device: str):
     """Mean image and RGB PCA eigenpairs of the training set, written under DATA/stats/.
 
@@ -33,7 +33,7 @@ def stats(data: Path, pca: bool, recompute: bool, sample: int | None, plot: bool
 
     if device == "auto":
         from alexnet_pipe.shards.decode import cuda_devices
-        device = "gpu" if cuda_devices() else "cpu"
+        device = "cuda" if cuda_devices() else "cpu"
     settings = StatsSettings(data=data, pca=pca, recompute=recompute or sample is not None,
                              sample=sample, plot=plot, device=device)
     print_settings("stats", settings)

@@ -6,13 +6,12 @@ choices, help and shown default are generated here, so nothing is typed twice.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
 import click
 
-from alexnet_pipe.train.config import RECIPES, TrainSettings, default_text, opt_of, settings_from_dict
+from alexnet_pipe.train.config import RECIPES, TrainSettings, default_text, opt_of
 from alexnet_pipe_cli.common import FiniteFloat, data_option, print_settings, run_dir_callback
 
 
@@ -107,11 +106,12 @@ def _placement(cpu: bool, nproc: int | None, gpus: int | None) -> tuple[str, int
 
 def _saved_settings(path: Path, what: str) -> TrainSettings:
     """A run's settings.json (from --config, or the run being resumed)."""
+    from alexnet_pipe.core.errors import UserError
+    from alexnet_pipe.train.runlog import read_settings
     try:
-        return settings_from_dict(json.loads(path.read_text()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, AttributeError) as exc:
-        raise click.ClickException(f"{path} is not the settings.json that `alexnet-pipe train` writes ({exc}); "
-                                   f"{what}") from None
+        return read_settings(path)
+    except UserError as exc:
+        raise click.ClickException(f"{exc}; {what}") from None
 
 
 def _base(config: Path | None, recipe: str | None, resume: str | None, run: Path | None):
@@ -125,7 +125,8 @@ def _base(config: Path | None, recipe: str | None, resume: str | None, run: Path
     run = run or (Path(resume).parent if resume not in ("latest", "auto") else None)
     if run is None:
         raise click.UsageError(f"--resume {resume} needs --run DIR: the run dir to continue")
-    saved = Path(run) / "settings.json"
+    from alexnet_pipe.train.runlog import settings_path
+    saved = settings_path(run)
     if not saved.exists():
         return None, run
     return _saved_settings(saved, "restore it or start a new --run"), run
@@ -165,7 +166,7 @@ def train(data: Path, run: Path | None, recipe: str | None, config: Path | None,
     """
     from alexnet_pipe.train import distributed
     from alexnet_pipe.train.config import resolve_settings
-    from alexnet_pipe.train.loop import finalize, run_training
+    from alexnet_pipe.train.entry import finalize, run_training
 
     if no_lighting:
         if options["lighting"]:

@@ -39,7 +39,7 @@ def viz_augment(data, output, n, seed, crop, recipe, lighting, crops, color_jitt
     alexnet-pipe viz augment --data ./alexnet-data -o augment.png --n 16 --lighting 0.5
     alexnet-pipe viz augment --data ./alexnet-data -o modern.png --recipe modern
     """
-    from alexnet_pipe.report.viz import VizAugmentSettings, render_augment
+    from alexnet_pipe.report.augment_grid import VizAugmentSettings, render_augment
     given = dict(lighting=lighting, crops=crops, color_jitter=color_jitter, hue=hue)
     aug = {**_recipe_augmentation(recipe), **{k: v for k, v in given.items() if v is not None}}
     s = VizAugmentSettings(data, output, n, seed, crop, aug.pop("lighting"), lighting_scale, loader, recipe, **aug)

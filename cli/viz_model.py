@@ -28,7 +28,7 @@ def viz_filters(checkpoint: Path, output: Path | None, scale: int):
     \b
     alexnet-pipe viz filters alexnet-data/runs/x/best.pt          # -> alexnet-data/runs/x/filters.png
     """
-    from alexnet_pipe.report.viz import FiltersSettings, render_filters
+    from alexnet_pipe.report.filters import FiltersSettings, render_filters
     s = FiltersSettings(checkpoint, output or checkpoint.parent / "filters.png", scale)
     print_settings("viz filters", s)
     r = render_filters(s)
@@ -66,7 +66,7 @@ def viz_neighbors(checkpoint: Path, data: Path, query: int, k: int, split: str, 
     alexnet-pipe viz neighbors alexnet-data/runs/x/best.pt --query 4 --k 5
     alexnet-pipe viz neighbors best.pt --data ./alexnet-data --limit 50000 -o nn.png
     """
-    from alexnet_pipe.report.viz import NeighborsSettings, render_neighbors
+    from alexnet_pipe.report.neighbors import NeighborsSettings, render_neighbors
     if gpu:
         require_gpu()
     s = NeighborsSettings(checkpoint, data, output or checkpoint.parent / "neighbors.png", split, query, k, limit,
@@ -95,7 +95,7 @@ def viz_curves(run: Path, output: Path | None):
     \b
     alexnet-pipe viz curves alexnet-data/runs/x                   # -> alexnet-data/runs/x/curves.png
     """
-    from alexnet_pipe.report.viz import CurvesSettings, render_curves
+    from alexnet_pipe.report.curves import CurvesSettings, render_curves
     s = CurvesSettings(run, output or run / "curves.png")
     print_settings("viz curves", s)
     r = render_curves(s)

@@ -87,3 +87,33 @@ def test_test_file_names_are_unique():
     would fail collection with 'import file mismatch'."""
     names = collections.Counter(p.name for p in TESTS.rglob("test_*.py"))
     assert [name for name, count in names.items() if count > 1] == []
+
+
+def test_train_loop_reads_in_one_screen():
+    """train() holds the epoch and step loops; the step, the metrics row, the checkpoint and the evaluation are
+    named functions of their own (issue 18)."""
+    import inspect
+    from alexnet_pipe.train.loop import train
+    lines, _ = inspect.getsourcelines(train)
+    assert len(lines) < 60, f"train() is {len(lines)} lines"
+
+
+# the train wing's files and their one owner each (issue 18): the module that alone spells each name
+RUN_FILES = {"settings.json": "alexnet_pipe/train/runlog.py", "metrics.jsonl": "alexnet_pipe/train/runlog.py",
+             "best.pt": "alexnet_pipe/train/checkpoint.py", "ckpt-": "alexnet_pipe/train/checkpoint.py"}
+
+
+def test_each_run_file_is_named_by_its_owner_alone():
+    """A string that is a path naming a run file (no spaces: prose, help texts and examples may mention them)
+    appears only in the file's owner; everyone else asks the owner (runlog.settings_path, metrics_path,
+    read_metrics; checkpoint.checkpoints, latest_checkpoint, best_checkpoint)."""
+    import ast
+    pattern = re.compile(r"^[\w./{}:-]*(?:(?<![\w.])(settings\.json|metrics\.jsonl|best\.pt)|(?<![\w.])(ckpt-))[\w./{}:-]*$")
+    strays = []
+    for path in sorted([*(ROOT / "alexnet_pipe").rglob("*.py"), *(ROOT / "cli").rglob("*.py")]):
+        where = str(path.relative_to(ROOT))
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and (m := pattern.match(node.value)):
+                if RUN_FILES[m.group(1) or m.group(2)] != where:
+                    strays.append((where, node.lineno, node.value))
+    assert strays == []

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from alexnet_pipe.train.checkpoint import checkpoints, load_checkpoint
 from alexnet_pipe.core.errors import UserError
-from alexnet_pipe.train.loop import run_training
+from alexnet_pipe.train.entry import run_training
 from alexnet_pipe_cli.main import cli
 from helpers.shardgen import make_data_dir, random_images
 from helpers.training import tiny

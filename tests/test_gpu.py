@@ -12,7 +12,7 @@ import torch
 from alexnet_pipe.model.alexnet import build_model
 from alexnet_pipe.train.config import resolve_settings
 from alexnet_pipe.train.runlog import read_metrics
-from alexnet_pipe.train.loop import run_training
+from alexnet_pipe.train.entry import run_training
 
 
 def short_run(device: str, run_dir, steps: int = 4) -> dict:
@@ -67,18 +67,26 @@ def test_training_on_cuda_resumes_on_cpu(tmp_path):
 # --- the DALI GPU graph and its hand-over to torch ------------------------------------
 
 def _gpu_graph(ten_crop: bool, encoded: bool, normalize_in: str):
-    """process() on device "gpu", defined but not built (building needs CUDA): its operators."""
+    """The DALI views on device "cuda" (the production loader's, or with normalize_in "dali" the benchmark's float
+    variant), defined but not built (building needs CUDA): its operators."""
     from nvidia.dali import fn, pipeline_def, types
     from alexnet_pipe.loaders import augment
-    from alexnet_pipe.loaders.dali import process
+    from alexnet_pipe.loaders.dali import host_constant, ten_views, train_view
+    from alexnet_pipe.report.dali_variants import dali_normalized
     norm = augment.Normalizer("mean-image", mean_image=np.zeros((16, 16, 3), np.float32))
+    common = dict(encoded=encoded, device="cuda", crop=8, flip_in_graph=normalize_in == "torch")
 
     @pipeline_def(batch_size=2, num_threads=1, device_id=0)
     def graph():
         data, anchor, flip, cmn = fn.external_source(source=lambda: None, num_outputs=4, batch=True,
                                                      dtype=[types.UINT8, types.INT32, types.INT32, types.FLOAT])
-        return process(data, anchor, flip, cmn, encoded=encoded, device="gpu", size=16, crop=8, norm=norm,
-                       ten_crop=ten_crop, layout="CHW", dtype=types.FLOAT, normalize_in=normalize_in)
+        if ten_crop:
+            return ten_views(data, size=16, **common)
+        views = train_view(data, anchor, host_constant([8, 8]), flip, resize=False, **common)
+        if normalize_in == "torch":
+            return views
+        return dali_normalized(views, anchor, flip, cmn, norm=norm, device="cuda", crop=8, layout="CHW",
+                               dtype=types.FLOAT)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unused external-source outputs
@@ -87,9 +95,9 @@ def _gpu_graph(ten_crop: bool, encoded: bool, normalize_in: str):
     return pipe
 
 
-@pytest.mark.parametrize("ten_crop", [False, True])
+# the benchmark's DALI float variant (report/dali_variants.py) times training views only: no ten-crop
+@pytest.mark.parametrize("ten_crop, normalize_in", [(False, "torch"), (True, "torch"), (False, "dali")])
 @pytest.mark.parametrize("encoded", [True, False])
-@pytest.mark.parametrize("normalize_in", ["torch", "dali"])
 @pytest.mark.dali
 def test_gpu_graph_places_every_input_where_dali_wants_it(ten_crop, encoded, normalize_in):
     """Runs without a GPU: mixed decoders read host bytes; slice anchors/shapes and argument inputs stay on
@@ -119,14 +127,14 @@ def test_gpu_decoding_pass_without_cuda_is_one_sentence(tmp_path, monkeypatch):
     monkeypatch.setattr(decode, "cuda_devices", lambda: 0)  # the machine without CUDA, wherever this runs
     make_data_dir(tmp_path, {"train": (random_images(2, 16, 0), np.array([0, 1]))}, 2, 1, "jpeg")
     with pytest.raises(UserError, match="needs a CUDA device"):
-        list(decode.iter_decoded(shard_dirs(tmp_path, "train"), device="gpu"))
+        list(decode.iter_decoded(shard_dirs(tmp_path, "train"), device="cuda"))
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["UINT8", "FLOAT16", "FLOAT"])
 def test_dali_gpu_batch_to_torch_is_an_exact_copy(dtype):
     from nvidia.dali import fn, pipeline_def, types
-    from alexnet_pipe.loaders.dali import _to_torch
+    from alexnet_pipe.loaders.dali import to_torch
     host = np.random.default_rng(0).integers(0, 255, (3, 5, 7, 3)).astype(np.uint8)
 
     @pipeline_def(batch_size=3, num_threads=1, device_id=0)
@@ -137,7 +145,7 @@ def test_dali_gpu_batch_to_torch_is_an_exact_copy(dtype):
     pipe = graph()
     pipe.build()
     (out,) = pipe.run()
-    got = _to_torch(out, 0, copy=False)
+    got = to_torch(out, 0, copy=False)
     assert got.device == torch.device("cuda", 0) and tuple(got.shape) == host.shape
     assert torch.equal(got.cpu().double(), torch.from_numpy(host).double())
 
@@ -147,7 +155,8 @@ def test_dali_gpu_batch_to_torch_is_an_exact_copy(dtype):
 def test_dali_gpu_graph_matches_cpu_on_raw_records(tmp_path, case):
     """Raw records: no decoder difference, so GPU and CPU builds agree to float rounding."""
     from alexnet_pipe.loaders import LoaderSettings
-    from alexnet_pipe.loaders.dali import CaffeReaderLoader, DaliLoader
+    from alexnet_pipe.loaders.dali import DaliLoader
+    from alexnet_pipe.report.dali_variants import BenchDaliLoader, CaffeReaderLoader
     from helpers.loaders import CROP, build_data
     data = build_data(tmp_path / "raw", "raw")
     kw = dict(batch_size=8, crop=CROP, with_params=False)
@@ -157,10 +166,10 @@ def test_dali_gpu_graph_matches_cpu_on_raw_records(tmp_path, case):
     def first(device):
         s = LoaderSettings(data, device=device, **kw)
         if case == "train-dali-normalize":
-            return next(iter(DaliLoader(s, normalize_in="dali").epoch(0)))
+            return next(iter(BenchDaliLoader(s, normalize_in="dali").epoch(0)))
         return next(iter((CaffeReaderLoader(s) if case == "caffe-reader" else DaliLoader(s)).epoch(0)))
 
-    (cpu_x, cpu_y), (gpu_x, gpu_y) = first("cpu"), first("gpu")
+    (cpu_x, cpu_y), (gpu_x, gpu_y) = first("cpu"), first("cuda")
     assert gpu_x.is_cuda and gpu_y.is_cuda and gpu_x.shape == cpu_x.shape
     torch.testing.assert_close(gpu_x.cpu(), cpu_x, atol=1e-3, rtol=0)
     assert torch.equal(gpu_y.cpu(), cpu_y)

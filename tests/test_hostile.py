@@ -296,8 +296,16 @@ REACHED_BY = {
     "stats.sums": {"stats"},
     "stats.moments": {"stats"},
     "train.loop": {"train"},
+    "train.entry": {"train"},
+    "train.evaluation.ensemble_precision": {"evaluate"},
+    "report.bench_loader": {"bench loader"},
+    "report.dali_variants": {"bench loader"},
     "shards.verify": {"info", "verify"},
-    "report.viz": {"viz filters", "viz neighbors", "viz curves", "viz augment"},
+    "report.pictures": {"viz filters", "viz neighbors", "viz curves", "viz augment"},
+    "report.filters": {"viz filters"},
+    "report.neighbors": {"viz neighbors"},
+    "report.curves": {"viz curves"},
+    "report.augment_grid": {"viz augment"},
 }
 # messages only some of a function's callers can reach: (where, a phrase of the message) -> those callers
 ONLY_WHEN = {("stats.ready.check_data", "has no val split"): {"train"}}  # need_val: train's evaluations

@@ -34,5 +34,5 @@ def make_loader(settings: LoaderSettings):
     if settings.loader == "torch":
         from alexnet_pipe.loaders.fallback import TorchLoader
         return TorchLoader(settings)
-    from alexnet_pipe.loaders.dali import CaffeReaderLoader, DaliLoader
-    return CaffeReaderLoader(settings) if settings.reader == "caffe" else DaliLoader(settings)
+    from alexnet_pipe.loaders.dali import DaliLoader
+    return DaliLoader(settings)

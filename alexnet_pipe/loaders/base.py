@@ -14,15 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet_pipe.loaders import augment
+from alexnet_pipe.core.devices import DEVICES
 from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.loaders import augment
 from alexnet_pipe.loaders.jitter import JitterSpec
 from alexnet_pipe.loaders.records import RecordIndex, decode_rgb, release_shards
 
 LOADERS = ("auto", "dali", "torch")  # auto: DALI where it is installed, else torch
-DEVICES = ("cpu", "gpu")
 DTYPES = ("float32", "bfloat16", "float16")
-READERS = ("external", "caffe")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +32,7 @@ class LoaderSettings:
     batch_size: int = 128  # per process
     crop: int = 224
     loader: str = "auto"  # "auto" | "dali" | "torch"
-    device: str = "cpu"  # "cpu" | "gpu"
+    device: str = "cpu"  # "cpu" | "cuda" (core.devices)
     lighting: float = 0.1  # sigma of alpha; 0 switches it off
     lighting_scale: str = "convnet2"  # | "fbresnet"
     normalize: str = "mean-image"  # | "channel" (per-channel mean/std)
@@ -45,7 +44,6 @@ class LoaderSettings:
     world_size: int = 1
     num_threads: int = 2  # DALI threads / torch DataLoader workers
     with_params: bool = False  # also yield the augmentation parameters used
-    reader: str = "external"  # DALI only: "external" (exact, default) | "caffe" (fn.readers.caffe)
     fancy_upsampling: bool = True  # DALI GPU: libjpeg-turbo's chroma upsampling (decode.decoder_options)
     crops: str = "translate"  # training crops: the paper's | "random-resized" (Inception-style windows)
     crop_scale: tuple = augment.RRC_SCALE  # random-resized: area fraction (low, high) of the stored image
@@ -57,7 +55,7 @@ class LoaderSettings:
 def validate(s: LoaderSettings) -> None:
     choices = {"loader": LOADERS, "device": DEVICES, "lighting_scale": augment.LIGHTING_SCALES,
                "normalize": augment.NORMALIZE, "views": augment.VIEWS, "dtype": DTYPES,
-               "reader": READERS, "crops": augment.CROP_MODES}
+               "crops": augment.CROP_MODES}
     for name, allowed in choices.items():
         if getattr(s, name) not in allowed:
             raise UserError(f"{name} must be one of {', '.join(allowed)}, not {getattr(s, name)!r}")
@@ -65,8 +63,6 @@ def validate(s: LoaderSettings) -> None:
         raise UserError("batch_size and crop must be positive, num_threads and lighting not negative")
     if not 0 <= s.rank < s.world_size:
         raise UserError(f"rank {s.rank} is outside 0..{s.world_size - 1}")
-    if s.reader == "caffe" and (s.loader == "torch" or not s.train):
-        raise UserError("reader 'caffe' is for the DALI training pipeline only")
     _validate_modern(s)
 
 
@@ -84,9 +80,6 @@ def _validate_modern(s: LoaderSettings) -> None:
         raise UserError("random-resized crops need per-channel normalisation (`alexnet-pipe train --normalize "
                         "channel`, which the modern recipe sets): the mean image is defined per stored pixel, and a "
                         "resized window no longer lines up with it")
-    if s.reader == "caffe" and (s.crops != "translate" or s.color_jitter or s.hue):
-        raise UserError("reader 'caffe' applies the paper's augmentation only: use the default reader "
-                        "for random-resized crops and colour jitter")
 
 
 def cuda_device_id(settings: LoaderSettings) -> int | None:
@@ -95,7 +88,7 @@ def cuda_device_id(settings: LoaderSettings) -> int | None:
         return None
     import torch
     if not torch.cuda.is_available():
-        raise UserError("device 'gpu' needs CUDA, and this machine has none: use --device cpu")
+        raise UserError("a loader on the GPU needs CUDA, and this machine has none: use --device cpu")
     local = os.environ.get("LOCAL_RANK")
     return int(local) if local is not None else settings.rank % torch.cuda.device_count()
 
@@ -310,12 +303,6 @@ class BaseLoader:
         if self.eigen is None:
             return np.zeros((len(alpha), 3), np.float32)
         return augment.lighting_noise(alpha, self.eigen)
-
-    def cmn_mean(self, light: np.ndarray) -> np.ndarray:
-        """The per-sample 'mean' of crop_mirror_normalize: it carries the lighting offset."""
-        if self.norm.mode == "mean-image":
-            return (-light).astype(np.float32)
-        return (self.norm.mean_rgb[None, :] - light).astype(np.float32)
 
     def normalize(self, crops, params: dict):
         """uint8 HWC crops, already flipped ((B, c, c, 3), ten-crop (B, 10, c, c, 3)) -> the

@@ -1,14 +1,17 @@
-"""The DALI backend: the reader (an external source fed from the epoch plan, or fn.readers.caffe) and the processing.
+"""The DALI backend, split as NVIDIA's DALI examples split a pipeline: the reader, the decode, the augmentation and
+the normalisation, each a small function below, every one written once with the device as a parameter.
 
-* the reader: which records a rank reads at which step, and with which augmentation parameters, all from
-  ``augment.train_plan(seed, epoch)`` split over ranks and steps by ``augment.StepLayout`` (base.py).  The DALI
-  graph is fed the record bytes and these parameters through ``fn.external_source``; ``docs/pipeline.md`` says
-  why this, and not ``fn.readers.caffe``'s shuffle buffer, is the default (exact per-epoch coverage, resume at
-  any step, equal step counts), and `CaffeReaderLoader` keeps the native reader for comparison.
-* the processing (`process`), written once with the device as a parameter ("cpu": ``device_id=None``; "gpu":
-  the mixed nvJPEG decoder): ROI decode of exactly the crop window (random-resized crops: of the plan's window,
-  then ``fn.resize`` to the crop, linear without antialiasing as cv2) and the flip, in uint8; then
-  ``TorchNormalizer`` (base.py) does all the float work on the output device.
+* the reader (`plan_source`): which records a rank reads at which step, and with which augmentation parameters,
+  all from ``augment.train_plan(seed, epoch)`` split over ranks and steps by ``augment.StepLayout`` (base.py),
+  fed to the graph through ``fn.external_source``. ``docs/pipeline.md`` says why this, and not
+  ``fn.readers.caffe``'s shuffle buffer, is the reader (exact per-epoch coverage, resume at any step, equal step
+  counts); report/dali_variants.py keeps the native reader, for the benchmark.
+* the decode (`decoded_window`, `decoded_image`): an ROI decode of exactly the window (the nvJPEG "mixed" decoder
+  on CUDA), or a slice of raw pixels.
+* the augmentation (`resized`, `flipped`, put together by `train_view` and `ten_views`): a random-resized window
+  resized to the crop, linear without antialiasing as cv2; the flip.  All in uint8.
+* the normalisation: not in the graph. ``TorchNormalizer`` (base.py) does all the float work (colour jitter,
+  mean, lighting, std) in torch on the output device, so the DALI and torch backends give the same numbers.
 """
 from __future__ import annotations
 
@@ -18,87 +21,105 @@ from typing import Iterator
 
 import numpy as np
 
-from alexnet_pipe.loaders import augment
+from alexnet_pipe.core.devices import dali_device
 from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.loaders import augment
 from alexnet_pipe.loaders.base import BaseLoader, LoaderSettings, cuda_device_id
-from alexnet_pipe.shards.decode import check_dali_can_open, dali_error_cause
 from alexnet_pipe.loaders.records import release_shards
+from alexnet_pipe.shards.decode import dali_error_cause, decoder_options
 
 
-def process(data, anchor, flip, cmn_mean, *, encoded: bool, device: str, size: int, crop: int,
-            norm: augment.Normalizer, ten_crop: bool, layout: str, dtype, roi_decode: bool = True,
-            normalize_in: str = "torch", fancy_upsampling: bool = True, flip_in_graph: bool = True,
-            window_shape=None):
-    """The processing half of the graph, for one device.
+# --- the reader -------------------------------------------------------------------------
 
-    data: encoded bytes, or (S, S, 3) uint8 pixels; anchor: (x, y) int32; flip: int32;
-    cmn_mean: float32 (3,) per sample (lighting and, for per-channel normalisation, the mean).
-    window_shape: None (crop x crop windows), or (w, h) int32 per sample: random-resized windows, each
-    decoded (or sliced) at its own size and resized to crop x crop (`_resized`).
-    normalize_in "torch": uint8 crops, flipped and laid out, for `TorchNormalizer` (cmn_mean and
-    dtype unused); "dali": the float work in DALI's operators too (slower on CPU, see docs).
-    fancy_upsampling: the GPU decoder's chroma upsampling as libjpeg-turbo's (decode.decoder_options).
-    flip_in_graph False (normalize_in "torch" only): the windows come out unmirrored, and the loader
-    mirrors them on the host (`mirror_in_place`), much cheaper than DALI's CPU flip.
-    """
+def plan_source(feed):
+    """Per sample: the record's bytes (or raw HWC pixels), the window's anchor (x, y) and shape (w, h), the flip
+    and the label, one step of the plan at a time (`DaliLoader._feed` lays them out)."""
     from nvidia.dali import fn, types
-    from alexnet_pipe.shards.decode import decoder_options
-    op_device = "cpu" if device == "cpu" else "gpu"
-    # slice's anchor/shape inputs: a bare numpy value becomes a Constant on the operator's device, and a
-    # GPU slice then copies it back to the host with a sync point every iteration (fn.slice docs: "CPU
-    # inputs are preferred"), so the constants are made on the CPU explicitly (what CPU graphs got anyway)
-    shape = types.Constant(np.array([crop, crop], np.int32), device="cpu")
-    mean_const = (types.Constant(norm.mean_image, device=op_device)
-                  if norm.mode == "mean-image" and normalize_in == "dali" else None)
-    std = 1.0 if norm.mode == "mean-image" else norm.std_rgb.tolist()
-
-    def finish(window, at, mirror):
-        if normalize_in == "torch":  # HWC stays: the transposition is free in TorchNormalizer
-            return fn.flip(window, horizontal=mirror, device=op_device) if flip_in_graph else window
-        if mean_const is not None:
-            window = window - fn.slice(mean_const, at, shape, normalized_anchor=False,
-                                       normalized_shape=False, axis_names="WH")
-        return fn.crop_mirror_normalize(window, mean=cmn_mean, std=std, mirror=mirror,
-                                        output_layout=layout, dtype=dtype, device=op_device)
-
-    def window_at(image, at, wh=shape):
-        return fn.slice(image, at, wh, normalized_anchor=False, normalized_shape=False,
-                        axis_names="WH", device=op_device)
-
-    decoder = decoder_options(device, fancy_upsampling)
-    if ten_crop:  # every view needs a different window: decode the whole image once
-        image = (fn.decoders.image(data, **decoder) if encoded
-                 else (data if device == "cpu" else data.gpu()))
-        offsets, flips = augment.ten_crop_offsets(size, crop)
-        anchors = [types.Constant(np.asarray(at, np.int32), device="cpu") for at in offsets]
-        views = [finish(window_at(image, at), at, int(f)) for at, f in zip(anchors, flips)]
-        return fn.stack(*views)
-    if window_shape is not None:
-        if encoded:  # ROI decode of the window alone, whatever its size
-            window = fn.decoders.image_slice(data, anchor, window_shape, normalized_anchor=False,
-                                             normalized_shape=False, axis_names="WH", **decoder)
-        else:
-            window = window_at(data if device == "cpu" else data.gpu(), anchor, window_shape)
-        return finish(_resized(window, crop, op_device), anchor, flip)
-    if encoded and not roi_decode:  # decode-then-crop: kept to measure what ROI decode saves
-        window = window_at(fn.decoders.image(data, **decoder), anchor)
-    elif encoded:  # ROI decode: only the crop window is decoded
-        window = fn.decoders.image_slice(data, anchor, shape, normalized_anchor=False,
-                                         normalized_shape=False, axis_names="WH", **decoder)
-    else:
-        window = window_at(data if device == "cpu" else data.gpu(), anchor)
-    return finish(window, anchor, flip)
+    return fn.external_source(source=feed, num_outputs=5, batch=True, cycle="raise",
+                              dtype=[types.UINT8, types.INT32, types.INT32, types.INT32, types.INT64])
 
 
-def _resized(window, crop: int, op_device: str):
+def host_constant(value):
+    """A constant anchor or shape for fn.slice, made on the CPU: a bare numpy value becomes a Constant on the
+    operator's device, and a GPU slice then copies it back to the host with a sync point every iteration
+    (fn.slice docs: "CPU inputs are preferred")."""
+    from nvidia.dali import types
+    return types.Constant(np.asarray(value, np.int32), device="cpu")
+
+
+# --- the decode ---------------------------------------------------------------------------
+
+def on_device(pixels, device: str):
+    """Raw pixels read on the host, where the graph's operators run."""
+    return pixels if device == "cpu" else pixels.gpu()
+
+
+def window_of(image, anchor, shape, device: str):
+    """The (w, h) window of HWC pixels whose top-left is (x, y), in pixels."""
+    from nvidia.dali import fn
+    return fn.slice(image, anchor, shape, normalized_anchor=False, normalized_shape=False, axis_names="WH",
+                    device=dali_device(device))
+
+
+def decoded_window(data, anchor, shape, *, encoded: bool, device: str, fancy_upsampling: bool = True):
+    """uint8 HWC pixels of the window alone: an ROI decode of an encoded record (nothing outside the window is
+    decoded), or a slice of raw pixels."""
+    if not encoded:
+        return window_of(on_device(data, device), anchor, shape, device)
+    from nvidia.dali import fn
+    return fn.decoders.image_slice(data, anchor, shape, normalized_anchor=False, normalized_shape=False,
+                                   axis_names="WH", **decoder_options(device, fancy_upsampling))
+
+
+def decoded_image(data, *, encoded: bool, device: str, fancy_upsampling: bool = True):
+    """The whole image, uint8 HWC on the device."""
+    if not encoded:
+        return on_device(data, device)
+    from nvidia.dali import fn
+    return fn.decoders.image(data, **decoder_options(device, fancy_upsampling))
+
+
+# --- the augmentation ---------------------------------------------------------------------
+
+def resized(window, crop: int, device: str):
     """The window resized to crop x crop as cv2's INTER_LINEAR does (augment.resized_window): linear,
     pixel centres aligned, and no antialiasing, which DALI applies by default when scaling down."""
     from nvidia.dali import fn, types
     return fn.resize(window, size=[crop, crop], interp_type=types.INTERP_LINEAR, antialias=False,
-                     device=op_device)
+                     device=dali_device(device))
 
 
-# --- the loaders ---------------------------------------------------------------------
+def flipped(window, flip, device: str):
+    """The window mirrored left-right where `flip` (per sample, or a constant) is 1."""
+    from nvidia.dali import fn
+    return fn.flip(window, horizontal=flip, device=dali_device(device))
+
+
+def train_view(data, anchor, shape, flip, *, encoded: bool, device: str, crop: int, resize: bool,
+               flip_in_graph: bool, fancy_upsampling: bool = True):
+    """One view of each sample (a training view, or the centre crop): its window decoded, resized to the crop
+    where windows differ in size (`resize`: random-resized crops), and mirrored unless the loader mirrors on the
+    host (`flip_in_graph` False)."""
+    window = decoded_window(data, anchor, shape, encoded=encoded, device=device, fancy_upsampling=fancy_upsampling)
+    if resize:
+        window = resized(window, crop, device)
+    return flipped(window, flip, device) if flip_in_graph else window
+
+
+def ten_views(data, *, encoded: bool, device: str, size: int, crop: int, flip_in_graph: bool,
+              fancy_upsampling: bool = True):
+    """The paper's ten views of each sample, stacked (10, crop, crop, 3) in augment.TEN_CROP_NAMES order. Every
+    view needs another window, so the whole image is decoded once."""
+    from nvidia.dali import fn
+    image = decoded_image(data, encoded=encoded, device=device, fancy_upsampling=fancy_upsampling)
+    offsets, flips = augment.ten_crop_offsets(size, crop)
+    shape = host_constant([crop, crop])
+    views = [window_of(image, host_constant(at), shape, device) for at in offsets]
+    views = [flipped(v, 1, device) if f and flip_in_graph else v for v, f in zip(views, flips)]
+    return fn.stack(*views)
+
+
+# --- the loader ---------------------------------------------------------------------------
 
 def mirror_in_place(crops: np.ndarray, flips: np.ndarray) -> None:
     """Mirror left-right the uint8 HWC windows whose flag is set: crops (..., c, c, 3), one flag per window."""
@@ -110,13 +131,7 @@ def mirror_in_place(crops: np.ndarray, flips: np.ndarray) -> None:
         cv2.flip(flat[i], 1, dst=flat[i])
 
 
-def _dali_dtype(name: str):
-    from nvidia.dali import types
-    # DALI has no bfloat16: it produces float32 and torch casts (documented in docs/pipeline.md)
-    return types.FLOAT16 if name == "float16" else types.FLOAT
-
-
-def _to_torch(tensors, device_id, copy: bool = True):
+def to_torch(tensors, device_id, copy: bool = True):
     """A dense DALI batch as a torch tensor (CPU, or cuda:device_id).
 
     copy=False on the CPU: a view of DALI's output buffer, valid only until the next run().
@@ -135,9 +150,9 @@ def _to_torch(tensors, device_id, copy: bool = True):
     return out
 
 
-def _built(graph):
-    """The built pipeline; DALI's warning about unused external-source outputs is expected: the
-    torch normalisation leaves the per-sample mean unused, ten-crop the anchor and flip."""
+def built_pipeline(graph):
+    """The built pipeline; DALI's warning about unused external-source outputs is expected: ten-crop leaves
+    the anchor, shape and flip unused."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*(outputs at the indices|output at the index).*not used")
         pipe = graph()
@@ -176,15 +191,8 @@ class DaliLoader(BaseLoader):
     """The DALI pipeline fed by an explicit per-epoch plan (exact, resumable)."""
     PREFETCH = 3  # batches DALI works ahead: 3 beat 2 by 8-23% in three A/B runs here (docs/pipeline.md)
 
-    def __init__(self, settings: LoaderSettings, *, roi_decode: bool = True, normalize_in: str = "torch"):
+    def __init__(self, settings: LoaderSettings):
         super().__init__(settings)
-        if normalize_in not in ("torch", "dali"):
-            raise ValueError(f"normalize_in must be torch or dali, not {normalize_in!r}")
-        if normalize_in == "dali" and (settings.color_jitter or settings.hue):
-            raise UserError("colour jitter runs in the torch normalisation: it needs "
-                            "`alexnet-pipe bench loader --normalize-in torch`")
-        self.roi_decode = roi_decode  # False: decode the whole image, then crop (for the benchmark)
-        self.normalize_in = normalize_in  # "dali": the float work in DALI too (for the benchmark)
         self.device_id = cuda_device_id(settings)
         self._pipe = self._feeder = None  # idle, for the next epoch: kept after epochs that ran to their end
 
@@ -207,7 +215,7 @@ class DaliLoader(BaseLoader):
             for k, params in enumerate(steps, 1):
                 images, labels = self._run(pipe, steps[k - 1:k + self.PREFETCH])
                 batch = self.finish(self._images(images, params),
-                                    _to_torch(labels, None).view(-1).to(self._device, non_blocking=True),
+                                    to_torch(labels, None).view(-1).to(self._device, non_blocking=True),
                                     params)  # copies: DALI's buffers are free again
                 if k == len(steps):  # before the last yield: the trainer takes `steps` batches, no more
                     finished = _at_epoch_end(pipe)
@@ -239,22 +247,18 @@ class DaliLoader(BaseLoader):
     def _flip_in_graph(self) -> bool:
         """DALI's CPU flip cost ~150 us of a decoder thread per image here (a whole decode is ~300): on
         the CPU the uint8 windows are mirrored on the host instead (cv2.flip, ~16 us)."""
-        return self.device_id is not None or self.normalize_in == "dali"
+        return self.device_id is not None
 
     def _images(self, images, params: dict):
-        """DALI's output batch -> the torch batch (normalised here unless DALI did it)."""
-        # the view is read by normalize() before the next run(); the caffe reader pads its last batch
-        if self.normalize_in == "torch":
-            crops = _to_torch(images, self.device_id, copy=False)[:len(params["flip"])]
-            if not self._flip_in_graph:
-                mirror_in_place(crops.numpy(), self.window_params(params)[2])
-            return self.normalize(crops, params)
-        images = _to_torch(images, self.device_id)[:len(params["flip"])]
-        if self.settings.channels_last and not self.ten_crop:
-            images = images.permute(0, 3, 1, 2)  # HWC memory = channels_last NCHW
-        return images
+        """DALI's uint8 views -> the normalised torch batch. The view of DALI's buffer is read by normalize()
+        before the next run()."""
+        crops = to_torch(images, self.device_id, copy=False)
+        if not self._flip_in_graph:
+            mirror_in_place(crops.numpy(), self.window_params(params)[2])
+        return self.normalize(crops, params)
 
     def _feed(self, params: dict) -> tuple:
+        """One step of the plan as `plan_source`'s outputs."""
         datums = [self.index.read(i) for i in params["index"]]
         if self.index.encoded:
             data = [np.frombuffer(d.data, np.uint8) for d in datums]
@@ -262,106 +266,25 @@ class DaliLoader(BaseLoader):
             data = np.stack([self.index.pixels(d, i) for d, i in zip(datums, params["index"])])
         window = np.ascontiguousarray(params["window"], np.int32)  # (x, y, w, h): anchor and shape
         return (data, window[:, :2].copy(), window[:, 2:].copy(), params["flip"].astype(np.int32),
-                self.cmn_mean(params["light"]), np.array([d.label for d in datums], np.int64))
+                np.array([d.label for d in datums], np.int64))
+
+    def _views(self, data, anchor, shape, flip):
+        """The uint8 HWC views of the graph, for the settings' mode."""
+        s, index = self.settings, self.index
+        common = dict(encoded=index.encoded, device=s.device, crop=s.crop, flip_in_graph=self._flip_in_graph,
+                      fancy_upsampling=s.fancy_upsampling)
+        if self.ten_crop:
+            return ten_views(data, size=index.size, **common)
+        return train_view(data, anchor, shape, flip, resize=s.train and s.crops == "random-resized", **common)
 
     def _build(self, source):
-        from nvidia.dali import fn, pipeline_def, types
-        s, encoded = self.settings, self.index.encoded
-        layout = "HWC" if s.channels_last and not self.ten_crop else "CHW"
+        from nvidia.dali import pipeline_def
+        s = self.settings
 
         @pipeline_def(batch_size=self.layout.max_batch, num_threads=max(1, s.num_threads),
                       device_id=self.device_id, prefetch_queue_depth=self.PREFETCH)
         def graph():
-            data, anchor, window_shape, flip, cmn_mean, labels = fn.external_source(
-                source=source, num_outputs=6, batch=True, cycle="raise",
-                dtype=[types.UINT8, types.INT32, types.INT32, types.INT32, types.FLOAT, types.INT64])
-            resized = s.train and s.crops == "random-resized"
-            images = process(data, anchor, flip, cmn_mean, encoded=encoded, device=s.device,
-                             size=self.index.size, crop=s.crop, norm=self.norm,
-                             ten_crop=self.ten_crop, layout=layout, dtype=_dali_dtype(s.dtype),
-                             roi_decode=self.roi_decode, normalize_in=self.normalize_in,
-                             fancy_upsampling=s.fancy_upsampling, flip_in_graph=self._flip_in_graph,
-                             window_shape=window_shape if resized else None)
-            return images, labels
+            data, anchor, shape, flip, labels = plan_source(source)
+            return self._views(data, anchor, shape, flip), labels
 
-        return _built(graph)
-
-
-class CaffeReaderLoader(DaliLoader):
-    """``fn.readers.caffe`` with a shuffle buffer, the issue's reader, kept for comparison.
-
-    Per epoch e, rank r reads DALI shard (r + e) mod W (a contiguous slice of the key order,
-    which prepare already shuffled globally), shuffled within a buffer of `SHUFFLE_BUFFER`
-    records by a reader seeded from (seed, epoch, rank); the padded tail of the last batch is
-    trimmed.  What it cannot give (docs/pipeline.md): a uniform permutation of the whole split,
-    record identities for `with_params`, and a cheap resume (start_step runs and discards the
-    earlier batches).  Step counts must agree across ranks, else it refuses to start.
-    """
-    SHUFFLE_BUFFER = 1024
-
-    def __init__(self, settings: LoaderSettings, **kwargs):
-        super().__init__(settings, **kwargs)
-        check_dali_can_open(self.index.dirs)  # fn.readers.caffe maps every shard at once
-        n, world, b = len(self.index), settings.world_size, settings.batch_size
-        self.shard_sizes = [(r + 1) * n // world - r * n // world for r in range(world)]
-        steps = {-(-size // b) for size in self.shard_sizes}
-        if len(steps) > 1:
-            raise UserError(f"with reader 'caffe', {n} records over {world} ranks give different step "
-                            "counts per rank: use the default reader")
-        self.steps_per_epoch = steps.pop()
-        self.images_per_epoch = self.shard_sizes[settings.rank]
-
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple]:
-        s = self.settings
-        shard = (s.rank + epoch) % s.world_size
-        size = self.shard_sizes[shard]
-        seq = np.random.SeedSequence([s.seed, epoch, 2, s.rank])
-        plan = augment.train_plan(size, seed=int(seq.generate_state(1)[0]), epoch=epoch,
-                                  size=self.index.size, crop=s.crop, sigma=self.sigma)
-        batches = [plan.take(i, min(s.batch_size, size - i)) for i in range(0, size, s.batch_size)]
-        for p in batches:
-            p["light"], p["index"] = self.light(p["alpha"]), np.full(len(p["alpha"]), -1)
-            p["key"] = np.full(len(p["alpha"]), "", dtype=object)
-        pipe = self._build_caffe((self._feed_params(p) for p in batches), shard,
-                                 int(seq.generate_state(2)[1] % (1 << 31)))
-        try:
-            for step, params in enumerate(batches):
-                images, labels = self._run(pipe, [])
-                if step < start_step:
-                    continue
-                take = len(params["alpha"])
-                labels = _to_torch(labels, None).view(-1)[:take].long().to(self._device)
-                yield self.finish(self._images(images, params), labels, params)
-        finally:
-            del pipe
-
-    def _feed_params(self, p: dict) -> tuple:
-        pad = self.settings.batch_size - len(p["alpha"])  # the reader always gives full batches
-        anchor = np.stack([p["crop_x"], p["crop_y"]], axis=1).astype(np.int32)
-        cols = (anchor, p["flip"].astype(np.int32), self.cmn_mean(p["light"]))
-        return tuple(np.concatenate([c, np.repeat(c[-1:], pad, axis=0)]) for c in cols)
-
-    def _build_caffe(self, source, shard: int, reader_seed: int):
-        from nvidia.dali import fn, pipeline_def, types
-        s, size = self.settings, self.index.size
-
-        @pipeline_def(batch_size=s.batch_size, num_threads=max(1, s.num_threads),
-                      device_id=self.device_id, prefetch_queue_depth=self.PREFETCH)
-        def graph():
-            data, labels = fn.readers.caffe(
-                path=[str(d) for d in self.index.dirs], shard_id=shard, num_shards=s.world_size,
-                random_shuffle=True, initial_fill=self.SHUFFLE_BUFFER, seed=reader_seed,
-                pad_last_batch=True, stick_to_shard=True, name="Reader")
-            if not self.index.encoded:
-                data = fn.reshape(data, shape=[size, size, 3], layout="HWC")
-            anchor, flip, cmn_mean = fn.external_source(
-                source=source, num_outputs=3, batch=True, dtype=[types.INT32, types.INT32, types.FLOAT])
-            images = process(data, anchor, flip, cmn_mean, encoded=self.index.encoded,
-                             device=s.device, size=size, crop=s.crop, norm=self.norm, ten_crop=False,
-                             layout="HWC" if s.channels_last else "CHW",
-                             dtype=_dali_dtype(s.dtype), roi_decode=self.roi_decode,
-                             normalize_in=self.normalize_in, fancy_upsampling=s.fancy_upsampling,
-                             flip_in_graph=self._flip_in_graph)
-            return images, labels
-
-        return _built(graph)
+        return built_pipeline(graph)

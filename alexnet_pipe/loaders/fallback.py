@@ -8,7 +8,7 @@ by ``augment.resized_window``, the reference itself); the main process then does
 with the DALI loader's own ``TorchNormalizer`` (mean window, lighting, std, NCHW) on the batch's
 device, so the two loaders give the same numbers.  uint8 crops also cross the worker pipe at a
 quarter of the float size.  The batch sampler hands each worker self-contained per-sample specs,
-so a worker needs no epoch state.  With device "gpu" the uint8 batch is pinned, copied to the
+so a worker needs no epoch state.  With device "cuda" the uint8 batch is pinned, copied to the
 rank's GPU and normalised there (decoding stays on the CPU workers).
 """
 from __future__ import annotations

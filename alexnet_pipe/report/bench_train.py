@@ -11,13 +11,14 @@ from alexnet_pipe.train.config import TrainSettings
 from alexnet_pipe.loaders.synthetic import SyntheticLoader
 from alexnet_pipe.train.runlog import read_metrics
 from alexnet_pipe.train.loop import build, make_opt, train
+from alexnet_pipe.train.precision import autocast
 
 
 def bare_step_time(s: TrainSettings, steps: int, warmup: int) -> float:
     """Seconds per step of the plainest loop: same model, optimiser and fixed tensors, nothing else."""
     import torch
     import torch.nn.functional as F
-    device = torch.device("cuda" if s.device == "cuda" else "cpu")
+    device = torch.device(s.device)
     torch.manual_seed(s.seed)
     images, labels = SyntheticLoader(s.batch_size, s.crop, s.num_classes or 10, device=device,
                                      channels_last=device.type == "cuda", pool=1).batches[0]
@@ -29,7 +30,7 @@ def bare_step_time(s: TrainSettings, steps: int, warmup: int) -> float:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast(s.precision, device):  # the trainer's precision rule
             loss = F.cross_entropy(net(images), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()

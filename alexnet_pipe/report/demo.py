@@ -90,7 +90,7 @@ def _stats(s: DemoSettings, echo) -> None:
 
 def _train(s: DemoSettings, echo) -> dict:
     from alexnet_pipe.train.config import resolve_settings
-    from alexnet_pipe.train.loop import run_training
+    from alexnet_pipe.train.entry import run_training
     settings = resolve_settings("small", data=str(s.root), run=str(s.root / "runs" / "demo"), nproc=s.nproc,
                                 epochs=s.epochs, crop=s.crop, loader=s.loader, seed=s.seed)
     echo(f"   recipe small: width {settings.width}, {settings.epochs} epochs, batch {settings.batch_size}, "
@@ -111,14 +111,16 @@ def _evaluate(s: DemoSettings, echo, checkpoint: Path) -> dict:
 
 
 def _pictures(s: DemoSettings, echo, checkpoint: Path) -> list[Path]:
-    from alexnet_pipe.report import viz
+    from alexnet_pipe.report.augment_grid import VizAugmentSettings, render_augment
+    from alexnet_pipe.report.curves import CurvesSettings, render_curves
+    from alexnet_pipe.report.filters import FiltersSettings, render_filters
+    from alexnet_pipe.report.neighbors import NeighborsSettings, render_neighbors
     pics = s.root / "pictures"
-    jobs = [lambda: viz.render_filters(viz.FiltersSettings(checkpoint, pics / "filters.png")),
-            lambda: viz.render_curves(viz.CurvesSettings(checkpoint.parent, pics / "curves.png")),
-            lambda: viz.render_neighbors(viz.NeighborsSettings(checkpoint, s.root, pics / "neighbors.png",
-                                                               loader=s.loader)),
-            lambda: viz.render_augment(viz.VizAugmentSettings(s.root, pics / "augment.png", 16, s.seed, s.crop,
-                                                              0.1, "convnet2", s.loader))]
+    jobs = [lambda: render_filters(FiltersSettings(checkpoint, pics / "filters.png")),
+            lambda: render_curves(CurvesSettings(checkpoint.parent, pics / "curves.png")),
+            lambda: render_neighbors(NeighborsSettings(checkpoint, s.root, pics / "neighbors.png", loader=s.loader)),
+            lambda: render_augment(VizAugmentSettings(s.root, pics / "augment.png", 16, s.seed, s.crop, 0.1,
+                                                      "convnet2", s.loader))]
     for job in jobs:
         job()
     files = sorted(pics.glob("*.png")) + sorted((s.root / "stats").glob("*.png"))
@@ -137,7 +139,8 @@ def run(s: DemoSettings, echo=print) -> dict:
     step("prepare", lambda: _prepare(s, echo))
     step("stats --pca", lambda: _stats(s, echo))
     trained = step("train", lambda: _train(s, echo))
-    checkpoint = s.root / "runs" / "demo" / "best.pt"
+    from alexnet_pipe.train.checkpoint import best_checkpoint
+    checkpoint = best_checkpoint(s.root / "runs" / "demo")
     errors = step("evaluate", lambda: _evaluate(s, echo, checkpoint))
     if s.pictures:
         step("pictures", lambda: _pictures(s, echo, checkpoint))

@@ -1,7 +1,7 @@
 """One pass over the decoded records of a list of shards, in key order, each record exactly once.
 
 DALI reads and decodes when it is importable (``fn.readers.caffe`` + ``fn.decoders.image``, on the
-CPU or, with ``device="gpu"``, the "mixed" GPU decoder); otherwise OpenCV decodes what
+CPU or, with ``device="cuda"``, the "mixed" GPU decoder); otherwise OpenCV decodes what
 ``shards.iter_records`` reads.  Both yield the same thing: batches of ``(B, H, W, 3)`` uint8 RGB
 images and ``(B,)`` int64 labels.  ``stats --recompute`` and the loader benchmark's decode-only
 figure use it.
@@ -18,6 +18,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from alexnet_pipe.core.devices import DEVICES, dali_device
 from alexnet_pipe.core.errors import UserError
 from alexnet_pipe.shards.codec import Datum
 from alexnet_pipe.shards.lmdbfile import check_lmdb, iter_records
@@ -31,7 +32,6 @@ from alexnet_pipe.shards.records import read_datum
 USER_ADDRESS_SPACE = 128 << 40
 DALI_LMDB_ADDRESS_BUDGET = USER_ADDRESS_SPACE // 2
 
-DEVICES = ("cpu", "gpu", "mixed")
 RAW_LAYOUTS = ("hwc_rgb", "chw_bgr")
 READER_NAME = "Reader"
 
@@ -149,7 +149,7 @@ def dali_reader(shard_dirs: Sequence[Path]):
 
 
 def decoder_options(device: str, fancy_upsampling: bool = True) -> dict:
-    """device and output arguments of DALI's image decoders for a pipeline device ("cpu" | "gpu").
+    """device and output arguments of DALI's image decoders for a pipeline on `device` ("cpu" | "cuda").
 
     On the GPU, DALI's default chroma upsampling is not libjpeg-turbo's "fancy" (smoothed) one that
     prepare, OpenCV and DALI's CPU decoder use: on an H100 that moved decoded 4:2:0 pixels by 14 grey
@@ -157,9 +157,8 @@ def decoder_options(device: str, fancy_upsampling: bool = True) -> dict:
     so GPU pixels (statistics, training) match the stored ones up to IDCT rounding.
     """
     from nvidia.dali import types
-    if device == "cpu":
-        return {"device": "cpu", "output_type": types.RGB}
-    return {"device": "mixed", "output_type": types.RGB, "jpeg_fancy_upsampling": fancy_upsampling}
+    options = {"device": dali_device(device, decoder=True), "output_type": types.RGB}
+    return options if device == "cpu" else {**options, "jpeg_fancy_upsampling": fancy_upsampling}
 
 
 def dali_decode(data, *, encoded: bool, device: str, fancy_upsampling: bool = True):
@@ -188,7 +187,7 @@ def build_decode_pipeline(shard_dirs: Sequence[Path], *, batch_size: int, device
 
 def _iter_dali(shard_dirs, batch_size, device, limit, raw_layout, num_threads):
     if device != "cpu" and cuda_devices() == 0:  # else DALI's own assertion, as a traceback
-        raise UserError(f"device {device!r} needs a CUDA device, and DALI sees none here: use --device cpu")
+        raise UserError("decoding on the GPU needs a CUDA device, and DALI sees none here: use --device cpu")
     groups = dali_reader_groups(shard_dirs)
     info = probe(shard_dirs)
     if limit is not None:

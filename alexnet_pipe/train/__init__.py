@@ -6,7 +6,7 @@ from alexnet_pipe.core.lazy import lazy_exports
 
 __getattr__, __dir__ = lazy_exports(__name__, {
     "TrainSettings": "config", "resolve_settings": "config",
-    "run_training": "loop", "train": "loop",
+    "run_training": "entry", "train": "loop",
     "EvalSettings": "evaluation", "evaluate": "evaluation",
     "load_model": "checkpoint",
 })

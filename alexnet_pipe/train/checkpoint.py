@@ -3,7 +3,8 @@
 A checkpoint is one torch file `RUN/ckpt-<step>.pt` holding the model, optimiser and schedule state, the
 position in the run (epoch, step in it, global step), every rank's RNG state and the settings it was trained
 with; `best.pt` is a hard link to the best one.  Writes go through files.atomic_write, so a reader never sees
-half of one and a crash leaves the previous checkpoints as they were.
+half of one and a crash leaves the previous checkpoints as they were. The file names are spelled here alone:
+everyone else finds checkpoints through `checkpoints`, `latest_checkpoint` and `best_checkpoint`.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from alexnet_pipe.core.errors import UserError
 from alexnet_pipe.core.files import atomic_write
 
 CKPT_PREFIX = "ckpt-"
+BEST = "best.pt"
 
 
 def save_atomic(obj, path: Path) -> None:
@@ -39,17 +41,22 @@ def latest_checkpoint(run: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def best_checkpoint(run: Path) -> Path:
+    """RUN/best.pt: the checkpoint of the lowest val top-1 error (it may not exist yet)."""
+    return Path(run) / BEST
+
+
 def write_checkpoint(state: dict, run: Path, keep: int, best: bool) -> Path:
     """ckpt-<step>.pt; the newest `keep` are kept, plus best.pt (a hard link to the best one)."""
     path = Path(run) / f"{CKPT_PREFIX}{state['step']:08d}.pt"
     save_atomic(state, path)
     if best:
-        tmp = path.with_name(f".best.pt.tmp-{os.getpid()}")
+        tmp = path.with_name(f".{BEST}.tmp-{os.getpid()}")
         try:
             os.link(path, tmp)
         except OSError:  # file systems without hard links
             shutil.copyfile(path, tmp)
-        os.replace(tmp, path.with_name("best.pt"))
+        os.replace(tmp, best_checkpoint(run))
     for old in checkpoints(run)[:-keep] if keep > 0 else []:
         old.unlink()
     return path
@@ -113,7 +120,8 @@ def resume_path(s: TrainSettings) -> Path | None:
 
 # Settings a resumed run may change: how long it runs, how often it reports and saves, where and how fast it
 # computes (device, processes, loader backend, implementations with the same maths). Every other setting defines
-# the run (model, data, optimiser, schedule, augmentation, seed) and must stay as it was.
+# the run (model, data, optimiser, schedule, augmentation, seed, precision: fp32, bf16 and fp16 compute other
+# numbers) and must stay as it was. A device change keeps the run's precision (bf16 on CUDA stays bf16 on a CPU).
 FREE_ON_RESUME = ("epochs", "max_steps", "eval_every", "ckpt_every", "keep", "log_every", "num_threads", "nproc",
                   "max_restarts", "resume", "run", "data", "device", "loader", "compile", "lrn_impl", "conv",
                   "tensorboard")
@@ -130,6 +138,8 @@ def resume_changes(saved: TrainSettings, now: TrainSettings) -> tuple[list[str],
     for f in dataclasses.fields(TrainSettings):
         before, after = getattr(saved, f.name), getattr(now, f.name)
         if before == after or f.name == "resume":  # how this process was started, not what the run does
+            continue
+        if f.name == "precision" and after == "auto":  # not asked for: the run's own (entry.check_resume)
             continue
         if f.name in FREE_ON_RESUME:
             allowed[f.name] = [before, after]

@@ -13,15 +13,16 @@ from dataclasses import dataclass, field
 
 from alexnet_pipe import loaders
 from alexnet_pipe.loaders.augment import CROP_MODES, LIGHTING_SCALES, NORMALIZE, RRC_RATIO, RRC_SCALE
+from alexnet_pipe.core.devices import DEVICES
 from alexnet_pipe.core.errors import UserError
 from alexnet_pipe.model.choices import (ARCHS, CONV_IMPLS, INITS, LRN_CONVENTIONS, LRN_IMPLS,  # noqa: F401 (API)
                                         MIN_CROP, lrn_convention)
+from alexnet_pipe.train.precision import PRECISIONS, resolved as resolved_precision
 from alexnet_pipe.train.schedule import SCHEDULES
 
 # The model's choices live in the model wing (model/choices.py, no torch) so that the settings can name them.
 MOMENTUM_FORMS = ("paper", "torch")
 LOADERS = (*loaders.LOADERS, "synthetic")
-DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,9 @@ class TrainSettings:
     device: str = setting("cpu", choices=DEVICES, cli=False)
     nproc: int = setting(1, min=1, cli=False)
     compile: bool = setting(False, "torch.compile the model.")
+    precision: str = setting("auto", "Arithmetic of the training steps and of the evaluations during training: fp32, "
+                             "or bf16 or fp16 autocast (fp16 with loss scaling); auto: bf16 on CUDA, fp32 on the CPU. "
+                             "Recorded resolved; a resume keeps the run's own.", choices=PRECISIONS)
     max_steps: int = setting(0, "Stop after this many optimizer steps; 0: no limit.", min=0)
     seed: int = setting(0, "Seed of the initial weights, the epoch plans and dropout.")
     eval_every: int = setting(1, "Evaluate on val every N epochs; 0 never.", min=0)
@@ -198,6 +202,8 @@ def settings_from_dict(values: dict) -> TrainSettings:
             known["lrn_alpha"] = lrn_convention(known["lrn_alpha"])
     # settings saved before these options existed trained with torch's SGD on every parameter alike
     old = {"momentum_form": "torch", "bias_lr_mult": 1.0, "bias_decay": True}
+    if "precision" not in values:  # saved before the setting: bf16 autocast on CUDA, fp32 on the CPU
+        known["precision"] = resolved_precision("auto", "cuda" if known.get("device") == "cuda" else "cpu")
     return TrainSettings(**{**(old if "momentum_form" not in values else {}), **known})
 
 

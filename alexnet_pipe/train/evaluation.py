@@ -1,12 +1,14 @@
 """Top-1/top-5 error of one checkpoint or an ensemble (softmax outputs averaged, the paper's 5- and 7-CNN rows),
 with the centre crop or the paper's ten views (four corners + centre, and their reflections); and the trainer's
-own evaluation of the model it holds (`evaluate_model`, summed over ranks)."""
+own evaluation of the model it holds (`evaluate_model`, summed over ranks). Both run the one loop, `error_rates`,
+in one precision (precision.py): the trainer's is the run's, evaluate's the checkpoints' own unless told."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
 from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.train.precision import PRECISIONS, autocast, resolved
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,7 @@ class EvalSettings:
     loader: str = "auto"
     device: str = "cpu"
     num_threads: int = 2
+    precision: str | None = None  # None: the checkpoints' own (precision.py)
 
 
 def topk_correct(scores, labels, ks=(1, 5)) -> list[int]:
@@ -37,22 +40,34 @@ def average_softmax(models, images):
     return probs.view(images.shape[0], views, -1).mean(1)
 
 
-def evaluate_model(model, loader, device, world: int) -> dict:
-    """Centre-crop top-1/top-5 error over the val loader, summed over ranks."""
+def error_rates(models, loader, device, precision: str, world: int = 1) -> dict:
+    """The one evaluation loop, of the trainer and of `evaluate`: every batch of the loader (centre crops, or ten
+    views) through the models in eval mode under `precision`'s autocast, their softmax averaged (one model: its
+    own), top-1/top-5 counted and summed over ranks. -> {"top1_error", "top5_error", "images"}."""
     import torch
     import torch.distributed as dist
-    was_training = model.training
-    model.eval()
+    was_training = [m.training for m in models]
+    for m in models:
+        m.eval()
     counts = torch.zeros(3, dtype=torch.float64, device=device)
-    with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+    with torch.no_grad(), autocast(precision, device):
         for images, labels in loader.epoch(0):
-            c1, c5 = topk_correct(model(images).float(), labels, (1, 5))
+            c1, c5 = topk_correct(average_softmax(models, images), labels.to(device))
             counts += torch.tensor([c1, c5, len(labels)], dtype=torch.float64, device=device)
     if world > 1:
         dist.all_reduce(counts)
-    model.train(was_training)
+    for m, mode in zip(models, was_training):
+        m.train(mode)
     n = counts[2].item()
+    if n == 0:
+        raise UserError("the evaluation split gave no images")
     return {"top1_error": 1 - counts[0].item() / n, "top5_error": 1 - counts[1].item() / n, "images": int(n)}
+
+
+def evaluate_model(model, loader, device, world: int, precision: str) -> dict:
+    """The trainer's evaluation of the model it holds, in the run's precision: centre-crop top-1/top-5 error over
+    the val loader, summed over ranks."""
+    return error_rates([model], loader, device, precision, world)
 
 
 def check_eval_data(data, split: str, purpose: str = "", *, checkpoint=None, model=None, ts=None) -> dict:
@@ -86,12 +101,25 @@ def eval_loader(data, split: str, ts, device, *, batch_size: int, loader: str, n
     from alexnet_pipe.loaders import LoaderSettings, make_loader
     return make_loader(LoaderSettings(
         data=Path(data), split=split, train=False, batch_size=batch_size, crop=ts.crop, loader=loader,
-        device="gpu" if device.type == "cuda" else "cpu", normalize=ts.normalize,
+        device=device.type, normalize=ts.normalize,
         views="ten-crop" if ten_crop else "center", num_threads=num_threads, with_params=with_params))
 
 
+def ensemble_precision(es: EvalSettings, loaded: list) -> str:
+    """--precision, else the precision the checkpoints were trained in (one for the whole ensemble)."""
+    if es.precision is not None:
+        if es.precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, not {es.precision!r}")
+        return resolved(es.precision, es.device)
+    own = {path: resolved(s.precision, s.device) for path, (_, s) in zip(es.checkpoints, loaded)}
+    if len(set(own.values())) > 1:
+        raise UserError("the checkpoints were trained in different precisions ("
+                        + ", ".join(f"{p}: {v}" for p, v in own.items()) + "): pass --precision to evaluate them in one")
+    return next(iter(own.values()))
+
+
 def evaluate(es: EvalSettings) -> dict:
-    """-> {"top1_error", "top5_error", "images", "views", "checkpoints", "split"}."""
+    """-> {"top1_error", "top5_error", "images", "views", "checkpoints", "split", "precision"}."""
     import torch
     device = torch.device(es.device)
     from alexnet_pipe.train.checkpoint import load_model
@@ -101,18 +129,15 @@ def evaluate(es: EvalSettings) -> dict:
         if (s.crop, s.normalize) != (first.crop, first.normalize):
             raise UserError(f"{path} was trained on crop {s.crop}/{s.normalize}, the first checkpoint on "
                             f"{first.crop}/{first.normalize}: an ensemble needs the same input")
+    precision = ensemble_precision(es, loaded)
     manifest = check_eval_data(es.data, es.split)  # read and checked once for the whole ensemble
     for path, (model, s) in zip(es.checkpoints, loaded):  # each member must fit the data (classes, crop)
         check_fits(manifest, es.data, path, model, s)
     loader = eval_loader(es.data, es.split, first, device, batch_size=es.batch_size, loader=es.loader,
                          num_threads=es.num_threads, ten_crop=es.ten_crop)
-    correct1 = correct5 = images = 0
-    with torch.no_grad():
-        for batch, labels in loader.epoch(0):
-            c1, c5 = topk_correct(average_softmax(models, batch), labels.to(device))
-            correct1, correct5, images = correct1 + c1, correct5 + c5, images + len(labels)
-    loader.close()
-    if images == 0:
-        raise UserError(f"the {es.split} split of {es.data} gave no images")
-    return {"top1_error": 1 - correct1 / images, "top5_error": 1 - correct5 / images, "images": images,
-            "views": 10 if es.ten_crop else 1, "checkpoints": list(es.checkpoints), "split": es.split}
+    try:
+        rates = error_rates(models, loader, device, precision)
+    finally:
+        loader.close()
+    return {**rates, "views": 10 if es.ten_crop else 1, "checkpoints": list(es.checkpoints), "split": es.split,
+            "precision": precision}

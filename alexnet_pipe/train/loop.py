@@ -1,33 +1,31 @@
-"""The trainer: one train() loop that reads top to bottom, and the entry point that checks and launches it.
+"""The trainer's loop: train(), which every process of a run executes, reading top to bottom, and its parts.
 
-Every process of a run executes `train(settings)`; `run_training(settings)` checks the settings and either calls
-it in this process or starts N processes through the elastic launcher (launch.py). Under torchrun the environment
-already names the rank, so train() is called directly. The parts live in rooms of their own: settings and recipes
-(config.py), the learning-rate maths (schedule.py), checkpoints and resume rules (checkpoint.py), the metrics log
-and progress (runlog.py), the data (loaders/), the evaluation (evaluate.py).
+train() holds the epoch and step loops and nothing else: the step, the metrics row, the checkpoint and the
+evaluation are the named functions below, each handed the `Run` (what the process holds while it trains).
+entry.py checks the settings and starts train() in this process or in N. The other parts live in rooms of
+their own: settings and recipes (config.py), the precision rule (precision.py), the learning-rate maths
+(schedule.py), checkpoints and resume rules (checkpoint.py), the metrics log and progress (runlog.py), the data
+(loaders/), the evaluation (evaluation.py).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import signal
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from alexnet_pipe.train.checkpoint import (check_resumable, data_fingerprint, gather_rng, latest_checkpoint, load_checkpoint,
-                                     resume_changes, resume_path, set_rng_state, settings_from_dict, write_checkpoint)
-from alexnet_pipe.train.config import MIN_CROP, TrainSettings, check
-from alexnet_pipe.stats.ready import check_data
-from alexnet_pipe.core.errors import Interrupted, Preempted, UserError
+from alexnet_pipe.core.errors import Preempted, UserError
+from alexnet_pipe.train.checkpoint import (data_fingerprint, gather_rng, latest_checkpoint, load_checkpoint,
+                                           resume_changes, resume_path, set_rng_state, settings_from_dict,
+                                           write_checkpoint)
+from alexnet_pipe.train.config import TrainSettings
 from alexnet_pipe.train.evaluation import evaluate_model
 from alexnet_pipe.train.optim import set_lr
+from alexnet_pipe.train.precision import autocast, grad_scaler, resolved as resolved_precision
 from alexnet_pipe.train.runlog import Meter, RunLog
 from alexnet_pipe.train.schedule import Plateau, lr_at
-from alexnet_pipe.train.signals import PREEMPTED_EXIT, StopRequest
-from alexnet_pipe.shards.verify import class_note
+from alexnet_pipe.train.signals import StopRequest
 
 
 @dataclass
@@ -37,6 +35,38 @@ class Position:
     epoch: int = 0           # the epoch being trained
     step_in_epoch: int = 0   # steps of that epoch already taken
     best: float = math.inf   # best top-1 error seen
+
+
+@dataclass
+class Run:
+    """What one process of a run holds while it trains; train() hands it to each of its parts."""
+    s: TrainSettings         # precision resolved
+    rank: int
+    world: int
+    device: object
+    train_loader: object
+    val_loader: object       # None when evaluations are off
+    model: object
+    net: object              # the model as trained: inside DDP and torch.compile where asked
+    opt: object
+    scaler: object           # fp16's GradScaler, else None
+    plateau: Plateau
+    log: RunLog
+    data_fingerprint: str | None
+    pos: Position = field(default_factory=Position)
+    meter: Meter | None = None  # the steps since the last metrics row
+    lr: float = 0.0          # this step's
+    summary: dict = field(default_factory=dict)    # the last metrics row's figures
+    last_eval: dict = field(default_factory=dict)  # the last evaluation's
+
+    @property
+    def spe(self) -> int:
+        return self.train_loader.steps_per_epoch
+
+    @property
+    def stop(self) -> float:
+        """The step at which this run ends, besides the last epoch."""
+        return self.s.max_steps or math.inf
 
 
 def make_loaders(s: TrainSettings, rank: int, world: int, device):
@@ -50,7 +80,7 @@ def make_loaders(s: TrainSettings, rank: int, world: int, device):
                 SyntheticLoader(seed=s.seed + 1, steps_per_epoch=2, **common) if s.eval_every else None)
     from alexnet_pipe.loaders import LoaderSettings, make_loader
     base = LoaderSettings(data=Path(s.data), batch_size=s.batch_size // world, crop=s.crop, loader=s.loader,
-                          device="gpu" if cuda else "cpu", lighting=s.lighting, lighting_scale=s.lighting_scale,
+                          device=device.type, lighting=s.lighting, lighting_scale=s.lighting_scale,
                           normalize=s.normalize, channels_last=cuda, seed=s.seed, rank=rank, world_size=world,
                           num_threads=s.num_threads, crops=s.crops, crop_scale=s.crop_scale,
                           crop_ratio=s.crop_ratio, color_jitter=s.color_jitter, hue=s.hue)
@@ -66,43 +96,100 @@ def build(s: TrainSettings, num_classes: int, device):
     return model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
 
 
-def train_step(net, opt, images, labels, autocast: bool, label_smoothing: float = 0.0):
-    import torch
-    import torch.nn.functional as F
-    with torch.autocast(images.device.type, torch.bfloat16, enabled=autocast):  # (cross_entropy runs in fp32)
-        loss = F.cross_entropy(net(images), labels, label_smoothing=label_smoothing)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss.detach()
-
-
 def make_opt(s: TrainSettings, model):
     from alexnet_pipe.train.optim import make_optimizer
     return make_optimizer(model, s.momentum_form, s.lr, s.momentum, s.weight_decay, s.bias_lr_mult, s.bias_decay)
 
 
-def restore(path: Path, model, opt, plateau: Plateau, rank: int, device) -> tuple[Position, TrainSettings]:
-    """Load a checkpoint into the model, optimiser and schedule, and this rank's RNG; -> where it stood, and the
-    settings it was written with."""
+def start(s: TrainSettings, rank: int, world: int, local_rank: int, device) -> Run:
+    """The run's loaders, model and optimiser, restored from its checkpoint when it resumes; its log started."""
+    import torch
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    s = dataclasses.replace(s, precision=resolved_precision(s.precision, device.type))
+    train_loader, val_loader = make_loaders(s, rank, world, device)
+    model = build(s, train_loader.num_classes, device)
+    net = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None) if world > 1 else model
+    run = Run(s, rank, world, device, train_loader, val_loader, model, torch.compile(net) if s.compile else net,
+              make_opt(s, model), grad_scaler(s.precision, device), Plateau(s.patience, s.max_drops),
+              RunLog(Path(s.run), rank == 0), current_data(s))
+    path = resume_path(s)
+    saved = restore(path, run) if path is not None else s
+    run.log.start(s, run.pos.step)
+    if path is not None:
+        run.log.say(f"resumed from {path} at step {run.pos.step} (epoch {run.pos.epoch + 1}, step "
+                    f"{run.pos.step_in_epoch} in it)")
+        changed = resume_changes(saved, s)[1]
+        if changed:  # the settings a resume may change (finalize refused the others): on the record
+            run.log.row(step=run.pos.step, event="resume", changed=changed)
+    return run
+
+
+def restore(path: Path, run: Run) -> TrainSettings:
+    """Load a checkpoint into the model, optimiser, loss scaler and schedule, this rank's RNG and the position;
+    -> the settings it was written with."""
     state = load_checkpoint(path)
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    plateau.load_state_dict(state["schedule"])
-    if rank < len(state["rng"]):
-        set_rng_state(state["rng"][rank], device)
-    saved = settings_from_dict(state["settings"])
-    return Position(state["step"], state["epoch"], state["step_in_epoch"], state["best"]), saved
+    run.model.load_state_dict(state["model"])
+    run.opt.load_state_dict(state["optimizer"])
+    run.plateau.load_state_dict(state["schedule"])
+    if run.scaler is not None and "scaler" in state:
+        run.scaler.load_state_dict(state["scaler"])
+    if run.rank < len(state["rng"]):
+        set_rng_state(state["rng"][run.rank], run.device)
+    run.pos = Position(state["step"], state["epoch"], state["step_in_epoch"], state["best"])
+    return settings_from_dict(state["settings"])
 
 
-def save(s: TrainSettings, pos: Position, model, opt, plateau: Plateau, *, num_classes: int, rank: int,
-         world: int, device, data_fingerprint: str | None, is_best: bool = False) -> None:
-    """Every rank contributes its RNG state; rank 0 writes the checkpoint."""
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": plateau.state_dict(),
-             **asdict(pos), "rng": gather_rng(device, world), "settings": asdict(s), "num_classes": num_classes,
-             "data_fingerprint": data_fingerprint}
-    if rank == 0:
-        write_checkpoint(state, Path(s.run), s.keep, is_best)
+def begin_epoch(run: Run):
+    """The iterator of this epoch's batches from where the run stands; a fresh meter and progress display."""
+    run.net.train()
+    run.meter = Meter(run.device)
+    run.log.begin_epoch(run.pos.epoch, run.spe, run.pos.step_in_epoch)
+    return iter(run.train_loader.epoch(run.pos.epoch, start_step=run.pos.step_in_epoch))
+
+
+def take_step(run: Run, batches) -> None:
+    """One optimizer step on the next batch, at the scheduled lr and with this step's dropout draws."""
+    s, pos = run.s, run.pos
+    t0 = time.perf_counter()
+    images, labels = next(batches)
+    waited = time.perf_counter() - t0
+    run.lr = lr_at(s.schedule, s.lr, pos.epoch + pos.step_in_epoch / run.spe, epochs=s.epochs,
+                   step_epochs=s.step_epochs, warmup_epochs=s.warmup_epochs, drops=run.plateau.drops,
+                   steps_per_epoch=run.spe)
+    set_lr(run.opt, run.lr)
+    seed_dropout(dropout_seed(s.seed, run.rank, pos.step), run.device)
+    run.meter.add(train_step(run.net, run.opt, images, labels, s.precision, s.label_smoothing, run.scaler), waited)
+    pos.step += 1
+    pos.step_in_epoch += 1
+
+
+def train_step(net, opt, images, labels, precision: str = "fp32", label_smoothing: float = 0.0, scaler=None):
+    """Forward in the run's precision (the loss itself in fp32), backward, optimizer step; fp16 through its
+    loss scaler."""
+    import torch.nn.functional as F
+    with autocast(precision, images.device):
+        loss = F.cross_entropy(net(images), labels, label_smoothing=label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        opt.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(opt)  # skipped when the scaled gradients overflowed; the scale then shrinks
+        scaler.update()
+    return loss.detach()
+
+
+def checkpoint_due(run: Run) -> bool:
+    """A --ckpt-every checkpoint inside the epoch (its end writes one anyway), before the run's last step."""
+    pos, every = run.pos, run.s.ckpt_every
+    return bool(every) and pos.step % every == 0 and pos.step_in_epoch < run.spe and pos.step < run.stop
+
+
+def row_due(run: Run) -> bool:
+    """A metrics row every --log-every steps, at the epoch's end and at the run's last step."""
+    pos = run.pos
+    return pos.step % run.s.log_every == 0 or pos.step_in_epoch == run.spe or pos.step == run.stop
 
 
 def dropout_seed(seed: int, rank: int, step: int) -> int:
@@ -121,19 +208,88 @@ def seed_dropout(seed: int, device) -> None:
     generator.manual_seed(seed)
 
 
-def write_row(log: RunLog, meter: Meter, pos: Position, spe: int, lr: float, world: int, batch: int) -> dict:
+def write_row(run: Run) -> None:
     """The metrics row of the steps since the last one; a loss that is not finite stops the run here, before any
     checkpoint holds the diverged weights."""
-    steps_in_row = meter.steps
-    summary = meter.flush(world, batch)
+    pos, steps_in_row = run.pos, run.meter.steps
+    run.summary = summary = run.meter.flush(run.world, run.s.batch_size)
     if not math.isfinite(summary["loss"]):
-        last = latest_checkpoint(log.run)
+        last = latest_checkpoint(run.log.run)
         raise UserError(f"the training loss is {summary['loss']} at step {pos.step}: the run diverged; the last good "
                         f"checkpoint is {last or 'none (none was written yet)'}; lower --lr, or check the data and "
                         "the stats, then resume or start a new --run")
-    log.row(step=pos.step, epoch=round(pos.step / spe, 6), lr=lr, **summary)
-    log.advance(steps_in_row, f"loss {summary['loss']:.4f} lr {lr:.3g}")
-    return summary
+    run.log.row(step=pos.step, epoch=round(pos.step / run.spe, 6), lr=run.lr, **summary)
+    run.log.advance(steps_in_row, f"loss {summary['loss']:.4f} lr {run.lr:.3g}")
+
+
+def save(run: Run, is_best: bool = False) -> None:
+    """Every rank contributes its RNG state; rank 0 writes the checkpoint."""
+    state = {"model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
+             "schedule": run.plateau.state_dict(), **asdict(run.pos), "rng": gather_rng(run.device, run.world),
+             "settings": asdict(run.s), "num_classes": run.train_loader.num_classes,
+             "data_fingerprint": run.data_fingerprint}
+    if run.scaler is not None:
+        state["scaler"] = run.scaler.state_dict()
+    if run.rank == 0:
+        write_checkpoint(state, Path(run.s.run), run.s.keep, is_best)
+
+
+def stop_for_preemption(run: Run):
+    """The scheduler's notice: this step's row and checkpoint, then leave (an epoch end evaluates on resume)."""
+    write_row(run)
+    run.log.end_epoch()
+    save(run)
+    raise Preempted(f"stopped by SIGTERM after step {run.pos.step}, checkpoint written; continue with "
+                    f"`alexnet-pipe train --run {run.s.run} --resume`")
+
+
+def end_epoch_position(run: Run) -> bool:
+    """After the epoch's steps: True, and the position moved to the next epoch, when they were all taken (else
+    --max-steps stopped the run inside it)."""
+    pos = run.pos
+    if pos.step_in_epoch < run.spe:
+        return False
+    pos.epoch, pos.step_in_epoch = pos.epoch + 1, 0
+    return True
+
+
+def evaluate_if_due(run: Run, whole: bool) -> bool:
+    """The evaluation, every --eval-every epochs (they alone steer the plateau schedule) and where the run ends;
+    -> whether it is the best so far."""
+    s, pos = run.s, run.pos
+    scheduled = whole and bool(s.eval_every) and pos.epoch % s.eval_every == 0
+    if not s.eval_every or not (scheduled or pos.step >= run.stop or pos.epoch == s.epochs or not whole):
+        return False
+    run.last_eval = evaluate_model(run.model, run.val_loader, run.device, run.world, s.precision)
+    is_best = run.last_eval["top1_error"] < pos.best
+    pos.best = min(pos.best, run.last_eval["top1_error"])
+    if scheduled and s.schedule == "plateau" and run.plateau.update(run.last_eval["top1_error"]):
+        run.log.say(f"val error stopped improving: lr / 10 (drop {run.plateau.drops} of {s.max_drops})")
+    epoch = float(pos.epoch) if whole else round(pos.step / run.spe, 6)
+    run.log.row(step=pos.step, epoch=epoch, **run.last_eval)
+    run.log.say(f"step {pos.step} epoch {epoch:g}: top-1 error {run.last_eval['top1_error']:.4f}, "
+                f"top-5 error {run.last_eval['top5_error']:.4f} ({run.last_eval['images']} images)")
+    return is_best
+
+
+def say_epoch_done(run: Run) -> None:
+    """(a run resumed at an epoch's end, after a preemption, has no row of this epoch)"""
+    figures = (f", loss {run.summary['loss']:.4f}, {run.summary['images_per_sec']:.0f} images/s, data wait "
+               f"{run.summary['data_wait_fraction']:.0%}") if run.summary else ""
+    run.log.say(f"epoch {run.pos.epoch}/{run.s.epochs} done: step {run.pos.step}{figures}")
+
+
+def finish(run: Run, seconds: float) -> dict:
+    """The run's summary (said, and returned); the loaders closed."""
+    pos = run.pos
+    result = {"run": run.s.run, "steps": pos.step, "epochs": round(pos.step / run.spe, 6), "seconds": seconds,
+              "best_top1_error": pos.best if pos.best < math.inf else None, **run.summary, **run.last_eval}
+    run.log.say("finished: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                         for k, v in result.items()))
+    run.train_loader.close()
+    if run.val_loader is not None:
+        run.val_loader.close()
+    return result
 
 
 def current_data(s: TrainSettings) -> str | None:
@@ -144,221 +300,38 @@ def current_data(s: TrainSettings) -> str | None:
     return data_fingerprint(read_manifest(Path(s.data)))
 
 
-def say_eval(log: RunLog, step: int, epoch: float, metrics: dict) -> None:
-    log.row(step=step, epoch=epoch, **metrics)
-    log.say(f"step {step} epoch {epoch:g}: top-1 error {metrics['top1_error']:.4f}, "
-            f"top-5 error {metrics['top5_error']:.4f} ({metrics['images']} images)")
-
-
 def train(s: TrainSettings) -> dict:
-    """Train in this process: rank `RANK` of `WORLD_SIZE` (one process without those variables)."""
+    """Train in this process: rank `RANK` of `WORLD_SIZE` (one process without those variables).
+
+    Each epoch: its steps, with a metrics row every --log-every steps and a checkpoint every --ckpt-every; then
+    the evaluation when one is due, and the epoch's checkpoint. SIGTERM ends the run after a step, checkpointed."""
     import torch
-    from torch.nn.parallel import DistributedDataParallel as DDP
     from alexnet_pipe.train import distributed
 
     rank, world, local_rank, device = distributed.init(s.device)
     try:
         torch.manual_seed(s.seed)  # identical initial weights on every rank
-        train_loader, val_loader = make_loaders(s, rank, world, device)
-        spe, classes, cuda = train_loader.steps_per_epoch, train_loader.num_classes, device.type == "cuda"
-        model = build(s, classes, device)
-        net = DDP(model, device_ids=[local_rank] if cuda else None) if world > 1 else model
-        net = torch.compile(net) if s.compile else net
-        opt = make_opt(s, model)
-        plateau = Plateau(s.patience, s.max_drops)
-        path = resume_path(s)
-        pos, saved = restore(path, model, opt, plateau, rank, device) if path is not None else (Position(), s)
-        log = RunLog(Path(s.run), rank == 0)
-        log.start(s, pos.step)
-        if path is not None:
-            log.say(f"resumed from {path} at step {pos.step} (epoch {pos.epoch + 1}, step {pos.step_in_epoch} in it)")
-            changed = resume_changes(saved, s)[1]
-            if changed:  # the settings a resume may change (finalize refused the others): on the record
-                log.row(step=pos.step, event="resume", changed=changed)
-        stop = s.max_steps or math.inf  # the step at which this run ends, besides the last epoch
-        t_start, summary, last_eval = time.perf_counter(), {}, {}
-        ctx = dict(num_classes=classes, rank=rank, world=world, device=device, data_fingerprint=current_data(s))
-        preempt = StopRequest()
-
-        while pos.epoch < s.epochs and pos.step < stop:
-            epoch = pos.epoch
-            net.train()
-            meter = Meter(device)
-            log.begin_epoch(epoch, spe, pos.step_in_epoch)
-            batches = iter(train_loader.epoch(epoch, start_step=pos.step_in_epoch))
-            stopping = False
-            while pos.step_in_epoch < spe and pos.step < stop and not stopping:
-                t0 = time.perf_counter()
-                images, labels = next(batches)
-                waited = time.perf_counter() - t0
-                lr = lr_at(s.schedule, s.lr, epoch + pos.step_in_epoch / spe, epochs=s.epochs,
-                           step_epochs=s.step_epochs, warmup_epochs=s.warmup_epochs, drops=plateau.drops,
-                           steps_per_epoch=spe)
-                set_lr(opt, lr)
-                seed_dropout(dropout_seed(s.seed, rank, pos.step), device)
-                meter.add(train_step(net, opt, images, labels, cuda, s.label_smoothing), waited)
-                pos.step += 1
-                pos.step_in_epoch += 1
-                ckpt_due = bool(s.ckpt_every) and pos.step % s.ckpt_every == 0 and pos.step_in_epoch < spe
-                row_due = pos.step % s.log_every == 0 or pos.step_in_epoch == spe or pos.step == stop or ckpt_due
+        run = start(s, rank, world, local_rank, device)
+        preempt, t_start = StopRequest(), time.perf_counter()
+        while run.pos.epoch < s.epochs and run.pos.step < run.stop:
+            batches = begin_epoch(run)
+            while run.pos.step_in_epoch < run.spe and run.pos.step < run.stop:
+                take_step(run, batches)
+                ckpt, row = checkpoint_due(run), row_due(run)
                 # ranks agree on a stop where a row syncs them anyway: no extra host sync on other steps
-                stopping = (row_due or world == 1) and preempt.agreed(world, device)
-                if row_due or stopping:
-                    summary = write_row(log, meter, pos, spe, lr, world, s.batch_size)
-                if ckpt_due and pos.step < stop and not stopping:
-                    save(s, pos, model, opt, plateau, **ctx)
-            log.end_epoch()
-            if stopping:  # the scheduler's notice: this step's checkpoint, then leave (an epoch end evaluates on resume)
-                save(s, pos, model, opt, plateau, **ctx)
-                raise Preempted(f"stopped by SIGTERM after step {pos.step}, checkpoint written; continue with "
-                                f"`alexnet-pipe train --run {s.run} --resume`")
-
-            whole = pos.step_in_epoch == spe  # else --max-steps stopped the run inside the epoch
+                if (row or ckpt or world == 1) and preempt.agreed(world, device):
+                    stop_for_preemption(run)
+                if row or ckpt:  # a checkpoint's row first: no checkpoint holds a diverged run
+                    write_row(run)
+                if ckpt:
+                    save(run)
+            run.log.end_epoch()
+            whole = end_epoch_position(run)
+            is_best = evaluate_if_due(run, whole)
             if whole:
-                pos.epoch, pos.step_in_epoch = epoch + 1, 0
-            scheduled = whole and bool(s.eval_every) and pos.epoch % s.eval_every == 0
-            due = bool(s.eval_every) and (scheduled or pos.step >= stop or pos.epoch == s.epochs or not whole)
-            is_best = False
-            if due:
-                last_eval = evaluate_model(model, val_loader, device, world)
-                is_best = last_eval["top1_error"] < pos.best
-                pos.best = min(pos.best, last_eval["top1_error"])
-                if scheduled and s.schedule == "plateau" and plateau.update(last_eval["top1_error"]):
-                    log.say(f"val error stopped improving: lr / 10 (drop {plateau.drops} of {s.max_drops})")
-                say_eval(log, pos.step, float(pos.epoch) if whole else round(pos.step / spe, 6), last_eval)
-            if whole:  # (a run resumed at an epoch's end, after a preemption, has no row of this epoch)
-                figures = (f", loss {summary['loss']:.4f}, {summary['images_per_sec']:.0f} images/s, data wait "
-                           f"{summary['data_wait_fraction']:.0%}") if summary else ""
-                log.say(f"epoch {epoch + 1}/{s.epochs} done: step {pos.step}{figures}")
-            save(s, pos, model, opt, plateau, is_best=is_best, **ctx)
-
-        result = {"run": s.run, "steps": pos.step, "epochs": round(pos.step / spe, 6),
-                  "seconds": time.perf_counter() - t_start,
-                  "best_top1_error": pos.best if pos.best < math.inf else None, **summary, **last_eval}
-        log.say("finished: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                         for k, v in result.items()))
+                say_epoch_done(run)
+            save(run, is_best=is_best)
         preempt.close()
-        train_loader.close()
-        if val_loader is not None:
-            val_loader.close()
-        return result
+        return finish(run, time.perf_counter() - t_start)
     finally:
         distributed.cleanup()
-
-
-# ---------------------------------------------------------------- checks and entry point
-
-def default_run(data: str) -> str:
-    return str(Path(data) / "runs" / time.strftime("%Y%m%d-%H%M%S"))
-
-
-def finalize(s: TrainSettings, world: int) -> TrainSettings:
-    """Cross-field rules and derived values (run dir, crop, process count, loader), checked before any launch."""
-    check(s)
-    if s.batch_size % world:
-        raise UserError(f"global batch {s.batch_size} does not split over {world} processes; "
-                        f"use a multiple of {world}")
-    manifest = check_data(s.data, bool(s.eval_every)) if s.loader != "synthetic" else None
-    size = int(manifest["settings"]["size"]) if manifest else 256
-    if manifest and (note := class_note(manifest, s.data)):
-        print(note)
-    crop = s.crop or (224 if size >= 256 else int(size * 7 / 8))
-    if not MIN_CROP <= crop <= size:
-        raise UserError(f"crop {crop} must lie between {MIN_CROP} and the stored image size {size}")
-    run = s.run or default_run(s.data)
-    if s.resume == "auto":  # continue if there is something to continue (a requeued job), else start
-        s = dataclasses.replace(s, resume="latest" if latest_checkpoint(Path(run)) else "")
-    final = dataclasses.replace(s, crop=crop, run=run, nproc=world, loader=_loader(s.loader))
-    if s.resume:  # before any worker starts, so a bad file is one sentence, not one traceback per rank
-        check_resume(final, manifest)
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
-    if not s.resume and not restarted and latest_checkpoint(Path(run)) is not None:
-        raise UserError(f"{run} already holds checkpoints: pass --resume to continue it, or another --run")
-    if s.schedule == "plateau" and not s.eval_every:
-        print("note: the plateau schedule needs evaluations; with --eval-every 0 the lr stays constant")
-    return final
-
-
-def check_resume(s: TrainSettings, manifest: dict | None) -> None:
-    """The checkpoint exists, is one, continues this run (checkpoint.check_resumable), and its epoch plan
-    survives a change in the number of processes."""
-    if s.resume == "latest" and latest_checkpoint(Path(s.run)) is None:
-        raise UserError(f"--resume: no checkpoint in {s.run}")
-    if s.resume != "latest" and not Path(s.resume).is_file():
-        raise UserError(f"--resume: no checkpoint file {s.resume}")
-    state = load_checkpoint(resume_path(s))
-    classes = len(manifest["classes"]) if manifest else (s.num_classes or 10)
-    if int(state["num_classes"]) != classes:  # before the weights meet a model of another size in every rank
-        raise UserError(f"--resume: the checkpoint has {state['num_classes']} classes but {s.data} holds {classes}; "
-                        "pass the run's own --data or start a new --run")
-    check_resumable(state, s, data_fingerprint(manifest) if manifest else None)
-    before = int(state["settings"].get("nproc", s.nproc))
-    if manifest and before != s.nproc:
-        from alexnet_pipe.loaders.augment import StepLayout
-        n = sum(int(e["records"]) for e in manifest["splits"]["train"]["shards"])
-        steps = [StepLayout(n, s.batch_size // w, w).steps for w in (before, s.nproc)]
-        if steps[0] != steps[1]:
-            raise UserError(f"--resume on {s.nproc} processes instead of {before} would change the last step of "
-                            f"every epoch ({n} records in global batches of {s.batch_size}: {steps[0]} steps vs "
-                            f"{steps[1]}); resume on {before} processes")
-
-
-def _loader(name: str) -> str:
-    """The loader every rank will use, decided once before any launch."""
-    if name == "synthetic":
-        return name
-    from alexnet_pipe.loaders import resolve_loader
-    chosen = resolve_loader(name)
-    if name == "auto":
-        print(f"loader: {chosen} ({'NVIDIA DALI found' if chosen == 'dali' else 'NVIDIA DALI is not installed here'})")
-    return chosen
-
-
-def run_training(s: TrainSettings, worker=None) -> dict:
-    """Check the settings, then train: here for one process, through the elastic launcher for several.
-
-    The entry point for the CLI and the demo; returns rank 0's summary (train()'s dict). `worker` replaces
-    train() as what each process runs (a module-level callable taking the settings: the restart test's fault
-    injection wraps train() this way, so the loop itself carries no test hook).
-    """
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from alexnet_pipe.train import distributed
-    from alexnet_pipe.train.launch import launch
-    if distributed.under_launcher():  # torchrun started us: the environment says who we are
-        if not s.run:
-            raise UserError("under torchrun pass --run-dir DIR: every rank must write to the same run dir")
-        return (worker or train)(finalize(s, int(os.environ["WORLD_SIZE"])))
-    s = finalize(s, s.nproc)
-    try:
-        if s.nproc == 1 and s.max_restarts == 0:
-            return (worker or train)(s)
-        return launch(worker or train_process, (s,), s.nproc, s.max_restarts)[0]
-    except KeyboardInterrupt:  # checkpoints are atomic: the newest one on disk is whole
-        raise Interrupted(f"interrupted: {_where(s)}") from None
-    except Preempted:  # a worker took the notice (SIGTERM sent to the workers, as Slurm does)
-        raise Preempted(f"stopped by SIGTERM: {_where(s)}") from None
-    except SignalException as exc:  # the launcher was signalled; it stopped the workers (they checkpoint on SIGTERM)
-        if exc.sigval == signal.SIGTERM:
-            raise Preempted(f"stopped by SIGTERM: {_where(s)}") from None
-        raise Interrupted(f"interrupted: {_where(s)}") from None
-
-
-def _where(s: TrainSettings) -> str:
-    last = latest_checkpoint(Path(s.run))
-    where = f"the last checkpoint is {last}" if last else "no checkpoint was written yet"
-    return f"{where}; continue with `alexnet-pipe train --run {s.run} --resume`"
-
-
-def train_process(s: TrainSettings) -> dict:
-    """What each launched process runs: train(), with a UserError said once (by rank 0) and turned into the
-    process's exit status, so the launcher shows no traceback; a preemption leaves quietly with PREEMPTED_EXIT
-    and the launcher's side says what happened."""
-    try:
-        return train(s)
-    except UserError as exc:
-        code = getattr(exc, "exit_code", 1)
-        if int(os.environ.get("RANK", 0)) == 0 and code != PREEMPTED_EXIT:
-            print(f"Error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(code)
-    except KeyboardInterrupt:  # Ctrl-C reaches every process; the launcher's side says what happened
-        sys.exit(Interrupted.exit_code)

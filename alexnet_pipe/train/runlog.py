@@ -1,6 +1,7 @@
 """What a run tells: RUN/settings.json, RUN/metrics.jsonl (and with --tensorboard the same scalars in
 RUN/tensorboard/), the progress display and messages (rank 0 only), and the per-row meter of loss, throughput
-and data wait."""
+and data wait. This module owns those two files: their names are spelled here alone, and every reader goes
+through `settings_path` / `read_settings` and `metrics_path` / `read_metrics`."""
 from __future__ import annotations
 
 import json
@@ -9,10 +10,30 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from alexnet_pipe.train.config import TrainSettings
+from alexnet_pipe.train.config import TrainSettings, settings_from_dict
 from alexnet_pipe.core.errors import UserError
 from alexnet_pipe.core.files import atomic_write, write_json_atomic
 from alexnet_pipe.core.progress import Progress
+
+
+SETTINGS_FILE = "settings.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+def settings_path(run: Path) -> Path:
+    return Path(run) / SETTINGS_FILE
+
+
+def metrics_path(run: Path) -> Path:
+    return Path(run) / METRICS_FILE
+
+
+def read_settings(path: Path) -> TrainSettings:
+    """A run's settings.json (or a copy of one, for --config); a file that is not one is one sentence."""
+    try:
+        return settings_from_dict(json.loads(Path(path).read_text()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, AttributeError) as exc:
+        raise UserError(f"{path} is not the {SETTINGS_FILE} that `alexnet-pipe train` writes ({exc})") from None
 
 
 class RunLog:
@@ -20,7 +41,7 @@ class RunLog:
 
     def __init__(self, run: Path, enabled: bool):
         self.run, self.enabled = Path(run), enabled
-        self.metrics = self.run / "metrics.jsonl"
+        self.metrics = metrics_path(self.run)
         self.bar: Progress | None = None
         self.board = None  # the TensorBoard writer with --tensorboard (rank 0)
 
@@ -30,7 +51,7 @@ class RunLog:
         if not self.enabled:
             return
         self.run.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.run / "settings.json", asdict(settings))
+        write_json_atomic(settings_path(self.run), asdict(settings))
         rows = read_metrics(self.run) if self.metrics.exists() else []
         with atomic_write(self.metrics) as f:
             f.writelines(json.dumps(r) + "\n" for r in rows if r["step"] <= resumed_step)
@@ -85,7 +106,7 @@ def tensorboard_writer(folder: Path, resumed_step: int):
 def read_metrics(run: Path) -> list[dict]:
     """RUN/metrics.jsonl rows; a last row cut by a killed run is skipped (with a note), any other bad row
     raises UserError."""
-    path = Path(run) / "metrics.jsonl"
+    path = metrics_path(run)
     text = path.read_text()
     lines, rows = text.splitlines(), []
     for n, line in enumerate(lines, 1):

@@ -12,7 +12,7 @@ from alexnet_pipe.loaders import augment
 from alexnet_pipe.core.errors import UserError
 from alexnet_pipe.loaders import LoaderSettings, make_loader
 from alexnet_pipe.loaders.base import TorchNormalizer
-from alexnet_pipe.loaders.dali import DaliLoader
+from alexnet_pipe.report.dali_variants import BenchDaliLoader, CaffeReaderLoader
 from alexnet_pipe.loaders.records import RecordIndex
 from helpers.loaders import (CROP, N_TRAIN, N_VAL, S, check_train, decoded, normalizer_case, reference_normalize,
                              reference_ten)
@@ -36,7 +36,7 @@ def test_dali_train_matches_numpy_reference(dirs, pixels, enc):
 @pytest.mark.dali
 def test_dali_float_path_matches_numpy_reference(dirs, pixels):
     """The former default (the float work in DALI's operators), kept for the benchmark."""
-    check_train(DaliLoader(settings(dirs["jpeg"]), normalize_in="dali"), pixels["jpeg", "train"],
+    check_train(BenchDaliLoader(settings(dirs["jpeg"]), normalize_in="dali"), pixels["jpeg", "train"],
                 dirs["jpeg"] / "stats")
 
 
@@ -169,7 +169,7 @@ def test_dtype_and_channels_last(dirs):
 @pytest.mark.dali
 def test_caffe_reader_is_deterministic_and_complete(dirs):
     import torch
-    ranks = [make_loader(settings(dirs["jpeg"], reader="caffe", rank=r, world_size=2)) for r in (0, 1)]
+    ranks = [CaffeReaderLoader(settings(dirs["jpeg"], rank=r, world_size=2)) for r in (0, 1)]
     labels = [torch.cat([lab for _x, lab, _p in ld.epoch(0)]) for ld in ranks]
     assert sum(len(lab) for lab in labels) == N_TRAIN and ranks[0].steps_per_epoch == ranks[1].steps_per_epoch
     assert sorted(torch.cat(labels).tolist()) == sorted((np.arange(N_TRAIN) % 5).tolist())
@@ -286,7 +286,7 @@ def test_viz_augment_writes_png(dirs, tmp_path):
 
 
 def test_viz_shows_unnormalised_pixels(dirs, pixels):
-    from alexnet_pipe.report.viz import seen_pixels
+    from alexnet_pipe.report.augment_grid import seen_pixels
     loader = make_loader(settings(dirs["raw"], lighting=0))
     images, _, p = next(iter(loader.epoch(0)))
     views = seen_pixels(images, p, loader)

@@ -89,7 +89,7 @@ def test_torch_dtype_channels_last(dirs):
 @pytest.mark.parametrize("loader", ["dali", "torch"])
 def test_gpu_build_matches_cpu(dirs, loader):
     cpu = next(iter(make_loader(settings(dirs["jpeg"], loader=loader, with_params=False)).epoch(0)))
-    gpu = next(iter(make_loader(settings(dirs["jpeg"], loader=loader, device="gpu", with_params=False)).epoch(0)))
+    gpu = next(iter(make_loader(settings(dirs["jpeg"], loader=loader, device="cuda", with_params=False)).epoch(0)))
     assert gpu[0].is_cuda
     diff = (gpu[0].cpu() - cpu[0]).abs()
     if loader == "torch":  # decoded by OpenCV on the CPU either way; only the float pass moved

@@ -50,11 +50,16 @@ def unnormalised(images, stats: Path) -> np.ndarray:
     (dict(crop_ratio=(1.0,)), "crop_ratio"),
     (dict(color_jitter=-0.1), "color_jitter"),
     (dict(hue=0.6), "hue"),
-    (dict(reader="caffe"), "reader 'caffe'"),
 ])
 def test_bad_settings_are_one_sentence(tmp_path, bad, says):
     with pytest.raises(UserError, match=says):
         validate(modern(tmp_path, **bad))
+
+
+def test_caffe_reader_refuses_the_modern_augmentations(tmp_path):
+    from alexnet_pipe.report.dali_variants import check_reader
+    with pytest.raises(UserError, match="reader 'caffe'"):
+        check_reader(modern(tmp_path), "caffe")
 
 
 def test_plan_carries_the_settings(dirs):
@@ -157,7 +162,7 @@ def test_dali_and_torch_agree_on_modern_batches(dirs):
 
 def test_viz_augment_modern_shows_resized_jittered_views(dirs, pixels, tmp_path):
     from PIL import Image
-    from alexnet_pipe.report.viz import VizAugmentSettings, augment_loader, seen_pixels
+    from alexnet_pipe.report.augment_grid import VizAugmentSettings, augment_loader, seen_pixels
     from alexnet_pipe_cli.main import cli
     from click.testing import CliRunner
     out = tmp_path / "modern.png"

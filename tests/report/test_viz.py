@@ -22,7 +22,7 @@ def trained(tmp_path_factory):
     from alexnet_pipe.stats.compute import StatsSettings, run_stats
     from alexnet_pipe.train.checkpoint import latest_checkpoint
     from alexnet_pipe.train.config import resolve_settings
-    from alexnet_pipe.train.loop import run_training
+    from alexnet_pipe.train.entry import run_training
     root = tmp_path_factory.mktemp("viz")
     images = random_images(N_TRAIN + N_VAL, S, seed=5)
     labels = np.arange(N_TRAIN + N_VAL) % CLASSES
@@ -52,7 +52,7 @@ def png_rgb(path: Path) -> np.ndarray:
 # ---------------------------------------------------------------- filters
 
 def test_filter_grid_places_kernels_and_normalises_each():
-    from alexnet_pipe.report.viz import filter_grid
+    from alexnet_pipe.report.filters import filter_grid
     rng = np.random.default_rng(0)
     w = rng.normal(size=(96, 3, 11, 11)) * 0.01
     w[50] = 0.0
@@ -75,7 +75,7 @@ def test_filter_grid_places_kernels_and_normalises_each():
 
 
 def test_filter_grid_single_block_for_owt():
-    from alexnet_pipe.report.viz import filter_grid, filter_grid_size
+    from alexnet_pipe.report.filters import filter_grid, filter_grid_size
     w = np.random.default_rng(1).normal(size=(64, 3, 11, 11))
     assert filter_grid(w, 1, scale=2).shape[:2][::-1] == filter_grid_size(64, 1, 11, 11, scale=2) == (16 * 24 + 2, 4 * 24 + 2)
 
@@ -126,7 +126,7 @@ def test_viz_filters_bad_input(tmp_path):
 # ---------------------------------------------------------------- neighbors
 
 def test_nearest_matches_numpy_reference():
-    from alexnet_pipe.report.viz import nearest
+    from alexnet_pipe.report.neighbors import nearest
     rng = np.random.default_rng(2)
     train = rng.normal(size=(37, 20))
     queries = np.concatenate([train[[4, 30]], rng.normal(size=(1, 20))])
@@ -154,7 +154,7 @@ def fc7_reference(ckpt, data, split):
 
 @pytest.mark.dali
 def test_neighbors_of_training_images_are_themselves(trained):
-    from alexnet_pipe.report.viz import NeighborsSettings, find_neighbors
+    from alexnet_pipe.report.neighbors import NeighborsSettings, find_neighbors
     data, ckpt = trained
     found = find_neighbors(NeighborsSettings(ckpt, data, Path("unused.png"), split="train", query=3, k=4,
                                              batch_size=16, loader="dali"))
@@ -236,8 +236,9 @@ def test_help(name):
 
 def test_viz_uses_the_one_checkpoint_loader(tmp_path):
     """An empty file (EOFError inside torch.load) is one sentence in viz too, from checkpoint.load_model."""
-    import alexnet_pipe.report.viz as viz
-    assert not hasattr(viz, "load_model")  # no second copy of the loader
+    import alexnet_pipe.report.filters as filters
+    import alexnet_pipe.report.neighbors as neighbors
+    assert not hasattr(filters, "load_model") and not hasattr(neighbors, "load_model")  # no second copy of the loader
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
     result = invoke("filters", empty)

@@ -321,7 +321,7 @@ def test_recompute_reads_caffe_lmdbs_without_a_manifest(tmp_path):
 def test_gpu_decoding_pass_matches_cpu(dirs):
     shards = shard_dirs(dirs["jpeg"], "train")
     cpu = np.concatenate([b[0] for b in iter_decoded(shards, device="cpu")])
-    gpu = np.concatenate([b[0] for b in iter_decoded(shards, device="gpu")])
+    gpu = np.concatenate([b[0] for b in iter_decoded(shards, device="cuda")])
     assert gpu.shape == cpu.shape and np.abs(gpu.astype(np.int16) - cpu).mean() <= 0.5
 
 
@@ -403,7 +403,7 @@ def test_device_auto_picks_the_cpu_without_a_gpu(dirs, tmp_path):
     data = Path(shutil.copytree(dirs["raw"], tmp_path / "data"))
     result = CliRunner().invoke(cli, ["stats", "--data", str(data), "--sample", "4"])
     assert result.exit_code == 0, result.output
-    expected = "gpu" if cuda_devices() else "cpu"
+    expected = "cuda" if cuda_devices() else "cpu"
     assert f'device           "{expected}"' in result.output
 
 

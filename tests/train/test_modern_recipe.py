@@ -92,7 +92,7 @@ def test_train_step_smooths_the_loss(eps):
     opt = torch.optim.SGD(net.parameters(), lr=0.0)
     x, y = torch.randn(8, 6), torch.randint(0, 4, (8,))
     want = F.cross_entropy(net(x), y, label_smoothing=eps)
-    got = train_step(net, opt, x, y, False, eps)
+    got = train_step(net, opt, x, y, "fp32", eps)
     if eps == 0.0:  # the paper's loss, to the bit
         assert torch.equal(got, F.cross_entropy(net(x), y).detach())
     torch.testing.assert_close(got, want.detach())

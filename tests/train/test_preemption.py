@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from alexnet_pipe.train.signals import PREEMPTED_EXIT
-from alexnet_pipe.train.loop import run_training
+from alexnet_pipe.train.entry import run_training
 from helpers.training import assert_same_weights, tiny, weights
 
 ARGS = ["--cpu", "--loader", "synthetic", "--width", "0.0625", "--crop", "64", "--batch-size", "8",

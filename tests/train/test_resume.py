@@ -17,7 +17,8 @@ from alexnet_pipe.train.checkpoint import check_resumable, latest_checkpoint, lo
 from alexnet_pipe.train.config import TrainSettings
 from alexnet_pipe.core.errors import UserError
 from alexnet_pipe.train.runlog import read_metrics
-from alexnet_pipe.train.loop import dropout_seed, run_training
+from alexnet_pipe.train.entry import run_training
+from alexnet_pipe.train.loop import dropout_seed
 from alexnet_pipe_cli.main import cli
 from helpers.shardgen import make_data_dir, random_images, write_pca_json
 from helpers.training import assert_same_weights, tiny, weights
@@ -167,7 +168,7 @@ def test_every_global_step_reads_the_same_records_on_any_number_of_processes(tmp
 def test_a_process_count_that_changes_the_epoch_s_last_step_is_refused(tmp_path):
     """25 records in global batches of 8: 4 processes fold the one left over into the last full step, 1 process
     makes a fourth step of it; the order of that step would change, so the resume is refused."""
-    from alexnet_pipe.train.loop import check_resume
+    from alexnet_pipe.train.entry import check_resume
     images, labels = random_images(25, 40, seed=4), np.arange(25) % 3
     data = make_data_dir(tmp_path / "d", {"train": (images, labels)}, 3, 2, "jpeg")
     manifest = json.loads((data / "manifest.json").read_text())

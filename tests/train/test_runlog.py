@@ -77,7 +77,7 @@ def test_no_tensorboard_log_unless_asked_nor_on_other_ranks(tmp_path):
 
 def test_training_with_tensorboard_writes_the_jsonl_scalars(tmp_path):
     from alexnet_pipe.train.config import TrainSettings
-    from alexnet_pipe.train.loop import run_training
+    from alexnet_pipe.train.entry import run_training
     run = tmp_path / "r"
     s = TrainSettings(loader="synthetic", width=0.0625, crop=64, batch_size=4, num_classes=3, eval_every=1,
                       log_every=2, synthetic_steps=3, epochs=2, max_steps=5, run=str(run), data=str(tmp_path),

@@ -15,7 +15,7 @@ from alexnet_pipe.core.errors import UserError
 from alexnet_pipe.train.checkpoint import checkpoints
 from alexnet_pipe.train.config import resolve_settings
 from alexnet_pipe.train.runlog import read_metrics
-from alexnet_pipe.train.loop import finalize, run_training
+from alexnet_pipe.train.entry import finalize, run_training
 from alexnet_pipe_cli.main import cli
 from helpers.training import assert_same_weights, tiny, weights
 
