@@ -94,8 +94,8 @@ def _placement(cpu: bool, nproc: int | None, gpus: int | None) -> tuple[str, int
         raise click.UsageError("--cpu and --gpus exclude each other")
     if gpus and nproc:
         raise click.UsageError("--nproc is for --cpu; with GPUs there is one process per GPU (--gpus N)")
-    if distributed.under_launcher():
-        return ("cpu" if cpu else "cuda"), 0
+    if distributed.under_launcher():  # torchrun says how many processes; the device is chosen as below
+        return ("cuda" if not cpu and visible_gpus() else "cpu"), 0
     if cpu:
         return "cpu", nproc or 1
     if gpus:

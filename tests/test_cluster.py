@@ -34,6 +34,13 @@ SHARED = "/shared/alexnet-data"  # the docs' shared file system, a tmp dir here
 TINY = ["--cpu", "--loader", "synthetic", "--arch", "alexnet", "--width", "0.0625", "--crop", "64",
         "--batch-size", "8", "--num-classes", "5", "--eval-every", "0", "--log-every", "1", "--schedule", "step",
         "--synthetic-steps", "4", "--dropout", "0", "--max-steps", "3"]
+# The doc's commands get no --cpu: they choose the device as written. Only where CUDA is present do the two local
+# "nodes", which would share one GPU, train on the CPU instead.
+def _doc_tiny() -> list[str]:
+    import torch
+    return TINY if torch.cuda.is_available() else TINY[1:]
+
+
 LAUNCH_TIMEOUT = 300  # seconds for a whole 2-node run; a hang fails the test instead of CI
 
 
@@ -111,6 +118,18 @@ def test_under_torchrun_without_a_run_dir_is_one_sentence(tmp_path):
     result = invoke("train", "--cpu", "--loader", "synthetic", "--data", str(tmp_path), env=env)
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "--run-dir DIR" in result.output and not (tmp_path / "runs").exists()
+
+
+def test_under_torchrun_the_device_is_chosen_as_a_plain_run_chooses_it(tmp_path):
+    """The docs' torchrun, Slurm and Kubernetes commands have no --cpu: on a machine without a GPU they train on the
+    CPU, as a plain `train` does (they crashed in torch.cuda.set_device)."""
+    import torch
+    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}  # torchrun's one worker
+    run = tmp_path / "r"
+    result = invoke("train", *TINY[1:], "--run-dir", str(run), env=env)
+    assert result.exit_code == 0, result.output
+    device = json.loads((run / "settings.json").read_text())["device"]
+    assert device == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # ---------------------------------------------------------------- the doc's commands, run on one machine
@@ -227,7 +246,7 @@ def test_two_torchrun_nodes_reach_the_one_node_weights(tmp_path, one_node):
     port, data = free_port(), tmp_path / "shared"
     command = site(doc_block("torchrun"), data, port).replace("HOST0", "127.0.0.1").strip()
     assert command.startswith("torchrun ") and "--nnodes 2" in command
-    node = ["bash", "-c", f"{command} {shlex.join(TINY)}"]
+    node = ["bash", "-c", f"{command} {shlex.join(_doc_tiny())}"]
     env = environment(tools(tmp_path))
     run_all([(node, env), (node, env)], tmp_path / "logs")
     assert_reaches(data / "runs" / "r1", one_node)
@@ -259,7 +278,7 @@ def test_slurm_script_on_a_fake_two_node_allocation(tmp_path, one_node):
     nodes = int(re.search(r"^#SBATCH --nodes[= ](\d+)", script, re.M).group(1))
     assert nodes == 2 and re.search(r"^#SBATCH --ntasks-per-node[= ]1$", script, re.M)
     assert "srun torchrun" in script and "$SLURM_JOB_NODELIST" in script and "$SLURM_JOB_ID" in script
-    script = script.rstrip() + " " + shlex.join(TINY) + "\n"
+    script = script.rstrip() + " " + shlex.join(_doc_tiny()) + "\n"
     (tmp_path / "job.sh").write_text(script)
     env = environment(tools(tmp_path, srun=SRUN, scontrol=SCONTROL), SLURM_JOB_ID="4242",
                       SLURM_JOB_NUM_NODES=str(nodes), SLURM_NNODES=str(nodes),
@@ -288,7 +307,7 @@ def test_kubernetes_indexed_job_container_command(tmp_path, one_node):
     assert host == f"{job['metadata']['name']}-0.{service['metadata']['name']}"  # index 0's DNS name
     assert service["spec"]["selector"] == {"batch.kubernetes.io/job-name": job["metadata"]["name"]}
     assert int(doc_port) == service["spec"]["ports"][0]["port"] == 29400
-    argv = shlex.split(site(shlex.join(argv), data, port).replace(host, "127.0.0.1")) + TINY
+    argv = shlex.split(site(shlex.join(argv), data, port).replace(host, "127.0.0.1")) + _doc_tiny()
     assert argv[0] == "torchrun"
     bin_dir = tools(tmp_path)
     base = {e["name"]: str(e["value"]) for e in container.get("env", [])}
