@@ -86,8 +86,10 @@ def settings_options(func):
     return func
 
 
-def _placement(cpu: bool, nproc: int | None, gpus: int | None) -> tuple[str, int]:
-    """(device, processes) from --cpu/--nproc/--gpus; without any: every visible GPU, else one CPU process."""
+def _placement(cpu: bool, nproc: int | None, gpus: int | None, resumed: TrainSettings | None = None
+               ) -> tuple[str, int]:
+    """(device, processes) from --cpu/--nproc/--gpus; without any: those of the run being resumed, else every
+    visible GPU, else one CPU process."""
     from alexnet_pipe.train import distributed
     from alexnet_pipe.train.launch import check_gpus, visible_gpus
     if cpu and gpus:
@@ -96,6 +98,8 @@ def _placement(cpu: bool, nproc: int | None, gpus: int | None) -> tuple[str, int
         raise click.UsageError("--nproc is for --cpu; with GPUs there is one process per GPU (--gpus N)")
     if distributed.under_launcher():  # torchrun says how many processes; the device is chosen as below
         return ("cuda" if not cpu and visible_gpus() else "cpu"), 0
+    if resumed is not None and not (cpu or gpus or nproc):
+        return _launched_as(resumed, visible_gpus())
     if cpu:
         return "cpu", nproc or 1
     if gpus:
@@ -103,6 +107,15 @@ def _placement(cpu: bool, nproc: int | None, gpus: int | None) -> tuple[str, int
         return "cuda", gpus
     found = visible_gpus()
     return ("cuda", found) if found else ("cpu", nproc or 1)
+
+
+def _launched_as(saved: TrainSettings, gpus_here: int) -> tuple[str, int]:
+    """A resume keeps the device and process count its run was started with (the printed hint is then just
+    `--run R --resume`); where this machine lacks the GPUs, one sentence says how to choose others."""
+    if saved.device == "cuda" and gpus_here < saved.nproc:
+        raise click.ClickException(f"the run was started on {saved.nproc} GPU(s) and this machine has {gpus_here}; "
+                                   "resume it with --gpus N or --cpu --nproc N")
+    return saved.device, saved.nproc
 
 
 def _saved_settings(path: Path, what: str) -> TrainSettings:
@@ -171,8 +184,8 @@ def train(data: Path, run: Path | None, recipe: str | None, config: Path | None,
         if options["lighting"]:
             raise click.ClickException("--no-lighting and --lighting are contradictory: give one of them")
         options["lighting"] = 0.0
-    device, processes = _placement(cpu, nproc, gpus)
     base, run = _base(config, recipe, resume, run)
+    device, processes = _placement(cpu, nproc, gpus, base if config is None else None)
     if run is None and distributed.under_launcher():  # every node must agree on one run dir
         raise click.ClickException("under torchrun pass --run-dir DIR, on a file system every node sees: all "
                                    "ranks write to one run dir (torchrun takes a --run of its own)")

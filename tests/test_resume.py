@@ -194,3 +194,15 @@ def test_a_non_finite_loss_stops_the_run_and_never_becomes_a_checkpoint(tmp_path
     assert not (run / "best.pt").exists()
     last = latest_checkpoint(run)
     assert (str(last) if last else "none") in str(caught.value)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="this machine has the GPUs the run was started on")
+def test_a_resume_keeps_the_runs_gpus_and_says_so_where_they_are_missing(tmp_path):
+    """`--run R --resume` alone continues on the device and process count R was started with; a machine without
+    those GPUs gets one sentence naming the options that choose others."""
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "settings.json").write_text(json.dumps(dataclasses.asdict(TrainSettings(device="cuda", nproc=2))))
+    result = CliRunner().invoke(cli, ["train", "--run", str(run), "--resume"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "started on 2 GPU(s)" in result.output and "--gpus N or --cpu --nproc N" in result.output
