@@ -206,3 +206,23 @@ def test_a_resume_keeps_the_runs_gpus_and_says_so_where_they_are_missing(tmp_pat
     result = CliRunner().invoke(cli, ["train", "--run", str(run), "--resume"])
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert "started on 2 GPU(s)" in result.output and "--gpus N or --cpu --nproc N" in result.output
+
+
+@pytest.mark.parametrize("limit", [dict(max_steps=2), dict(epochs=1, synthetic_steps=2)], ids=["max-steps", "epochs"])
+def test_resuming_a_finished_run_says_how_to_train_on(tmp_path, limit):
+    """A run at its last step has nothing to resume: one note with the option that trains on (it printed a
+    zero-step 'finished ... seconds 0.0005'), and that command then trains on."""
+    import re
+    import shlex
+    run = tmp_path / "r"
+    run_training(tiny(run, **limit))
+    rows = (run / "metrics.jsonl").read_text()
+    result = CliRunner().invoke(cli, ["train", "--run", str(run), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "nothing left to train" in result.output and "finished:" not in result.output
+    assert (run / "metrics.jsonl").read_text() == rows
+    hint = re.search(r"`alexnet-pipe (train --run .*?)`", result.output).group(1)
+    assert ("--max-steps 4" if "max_steps" in limit else "--epochs 2") in hint
+    result = CliRunner().invoke(cli, shlex.split(hint))
+    assert result.exit_code == 0, result.output
+    assert max(r["step"] for r in read_metrics(run)) == 4

@@ -327,8 +327,11 @@ def run_training(s: TrainSettings, worker=None) -> dict:
     if distributed.under_launcher():  # torchrun started us: the environment says who we are
         if not s.run:
             raise UserError("under torchrun pass --run-dir DIR: every rank must write to the same run dir")
-        return (worker or train)(finalize(s, int(os.environ["WORLD_SIZE"])))
+        s = finalize(s, int(os.environ["WORLD_SIZE"]))
+        return _nothing_left(s, int(os.environ["RANK"]) == 0) or (worker or train)(s)
     s = finalize(s, s.nproc)
+    if done := _nothing_left(s, True):
+        return done
     try:
         if s.nproc == 1 and s.max_restarts == 0:
             return (worker or train)(s)
@@ -341,6 +344,15 @@ def run_training(s: TrainSettings, worker=None) -> dict:
         if exc.sigval == signal.SIGTERM:
             raise Preempted(f"stopped by SIGTERM: {_where(s)}") from None
         raise Interrupted(f"interrupted: {_where(s)}") from None
+
+
+def _nothing_left(s: TrainSettings, say: bool) -> dict | None:
+    """A resume of a run already at its end: one note on how to train on, instead of a zero-step run."""
+    from alexnet_pipe.train.checkpoint import finished_note
+    note = finished_note(s) if s.resume else None
+    if note and say:
+        print(note, flush=True)
+    return {"run": s.run, "steps": 0, "note": note} if note else None
 
 
 def _where(s: TrainSettings) -> str:
