@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 
 import click
@@ -205,5 +206,9 @@ def train(data: Path, run: Path | None, recipe: str | None, config: Path | None,
         print_settings("train (dry run)", final)
         click.echo(report(final))
         return
-    print_settings("train", settings)
-    run_training(settings)
+    under_torchrun = distributed.under_launcher()
+    final = finalize(settings, int(os.environ["WORLD_SIZE"]) if under_torchrun else settings.nproc)
+    if not under_torchrun or os.environ["RANK"] == "0":
+        from alexnet_pipe_cli.train_header import header
+        click.echo("\n".join(header(final)))
+    run_training(final, checked=True)

@@ -139,7 +139,7 @@ def read_bytes(item: Item) -> bytes:
 
 @dataclasses.dataclass
 class Inventory:
-    layout: str                              # "folders" | "archives"
+    layout: str                              # "folders" | "kaggle" | "archives"
     classes: list[tuple[str, str]]           # (wnid, name), label order
     splits: dict[str, ItemList]
     rejects: list[dict]                      # inputs refused before decoding: {"path", "split", "reason"}
@@ -453,7 +453,8 @@ def discover_folders(src: Path, root: Path, val_labels: Path | None, tick=_no_ti
     for split, folder, items in (("train", train_dir, train), ("val", val_dir, val)):
         if folder.is_dir():
             _refuse_imageless(split, folder, items, rejects)
-    return Inventory("folders", [(w, names.get(w, w)) for w in wnids], {"train": train, "val": val},
+    layout = "folders" if root == src else "kaggle"  # Kaggle's download nests them in ILSVRC/Data/CLS-LOC
+    return Inventory(layout, [(w, names.get(w, w)) for w in wnids], {"train": train, "val": val},
                      rejects, labels.source if labels else None)
 
 

@@ -106,11 +106,15 @@ def evaluate(es: EvalSettings) -> dict:
         check_fits(manifest, es.data, path, model, s)
     loader = eval_loader(es.data, es.split, first, device, batch_size=es.batch_size, loader=es.loader,
                          num_threads=es.num_threads, ten_crop=es.ten_crop)
+    from alexnet_pipe.core.progress import Progress
+    progress = Progress(loader.steps_per_epoch, f"evaluate {es.split}", unit="batch")  # on stderr
     correct1 = correct5 = images = 0
     with torch.no_grad():
         for batch, labels in loader.epoch(0):
             c1, c5 = topk_correct(average_softmax(models, batch), labels.to(device))
             correct1, correct5, images = correct1 + c1, correct5 + c5, images + len(labels)
+            progress.update(1)
+    progress.close()
     loader.close()
     if images == 0:
         raise UserError(f"the {es.split} split of {es.data} gave no images")

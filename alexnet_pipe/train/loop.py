@@ -146,8 +146,8 @@ def current_data(s: TrainSettings) -> str | None:
 
 def say_eval(log: RunLog, step: int, epoch: float, metrics: dict) -> None:
     log.row(step=step, epoch=epoch, **metrics)
-    log.say(f"step {step} epoch {epoch:g}: top-1 error {metrics['top1_error']:.4f}, "
-            f"top-5 error {metrics['top5_error']:.4f} ({metrics['images']} images)")
+    log.say(f"step {step} epoch {epoch:g}: top-1 error {metrics['top1_error']:.1%}, "
+            f"top-5 error {metrics['top5_error']:.1%} ({metrics['images']} images)")
 
 
 def train(s: TrainSettings) -> dict:
@@ -314,12 +314,13 @@ def _loader(name: str) -> str:
     return chosen
 
 
-def run_training(s: TrainSettings, worker=None) -> dict:
+def run_training(s: TrainSettings, worker=None, checked: bool = False) -> dict:
     """Check the settings, then train: here for one process, through the elastic launcher for several.
 
     The entry point for the CLI and the demo; returns rank 0's summary (train()'s dict). `worker` replaces
     train() as what each process runs (a module-level callable taking the settings: the restart test's fault
-    injection wraps train() this way, so the loop itself carries no test hook).
+    injection wraps train() this way, so the loop itself carries no test hook). `checked`: the settings are
+    finalize()'s already (the CLI printed them), so they are not checked twice.
     """
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from alexnet_pipe.train import distributed
@@ -327,9 +328,9 @@ def run_training(s: TrainSettings, worker=None) -> dict:
     if distributed.under_launcher():  # torchrun started us: the environment says who we are
         if not s.run:
             raise UserError("under torchrun pass --run-dir DIR: every rank must write to the same run dir")
-        s = finalize(s, int(os.environ["WORLD_SIZE"]))
+        s = s if checked else finalize(s, int(os.environ["WORLD_SIZE"]))
         return _nothing_left(s, int(os.environ["RANK"]) == 0) or (worker or train)(s)
-    s = finalize(s, s.nproc)
+    s = s if checked else finalize(s, s.nproc)
     if done := _nothing_left(s, True):
         return done
     try:
