@@ -136,9 +136,10 @@ def test_under_torchrun_the_device_is_chosen_as_a_plain_run_chooses_it(tmp_path)
 # ---------------------------------------------------------------- the doc's commands, run on one machine
 
 def doc_block(name: str) -> str:
-    """The code block after `<!-- test: NAME -->` in docs/getting-started.md."""
-    match = re.search(rf"<!-- test: {name} -->\s*```[\w-]*\n(.*?)```", GETTING_STARTED.read_text(), re.S)
-    assert match, f"docs/getting-started.md has no code block marked <!-- test: {name} -->"
+    """The code block after `<!-- test: cluster (NAME): ... -->` in docs/getting-started.md."""
+    match = re.search(rf"<!-- test: cluster \({name}\)[^>]*-->\s*```[\w-]*\n(.*?)```", GETTING_STARTED.read_text(),
+                      re.S)
+    assert match, f"docs/getting-started.md has no code block marked <!-- test: cluster ({name}): ... -->"
     return match.group(1)
 
 
