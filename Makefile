@@ -1,8 +1,11 @@
 # The two set-up commands of README.md: `make demo` (the main job) and `make test`.
 PYTHON ?= python3
 VENV   ?= .venv
-# The CPU build that lies on the dev/CI machines; GPU users: make TORCH=torch (or keep your own venv).
+# torch from PyPI (on Linux the CUDA build, ~2.7 GB with its nvidia-* wheels) unless the venv already has one;
+# the dev/CI machines hold the CPU wheel of this version locally. CPU build elsewhere:
+# make TORCH_INDEX=https://download.pytorch.org/whl/cpu install
 TORCH  ?= torch==2.13.0
+TORCH_INDEX ?=
 BIN    := $(VENV)/bin
 
 .PHONY: install demo test bench clean
@@ -10,9 +13,10 @@ BIN    := $(VENV)/bin
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)   # a venv made beforehand (with a CUDA torch) is kept
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -c "import torch" 2>/dev/null || \
+		$(BIN)/python -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 

@@ -1,8 +1,11 @@
 """Options, click types and checks shared by the commands."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 import click
@@ -105,11 +108,35 @@ def print_settings(title: str, settings) -> None:
         click.echo(f"  {key:<16} {json.dumps(value, default=str)}")
 
 
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Everything written to stdout inside goes to stderr: Python's prints and, where stdout is file descriptor 1,
+    what libraries and child processes write there; so that a --json object is alone on stdout."""
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # a captured stream (tests): Python's writes are all it gets
+        fd = None
+    saved = os.dup(1) if fd == 1 else None
+    if saved is not None:
+        os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if saved is not None:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
 def run_and_report(title: str, settings, measure, as_json: bool, lines) -> dict:
-    """The settings (unless --json), then measure(settings), then one JSON object or `lines(result)`."""
+    """The settings (unless --json), then measure(settings), then one JSON object or `lines(result)`. With --json
+    the object is the only thing on stdout: progress and messages go to stderr."""
     if not as_json:
         print_settings(title, settings)
-    result = measure(settings)
+    with stdout_to_stderr() if as_json else contextlib.nullcontext():
+        result = measure(settings)
     if as_json:
         click.echo(json.dumps(result))
     else:

@@ -40,4 +40,4 @@ def evaluate(checkpoints: tuple[Path, ...], data: Path, split: str, ten_crop: bo
                             device="cuda" if gpu else "cpu", precision=precision)
     run_and_report("evaluate", settings, run_evaluate, as_json, lambda r: [
         f"{r['images']} images x {r['views']} view(s), {len(checkpoints)} model(s), {r['precision']}: "
-        f"top-1 error {r['top1_error']:.4f}, top-5 error {r['top5_error']:.4f}"])
+        f"top-1 error {r['top1_error']:.1%}, top-5 error {r['top5_error']:.1%}"])

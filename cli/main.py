@@ -25,7 +25,10 @@ COMMANDS = {
 }
 
 
-@click.group(cls=LazyGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+# Every option can also come from the environment: ALEXNET_PIPE_<COMMAND>_<OPTION> (ALEXNET_PIPE_TRAIN_MAX_STEPS=100,
+# ALEXNET_PIPE_BENCH_TRAIN_STEPS=5); a given option wins. Site defaults, and how the docs test shortens runs.
+@click.group(cls=LazyGroup, lazy_commands=COMMANDS,
+             context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "ALEXNET_PIPE"})
 @click.version_option(__version__, prog_name="alexnet-pipe")
 def cli():
     """AlexNet (NIPS 2012) from the raw ImageNet download to a trained model.

@@ -37,4 +37,8 @@ def stats(data: Path, pca: bool, recompute: bool, sample: int | None, plot: bool
     settings = StatsSettings(data=data, pca=pca, recompute=recompute or sample is not None,
                              sample=sample, plot=plot, device=device)
     print_settings("stats", settings)
-    click.echo(format_report(run_stats(settings)))
+    run = run_stats(settings)
+    if sample is not None and run.result.images < sample:
+        click.echo(f"note: --sample {sample} asked for more records than the train split holds: the sample is all "
+                   f"{run.result.images} of them")
+    click.echo(format_report(run))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from pathlib import Path
 
 import click
@@ -85,16 +86,20 @@ def settings_options(func):
     return func
 
 
-def _placement(cpu: bool, nproc: int | None, gpus: int | None) -> tuple[str, int]:
-    """(device, processes) from --cpu/--nproc/--gpus; without any: every visible GPU, else one CPU process."""
+def _placement(cpu: bool, nproc: int | None, gpus: int | None, resumed: TrainSettings | None = None
+               ) -> tuple[str, int]:
+    """(device, processes) from --cpu/--nproc/--gpus; without any: those of the run being resumed, else every
+    visible GPU, else one CPU process."""
     from alexnet_pipe.train import distributed
     from alexnet_pipe.train.launch import check_gpus, visible_gpus
     if cpu and gpus:
         raise click.UsageError("--cpu and --gpus exclude each other")
     if gpus and nproc:
         raise click.UsageError("--nproc is for --cpu; with GPUs there is one process per GPU (--gpus N)")
-    if distributed.under_launcher():
-        return ("cpu" if cpu else "cuda"), 0
+    if distributed.under_launcher():  # torchrun says how many processes; the device is chosen as below
+        return ("cuda" if not cpu and visible_gpus() else "cpu"), 0
+    if resumed is not None and not (cpu or gpus or nproc):
+        return _launched_as(resumed, visible_gpus())
     if cpu:
         return "cpu", nproc or 1
     if gpus:
@@ -102,6 +107,15 @@ def _placement(cpu: bool, nproc: int | None, gpus: int | None) -> tuple[str, int
         return "cuda", gpus
     found = visible_gpus()
     return ("cuda", found) if found else ("cpu", nproc or 1)
+
+
+def _launched_as(saved: TrainSettings, gpus_here: int) -> tuple[str, int]:
+    """A resume keeps the device and process count its run was started with (the printed hint is then just
+    `--run R --resume`); where this machine lacks the GPUs, one sentence says how to choose others."""
+    if saved.device == "cuda" and gpus_here < saved.nproc:
+        raise click.ClickException(f"the run was started on {saved.nproc} GPU(s) and this machine has {gpus_here}; "
+                                   "resume it with --gpus N or --cpu --nproc N")
+    return saved.device, saved.nproc
 
 
 def _saved_settings(path: Path, what: str) -> TrainSettings:
@@ -172,8 +186,8 @@ def train(data: Path, run: Path | None, recipe: str | None, config: Path | None,
         if options["lighting"]:
             raise click.ClickException("--no-lighting and --lighting are contradictory: give one of them")
         options["lighting"] = 0.0
-    device, processes = _placement(cpu, nproc, gpus)
     base, run = _base(config, recipe, resume, run)
+    device, processes = _placement(cpu, nproc, gpus, base if config is None else None)
     if run is None and distributed.under_launcher():  # every node must agree on one run dir
         raise click.ClickException("under torchrun pass --run-dir DIR, on a file system every node sees: all "
                                    "ranks write to one run dir (torchrun takes a --run of its own)")
@@ -193,5 +207,9 @@ def train(data: Path, run: Path | None, recipe: str | None, config: Path | None,
         print_settings("train (dry run)", final)
         click.echo(report(final))
         return
-    print_settings("train", settings)
-    run_training(settings)
+    under_torchrun = distributed.under_launcher()
+    final = finalize(settings, int(os.environ["WORLD_SIZE"]) if under_torchrun else settings.nproc)
+    if not under_torchrun or os.environ["RANK"] == "0":
+        from alexnet_pipe_cli.train_header import header
+        click.echo("\n".join(header(final)))
+    run_training(final, checked=True)

@@ -49,3 +49,12 @@ def auto_range(env: Mapping[str, str], count_option: int | None, shards: int) ->
     """[A, B) of this task; may be empty where there are more tasks than shards."""
     index, count = task_slot(env, count_option)
     return shards * index // count, shards * (index + 1) // count
+
+
+def task_note(env: Mapping[str, str], count_option: int | None, taken: tuple[int, int]) -> str:
+    """The line an array task prints first: which task it is, where that came from, and the shards it takes."""
+    index, count = task_slot(env, count_option)
+    source = SLURM_ID if SLURM_ID in env else K8S_INDEX
+    a, b = taken
+    share = f"shards {a}:{b} of each split" if b > a else "no shard (more tasks than shards)"
+    return f"--only-shards auto: array task {index + 1} of {count} (${source}={env[source]}) writes {share}"

@@ -115,7 +115,8 @@ def discover_folders(src: Path, root: Path, val_labels: Path | None, tick=no_tic
     for split, folder, items in (("train", train_dir, train), ("val", val_dir, val)):
         if folder.is_dir():
             _refuse_imageless(split, folder, items, rejects)
-    return Inventory("folders", [(w, names.get(w, w)) for w in wnids], {"train": train, "val": val},
+    layout = "folders" if root == src else "kaggle"  # Kaggle's download nests them in ILSVRC/Data/CLS-LOC
+    return Inventory(layout, [(w, names.get(w, w)) for w in wnids], {"train": train, "val": val},
                      rejects, labels.source if labels else None)
 
 

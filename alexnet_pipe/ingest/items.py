@@ -118,7 +118,7 @@ def read_bytes(item: Item) -> bytes:
 
 @dataclasses.dataclass
 class Inventory:
-    layout: str                              # "folders" | "archives"
+    layout: str                              # "folders" | "kaggle" | "archives"
     classes: list[tuple[str, str]]           # (wnid, name), label order
     splits: dict[str, ItemList]
     rejects: list[dict]                      # inputs refused before decoding: {"path", "split", "reason"}

@@ -122,6 +122,9 @@ def run(settings: PrepareSettings, echo=print, stream=None) -> dict:
     listed = time.perf_counter() - t0
     plan = make_plan(inv, settings)
     only = resolve_only_shards(settings, plan)
+    if settings.only_shards == "auto":
+        from alexnet_pipe.ingest.arrayjob import task_note
+        echo(task_note(os.environ, settings.array_count, only))
     writable_dir(dd.root, "--data dir")
     # a whole run may clear and finalises: it waits for every other writer; --only-shards workers share
     with claims.data_dir_lock(dd.root, exclusive=only is None or settings.overwrite, echo=echo):

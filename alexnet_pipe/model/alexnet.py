@@ -147,7 +147,7 @@ def init_weights(model: nn.Module, init: str = "paper", bias_init: float = 1.0) 
 def build_model(arch: str = "alexnet", num_classes: int = 1000, width: float = 1.0, lrn_alpha: str = LRN_DEFAULT,
                 bias_init: float = 1.0, dropout: float = 0.5, init: str = "paper", lrn_impl: str = LRN_IMPL_DEFAULT,
                 conv: str = CONV_DEFAULT) -> AlexNet:
-    """The network of ALEXNET.md's table (arch "alexnet", 60,965,224 parameters at 1000 classes, width 1)
+    """The network of docs/paper.md's table (arch "alexnet", 60,965,224 parameters at 1000 classes, width 1)
     or torchvision's layout ("alexnet-owt", 61,100,840). `width` scales every channel count and fc width.
     `lrn_impl` and `conv` choose kernels only: the parameters and the function computed stay the same."""
     _choice("arch", arch, ARCHS)

@@ -149,8 +149,8 @@ def render_neighbors(s: NeighborsSettings) -> dict:
     neighbours = flat.reshape(*records.shape, crop, crop, 3)
 
     def name(label):
-        text = names[label] if 0 <= label < len(names) else str(label)
-        return text if len(text) <= 18 else text[:17] + "."
+        from alexnet_pipe.report.titles import short_title
+        return short_title(names[label]) if 0 <= label < len(names) else str(label)
     titles = [[name(int(v)) for v in row] for row in flat_labels.reshape(records.shape)]
     width, height = neighbors_figure(queries, neighbours, found["distances"], s.output,
                                      [name(int(v)) for v in query_labels], titles)

@@ -73,7 +73,8 @@ def _run_stats(settings: StatsSettings, backend: str, stage: list[str]) -> Stats
     # eigenpairs come from the same sums for free: never drop ones that describe these shards
     result = compute(total, settings.pca or _has_current_pca(data))
     stage[0] = "writing"
-    write_outputs(out, result, pca_document(result, source=source, sample=settings.sample, manifest=manifest),
+    sample = None if settings.sample is None else result.images  # N, or every record where the split has fewer
+    write_outputs(out, result, pca_document(result, source=source, sample=sample, manifest=manifest),
                   settings)
     files = [out / MEAN, out / MEAN_BINARYPROTO, out / PCA]
     if settings.plot:

@@ -118,6 +118,26 @@ def resume_path(s: TrainSettings) -> Path | None:
     return None
 
 
+def finished_note(s: TrainSettings) -> str | None:
+    """What to say instead of training when the checkpoint a resume starts from is already at the run's end
+    (its epochs done, or --max-steps reached), with the option that trains on; None when there is work left."""
+    path = resume_path(s)
+    if path is None:
+        return None
+    import torch
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # the position, not the tensors
+    step, epoch = int(state["step"]), int(state["epoch"])
+    if s.max_steps and step >= s.max_steps:
+        limit, option, more = f"--max-steps {s.max_steps}", "--max-steps (0: no limit)", f"--max-steps {2 * step}"
+    elif epoch >= s.epochs:
+        limit, option, more = f"its {s.epochs} epochs", "--epochs", f"--epochs {s.epochs + max(1, s.epochs // 3)}"
+    else:
+        return None
+    return (f"{s.run} has nothing left to train: {path.name} is at {limit} (step {step}, epoch {epoch} of "
+            f"{s.epochs}). To train on, resume with a larger {option}: "
+            f"`alexnet-pipe train --run {s.run} --resume {more}`")
+
+
 # Settings a resumed run may change: how long it runs, how often it reports and saves, where and how fast it
 # computes (device, processes, loader backend, implementations with the same maths). Every other setting defines
 # the run (model, data, optimiser, schedule, augmentation, seed, precision: fp32, bf16 and fp16 compute other

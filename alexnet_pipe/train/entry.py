@@ -94,12 +94,13 @@ def _loader(name: str) -> str:
     return chosen
 
 
-def run_training(s: TrainSettings, worker=None) -> dict:
+def run_training(s: TrainSettings, worker=None, checked: bool = False) -> dict:
     """Check the settings, then train: here for one process, through the elastic launcher for several.
 
     The entry point for the CLI and the demo; returns rank 0's summary (train()'s dict). `worker` replaces
     loop.train() as what each process runs (a module-level callable taking the settings: the restart test's fault
-    injection wraps train() this way, so the loop itself carries no test hook).
+    injection wraps train() this way, so the loop itself carries no test hook). `checked`: the settings are
+    finalize()'s already (the CLI printed them), so they are not checked twice.
     """
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from alexnet_pipe.train import distributed
@@ -107,8 +108,11 @@ def run_training(s: TrainSettings, worker=None) -> dict:
     if distributed.under_launcher():  # torchrun started us: the environment says who we are
         if not s.run:
             raise UserError("under torchrun pass --run-dir DIR: every rank must write to the same run dir")
-        return (worker or loop.train)(finalize(s, int(os.environ["WORLD_SIZE"])))
-    s = finalize(s, s.nproc)
+        s = s if checked else finalize(s, int(os.environ["WORLD_SIZE"]))
+        return _nothing_left(s, int(os.environ["RANK"]) == 0) or (worker or loop.train)(s)
+    s = s if checked else finalize(s, s.nproc)
+    if done := _nothing_left(s, True):
+        return done
     try:
         if s.nproc == 1 and s.max_restarts == 0:
             return (worker or loop.train)(s)
@@ -121,6 +125,15 @@ def run_training(s: TrainSettings, worker=None) -> dict:
         if exc.sigval == signal.SIGTERM:
             raise Preempted(f"stopped by SIGTERM: {_where(s)}") from None
         raise Interrupted(f"interrupted: {_where(s)}") from None
+
+
+def _nothing_left(s: TrainSettings, say: bool) -> dict | None:
+    """A resume of a run already at its end: one note on how to train on, instead of a zero-step run."""
+    from alexnet_pipe.train.checkpoint import finished_note
+    note = finished_note(s) if s.resume else None
+    if note and say:
+        print(note, flush=True)
+    return {"run": s.run, "steps": 0, "note": note} if note else None
 
 
 def _where(s: TrainSettings) -> str:

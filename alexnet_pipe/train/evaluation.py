@@ -40,10 +40,10 @@ def average_softmax(models, images):
     return probs.view(images.shape[0], views, -1).mean(1)
 
 
-def error_rates(models, loader, device, precision: str, world: int = 1) -> dict:
+def error_rates(models, loader, device, precision: str, world: int = 1, progress=None) -> dict:
     """The one evaluation loop, of the trainer and of `evaluate`: every batch of the loader (centre crops, or ten
     views) through the models in eval mode under `precision`'s autocast, their softmax averaged (one model: its
-    own), top-1/top-5 counted and summed over ranks. -> {"top1_error", "top5_error", "images"}."""
+    own), top-1/top-5 counted and summed over ranks; `progress` (evaluate's display) ticks once a batch. -> {"top1_error", "top5_error", "images"}."""
     import torch
     import torch.distributed as dist
     was_training = [m.training for m in models]
@@ -54,6 +54,8 @@ def error_rates(models, loader, device, precision: str, world: int = 1) -> dict:
         for images, labels in loader.epoch(0):
             c1, c5 = topk_correct(average_softmax(models, images), labels.to(device))
             counts += torch.tensor([c1, c5, len(labels)], dtype=torch.float64, device=device)
+            if progress is not None:
+                progress.update(1)
     if world > 1:
         dist.all_reduce(counts)
     for m, mode in zip(models, was_training):
@@ -136,7 +138,10 @@ def evaluate(es: EvalSettings) -> dict:
     loader = eval_loader(es.data, es.split, first, device, batch_size=es.batch_size, loader=es.loader,
                          num_threads=es.num_threads, ten_crop=es.ten_crop)
     try:
-        rates = error_rates(models, loader, device, precision)
+        from alexnet_pipe.core.progress import Progress
+        progress = Progress(loader.steps_per_epoch, f"evaluate {es.split}", unit="batch")  # on stderr
+        rates = error_rates(models, loader, device, precision, progress=progress)
+        progress.close()
     finally:
         loader.close()
     return {**rates, "views": 10 if es.ten_crop else 1, "checkpoints": list(es.checkpoints), "split": es.split,

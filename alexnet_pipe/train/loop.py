@@ -267,8 +267,8 @@ def evaluate_if_due(run: Run, whole: bool) -> bool:
         run.log.say(f"val error stopped improving: lr / 10 (drop {run.plateau.drops} of {s.max_drops})")
     epoch = float(pos.epoch) if whole else round(pos.step / run.spe, 6)
     run.log.row(step=pos.step, epoch=epoch, **run.last_eval)
-    run.log.say(f"step {pos.step} epoch {epoch:g}: top-1 error {run.last_eval['top1_error']:.4f}, "
-                f"top-5 error {run.last_eval['top5_error']:.4f} ({run.last_eval['images']} images)")
+    run.log.say(f"step {pos.step} epoch {epoch:g}: top-1 error {run.last_eval['top1_error']:.1%}, "
+                f"top-5 error {run.last_eval['top5_error']:.1%} ({run.last_eval['images']} images)")
     return is_best
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from alexnet_pipe.train.config import TrainSettings
 
-# (layer, the paper's output shape as channels x height x width), from its architecture table (ALEXNET.md)
+# (layer, the paper's output shape as channels x height x width), from its architecture table (docs/paper.md)
 PAPER_SHAPES = [("conv1", "96x55x55"), ("pool1", "96x27x27"), ("conv2", "256x27x27"), ("pool2", "256x13x13"),
                 ("conv3", "384x13x13"), ("conv4", "384x13x13"), ("conv5", "256x13x13"), ("pool5", "256x6x6"),
                 ("fc6", "4096"), ("fc7", "4096"), ("fc8", "1000")]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -170,3 +171,14 @@ def test_bench_prepare_json_reports_rates_and_ratios():
     assert all(v > 0 for v in rates)
     assert out["ratio_vs_pil_baseline"] == pytest.approx(rates[0] / rates[1])
     assert out["per_core_ratio_vs_bare_decode"] == pytest.approx(rates[0] / 2 / rates[2])
+
+
+def test_options_come_from_the_environment_and_a_given_option_wins(tmp_path):
+    """ALEXNET_PIPE_<COMMAND>_<OPTION> sets any option (site defaults; the docs test shortens runs with it)."""
+    env = {"ALEXNET_PIPE_TRAIN_MAX_STEPS": "7", "ALEXNET_PIPE_TRAIN_LOADER": "synthetic"}
+    base = ["train", "--cpu", "--run", str(tmp_path / "r"), "--dry-run"]
+    assert re.search(r"^  max_steps +7$", _run(base, env=env).output, re.M)
+    assert re.search(r"^  max_steps +3$", _run([*base, "--max-steps", "3"], env=env).output, re.M)
+    env = {"ALEXNET_PIPE_SAMPLE_DATA_CLASSES": "3"}
+    result = _run(["sample-data", str(tmp_path / "s"), "--train-per-class", "1", "--no-pathologies"], env=env)
+    assert result.exit_code == 0 and "(3 classes)" in result.output, result.output

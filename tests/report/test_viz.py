@@ -267,3 +267,29 @@ def test_viz_curves_skips_a_row_cut_by_a_killed_run_and_refuses_other_rows(tmp_p
     (run / "metrics.jsonl").write_text('[1]\n')
     result = invoke("curves", run)
     assert result.exit_code == 1 and "line 1 is not a metrics row" in result.output
+
+
+def test_neighbor_titles_end_between_words(trained, tmp_path, monkeypatch):
+    """Class names in neighbors.png keep whole words (ImageNet's 'tench, Tinca tinca' style): the first synonym,
+    cut after the last word that fits; titles were cut mid-word ('red discs, synthet.')."""
+    import re
+    import shutil
+    from alexnet_pipe.report import viz
+    data, ckpt = trained
+    named = tmp_path / "named"
+    shutil.copytree(data, named)
+    manifest = json.loads((named / "manifest.json").read_text())
+    long_names = ["red discs, synthetic red disc pattern", "Chesapeake Bay retriever", "tench, Tinca tinca",
+                  "Staffordshire bullterrier, Staffordshire bull terrier"]
+    for entry, name in zip(manifest["classes"], long_names):
+        entry["name"] = name
+    (named / "manifest.json").write_text(json.dumps(manifest))
+    seen = {}
+    monkeypatch.setattr(viz, "neighbors_figure", lambda *a: seen.update(titles=[*a[4], *sum(a[5], [])]) or (1, 1))
+    viz.render_neighbors(viz.NeighborsSettings(ckpt, named, tmp_path / "nn.png", query=4, k=2, limit=12,
+                                               batch_size=8, loader="torch", num_threads=0))
+    assert {"red discs", "Chesapeake Bay…", "tench", "Staffordshire…"} >= set(seen["titles"]) and seen["titles"]
+    for title in seen["titles"]:
+        words = title.rstrip("…").split()
+        name = next(n for n in long_names if n.startswith(title.rstrip("…")))
+        assert words == re.split(r"[ ,]+", name)[:len(words)], (title, name)  # whole words, from the start

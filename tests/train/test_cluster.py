@@ -9,6 +9,7 @@ Slurm's `srun`/`scontrol` and the Job's environment are stand-ins set up here, a
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -34,6 +35,13 @@ SHARED = "/shared/alexnet-data"  # the docs' shared file system, a tmp dir here
 TINY = ["--cpu", "--loader", "synthetic", "--arch", "alexnet", "--width", "0.0625", "--crop", "64",
         "--batch-size", "8", "--num-classes", "5", "--eval-every", "0", "--log-every", "1", "--schedule", "step",
         "--synthetic-steps", "4", "--dropout", "0", "--max-steps", "3"]
+# The doc's commands get no --cpu: they choose the device as written. Only where CUDA is present do the two local
+# "nodes", which would share one GPU, train on the CPU instead.
+def _doc_tiny() -> list[str]:
+    import torch
+    return TINY if torch.cuda.is_available() else TINY[1:]
+
+
 LAUNCH_TIMEOUT = 300  # seconds for a whole 2-node run; a hang fails the test instead of CI
 
 
@@ -113,12 +121,25 @@ def test_under_torchrun_without_a_run_dir_is_one_sentence(tmp_path):
     assert "--run-dir DIR" in result.output and not (tmp_path / "runs").exists()
 
 
+def test_under_torchrun_the_device_is_chosen_as_a_plain_run_chooses_it(tmp_path):
+    """The docs' torchrun, Slurm and Kubernetes commands have no --cpu: on a machine without a GPU they train on the
+    CPU, as a plain `train` does (they crashed in torch.cuda.set_device)."""
+    import torch
+    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}  # torchrun's one worker
+    run = tmp_path / "r"
+    result = invoke("train", *TINY[1:], "--run-dir", str(run), env=env)
+    assert result.exit_code == 0, result.output
+    device = json.loads((run / "settings.json").read_text())["device"]
+    assert device == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 # ---------------------------------------------------------------- the doc's commands, run on one machine
 
 def doc_block(name: str) -> str:
-    """The code block after `<!-- test: NAME -->` in docs/getting-started.md."""
-    match = re.search(rf"<!-- test: {name} -->\s*```[\w-]*\n(.*?)```", GETTING_STARTED.read_text(), re.S)
-    assert match, f"docs/getting-started.md has no code block marked <!-- test: {name} -->"
+    """The code block after `<!-- test: cluster (NAME): ... -->` in docs/getting-started.md."""
+    match = re.search(rf"<!-- test: cluster \({name}\)[^>]*-->\s*```[\w-]*\n(.*?)```", GETTING_STARTED.read_text(),
+                      re.S)
+    assert match, f"docs/getting-started.md has no code block marked <!-- test: cluster ({name}): ... -->"
     return match.group(1)
 
 
@@ -227,7 +248,7 @@ def test_two_torchrun_nodes_reach_the_one_node_weights(tmp_path, one_node):
     port, data = free_port(), tmp_path / "shared"
     command = site(doc_block("torchrun"), data, port).replace("HOST0", "127.0.0.1").strip()
     assert command.startswith("torchrun ") and "--nnodes 2" in command
-    node = ["bash", "-c", f"{command} {shlex.join(TINY)}"]
+    node = ["bash", "-c", f"{command} {shlex.join(_doc_tiny())}"]
     env = environment(tools(tmp_path))
     run_all([(node, env), (node, env)], tmp_path / "logs")
     assert_reaches(data / "runs" / "r1", one_node)
@@ -235,36 +256,51 @@ def test_two_torchrun_nodes_reach_the_one_node_weights(tmp_path, one_node):
 
 SRUN = """#!/usr/bin/env python3
 # Slurm's srun, as far as a batch script sees it on a fake allocation: one task per node
-# (--ntasks-per-node=1), each with its SLURM_PROCID/NODEID; srun ends when all have, failing if any did.
-import os, subprocess, sys
+# (--ntasks-per-node=1), each with its SLURM_PROCID/NODEID; a signal srun gets is passed on to every task, as
+# srun does; srun ends when all tasks have, failing if any did.
+import os, signal, subprocess, sys
 nodes = int(os.environ["SLURM_NNODES"])
 tasks = [subprocess.Popen(sys.argv[1:], env=dict(os.environ, SLURM_PROCID=str(i), SLURM_NODEID=str(i),
                                                   SLURM_LOCALID="0", SLURM_STEP_ID="0"))
          for i in range(nodes)]
-sys.exit(max(t.wait() for t in tasks))
+for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda signum, _: [t.send_signal(signum) for t in tasks])
+sys.exit(max(abs(t.wait()) for t in tasks))
 """
 SCONTROL = """#!/usr/bin/env python3
-# `scontrol show hostnames LIST`: one host a line (comma lists only, no brackets: enough for the fake allocation).
-import sys
+# `scontrol show hostnames LIST`: one host a line (comma lists only, no brackets: enough for the fake allocation);
+# `scontrol requeue ID`: noted in $FAKE_SLURM_LOG.
+import os, sys
+if sys.argv[1:2] == ["requeue"]:
+    with open(os.environ["FAKE_SLURM_LOG"], "a") as log:
+        log.write(" ".join(sys.argv[1:]) + "\\n")
+    sys.exit(0)
 assert sys.argv[1:3] == ["show", "hostnames"], sys.argv
 print("\\n".join(sys.argv[3].split(",")))
 """
 
 
-@pytest.mark.slow
-def test_slurm_script_on_a_fake_two_node_allocation(tmp_path, one_node):
-    """getting-started.md's sbatch script, run by bash with SLURM_* of a 2-node allocation on localhost."""
-    port, data = free_port(), tmp_path / "shared"
-    script = site(doc_block("slurm"), data, port)
+def slurm_job(tmp_path: Path, data: Path, extra: list[str]) -> tuple[list[str], dict]:
+    """getting-started.md's sbatch script with this machine's values and `extra` train options, and the environment
+    of a 2-node allocation on localhost (job 4242)."""
+    script = site(doc_block("slurm"), data, free_port())
     nodes = int(re.search(r"^#SBATCH --nodes[= ](\d+)", script, re.M).group(1))
     assert nodes == 2 and re.search(r"^#SBATCH --ntasks-per-node[= ]1$", script, re.M)
     assert "srun torchrun" in script and "$SLURM_JOB_NODELIST" in script and "$SLURM_JOB_ID" in script
-    script = script.rstrip() + " " + shlex.join(TINY) + "\n"
-    (tmp_path / "job.sh").write_text(script)
+    step = re.compile(r"--resume auto(?= &$|$)", re.M)  # the end of the training step's command
+    assert len(step.findall(script)) == 1
+    (tmp_path / "job.sh").write_text(step.sub(f"--resume auto {shlex.join(extra)}", script))
     env = environment(tools(tmp_path, srun=SRUN, scontrol=SCONTROL), SLURM_JOB_ID="4242",
                       SLURM_JOB_NUM_NODES=str(nodes), SLURM_NNODES=str(nodes),
-                      SLURM_JOB_NODELIST=",".join(["localhost"] * nodes))
-    run_all([(["bash", str(tmp_path / "job.sh")], env)], tmp_path / "logs")
+                      SLURM_JOB_NODELIST=",".join(["localhost"] * nodes), FAKE_SLURM_LOG=str(tmp_path / "slurm.log"))
+    return ["bash", str(tmp_path / "job.sh")], env
+
+
+@pytest.mark.slow
+def test_slurm_script_on_a_fake_two_node_allocation(tmp_path, one_node):
+    """getting-started.md's sbatch script, run by bash with SLURM_* of a 2-node allocation on localhost."""
+    data = tmp_path / "shared"
+    run_all([slurm_job(tmp_path, data, _doc_tiny())], tmp_path / "logs")
     runs = list((data / "runs").iterdir())
     assert [r.name for r in runs] == ["4242"]  # the run dir is named after the job
     assert_reaches(runs[0], one_node)
@@ -288,10 +324,59 @@ def test_kubernetes_indexed_job_container_command(tmp_path, one_node):
     assert host == f"{job['metadata']['name']}-0.{service['metadata']['name']}"  # index 0's DNS name
     assert service["spec"]["selector"] == {"batch.kubernetes.io/job-name": job["metadata"]["name"]}
     assert int(doc_port) == service["spec"]["ports"][0]["port"] == 29400
-    argv = shlex.split(site(shlex.join(argv), data, port).replace(host, "127.0.0.1")) + TINY
+    argv = shlex.split(site(shlex.join(argv), data, port).replace(host, "127.0.0.1")) + _doc_tiny()
     assert argv[0] == "torchrun"
     bin_dir = tools(tmp_path)
     base = {e["name"]: str(e["value"]) for e in container.get("env", [])}
     run_all([(argv, environment(bin_dir, **base, JOB_COMPLETION_INDEX=str(i), HOSTNAME=f"{job['metadata']['name']}-{i}"))
              for i in range(nnodes)], tmp_path / "logs")
     assert_reaches(data / "runs" / "r1", one_node)
+
+
+def _rows(run: Path) -> int:
+    try:
+        return sum('"loss"' in line for line in (run / "metrics.jsonl").read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+def end_group(pgid: int, grace: float = 40) -> None:
+    """Stop what is left of a process group whose leader may be gone: SIGTERM (torchrun then stops its workers,
+    which run in sessions of their own), SIGKILL after the grace period."""
+    deadline = time.monotonic() + grace
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+        while time.monotonic() < deadline:
+            os.killpg(pgid, 0)
+            time.sleep(0.2)
+        os.killpg(pgid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_slurm_preemption_checkpoints_exits_75_and_the_requeued_job_continues(tmp_path):
+    """`--signal=B:TERM` signals the batch shell alone: the script hands the notice to the job step, whose ranks
+    checkpoint one step and stop; the job exits 75 and asks to be requeued; run again (the requeued job, same id),
+    it continues from that checkpoint (the shell exited 143 while training went on)."""
+    data = tmp_path / "shared"
+    run = data / "runs" / "4242"
+    tiny = _doc_tiny()
+    assert tiny[-2:] == ["--max-steps", "3"]
+    tiny = tiny[:-2]  # the length comes from the environment: long here, short for the requeued job
+    argv, env = slurm_job(tmp_path, data, tiny)
+    with open(tmp_path / "job.log", "wb") as log:
+        proc = subprocess.Popen(argv, env=dict(env, ALEXNET_PIPE_TRAIN_MAX_STEPS="1000"), cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + LAUNCH_TIMEOUT
+        while _rows(run) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # to the batch shell only, as --signal=B: does
+        code = proc.wait(timeout=120)
+    finally:
+        end_group(proc.pid)
+    assert code == 75, (tmp_path / "job.log").read_text()[-3000:]
+    assert (tmp_path / "slurm.log").read_text() == "requeue 4242\n"
+    step = int(latest_checkpoint(run).stem.split("-")[1])
+    assert step == max(r["step"] for r in read_metrics(run) if "loss" in r)  # the step the ranks stopped at
+    run_all([(argv, dict(env, ALEXNET_PIPE_TRAIN_MAX_STEPS=str(step + 2)))], tmp_path / "requeued")
+    assert [r["step"] for r in read_metrics(run) if "loss" in r] == list(range(1, step + 3))

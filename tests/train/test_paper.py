@@ -25,7 +25,7 @@ def _marked(report: str) -> set[str]:
 
 
 def test_the_reproducing_doc_is_the_table_as_printed(tmp_path):
-    block = re.search(r"<!-- printed by: alexnet-pipe train --recipe paper --dry-run -->\n```\n(.*?)\n```",
+    block = re.search(r"<!-- printed by: alexnet-pipe train --recipe paper --dry-run[^>]*-->\n```\w*\n(.*?)\n```",
                       DOC.read_text(), re.S)
     assert block is not None
     assert block.group(1).rstrip() == _report(tmp_path, "--recipe", "paper").rstrip()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -58,9 +60,14 @@ def test_sigterm_checkpoints_exits_75_and_resume_continues_exactly(tmp_path, npr
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert state_step == max(r["step"] for r in rows if "loss" in r)  # the checkpoint is of the last step taken
     target = state_step + 2
-    resumed = subprocess.run([*cmd[:4], *ARGS, "--nproc", nproc, "--run", str(run), "--resume", "--max-steps",
-                              str(target)], capture_output=True, text=True, timeout=300)
+    # the printed hint as it stands (plus a stop): the resume takes the launch settings the run started with
+    hint = re.search(r"`alexnet-pipe (train --run \S+ --resume)`", done.stderr).group(1)
+    resumed = subprocess.run([*cmd[:3], *shlex.split(hint), "--max-steps", str(target)], capture_output=True,
+                             text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run / "settings.json").read_text())["nproc"] == int(nproc)
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"event"' in line]
+    assert all("nproc" not in e["changed"] and "device" not in e["changed"] for e in events), events
     reference = tmp_path / "reference"
     run_training(tiny(reference, dropout=0.0, max_steps=target, nproc=int(nproc), num_classes=5, epochs=1000))
     assert_same_weights(weights(run), weights(reference), atol=1e-5)

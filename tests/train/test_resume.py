@@ -195,3 +195,35 @@ def test_a_non_finite_loss_stops_the_run_and_never_becomes_a_checkpoint(tmp_path
     assert not (run / "best.pt").exists()
     last = latest_checkpoint(run)
     assert (str(last) if last else "none") in str(caught.value)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="this machine has the GPUs the run was started on")
+def test_a_resume_keeps_the_runs_gpus_and_says_so_where_they_are_missing(tmp_path):
+    """`--run R --resume` alone continues on the device and process count R was started with; a machine without
+    those GPUs gets one sentence naming the options that choose others."""
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "settings.json").write_text(json.dumps(dataclasses.asdict(TrainSettings(device="cuda", nproc=2))))
+    result = CliRunner().invoke(cli, ["train", "--run", str(run), "--resume"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "started on 2 GPU(s)" in result.output and "--gpus N or --cpu --nproc N" in result.output
+
+
+@pytest.mark.parametrize("limit", [dict(max_steps=2), dict(epochs=1, synthetic_steps=2)], ids=["max-steps", "epochs"])
+def test_resuming_a_finished_run_says_how_to_train_on(tmp_path, limit):
+    """A run at its last step has nothing to resume: one note with the option that trains on (it printed a
+    zero-step 'finished ... seconds 0.0005'), and that command then trains on."""
+    import re
+    import shlex
+    run = tmp_path / "r"
+    run_training(tiny(run, **limit))
+    rows = (run / "metrics.jsonl").read_text()
+    result = CliRunner().invoke(cli, ["train", "--run", str(run), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "nothing left to train" in result.output and "finished:" not in result.output
+    assert (run / "metrics.jsonl").read_text() == rows
+    hint = re.search(r"`alexnet-pipe (train --run .*?)`", result.output).group(1)
+    assert ("--max-steps 4" if "max_steps" in limit else "--epochs 2") in hint
+    result = CliRunner().invoke(cli, shlex.split(hint))
+    assert result.exit_code == 0, result.output
+    assert max(r["step"] for r in read_metrics(run)) == 4
