@@ -165,7 +165,7 @@ def test_decoding_pass_refuses_a_truncated_shard_it_does_not_probe(data):
     with pytest.raises(shards.ShardFormatError, match="shard-00002.*truncated"):
         list(decode.iter_decoded(dirs, backend="opencv"))
     # DALI maps the files itself: a regression here is SIGBUS, so it runs in a process of its own
-    code = ("import sys; from alexnet_pipe import decode, shards\n"
+    code = ("import sys; from alexnet_pipe import shards; from alexnet_pipe.shards import decode\n"
             "try:\n    list(decode.iter_decoded(sys.argv[1:], backend='dali'))\n"
             "except shards.ShardFormatError as exc:\n    print(exc)")
     out = subprocess.run([sys.executable, "-c", code, *map(str, dirs)], capture_output=True, text=True, timeout=120)
