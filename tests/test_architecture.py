@@ -68,10 +68,11 @@ def cross_imports(tests: Path) -> list[str]:
     """'file:line: name' for each import of a test module (test_*.py, conftest) or of `tests` as a package: the
     first works only by accident of sys.path order, the second not from the pytest console script at all."""
     test_modules = {p.stem for p in tests.rglob("test_*.py")} | {"conftest"}
+    helpers = {p.stem for p in (tests / "helpers").glob("*.py")} - {"__init__"}  # only as helpers.x
     found = []
     for path in sorted(tests.rglob("*.py")):
         for line, names in _imports(ast.parse(path.read_text(), filename=str(path))):
-            bad = [n for n in names if n.split(".")[0] == "tests" or test_modules.intersection(n.split("."))]
+            bad = [n for n in names if n.split(".")[0] in {"tests", *helpers} or test_modules.intersection(n.split("."))]
             if bad:
                 found.append(f"{path.relative_to(tests)}:{line}: {bad[0]}")
     return found

@@ -53,7 +53,7 @@ def test_every_code_block_has_a_verdict():
 @pytest.fixture(scope="session")
 def inputs(tmp_path_factory) -> Path:
     """The site's inputs of the substitution (a tiny ImageNet in three layouts) and a prepared data dir."""
-    import layouts
+    from helpers import layouts
     from alexnet_pipe.ingest.sample_data import SampleSettings, write_sample_tree
     from alexnet_pipe_cli.main import cli
     from click.testing import CliRunner
