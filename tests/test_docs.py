@@ -34,7 +34,7 @@ SUBSTITUTION = {
     "ALEXNET_PIPE_BENCH_TRAIN_STEPS": "1", "ALEXNET_PIPE_BENCH_TRAIN_WARMUP": "1",
     "ALEXNET_PIPE_BENCH_TRAIN_REPEATS": "1", "ALEXNET_PIPE_BENCH_TRAIN_WIDTH": "0.0625",
     "ALEXNET_PIPE_BENCH_TRAIN_CROP": "64", "ALEXNET_PIPE_BENCH_TRAIN_BATCH_SIZE": "4",
-    "PYTEST_ADDOPTS": "--collect-only -q tests/test_config.py",
+    "PYTEST_ADDOPTS": "--collect-only -q tests/train/test_config.py",
 }
 SITE_PATHS = re.compile(r"(?<![\w.$/-])/(data|fast|shared|tmp)(?=/|\s|$)", re.M)
 FRESH_SHELL = {"README.md", "docs/getting-started.md"}  # the command is not on PATH yet
