@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class BenchLoaderSettings:
     hue: float = 0.0
     normalize: str = "mean-image"
     lighting: float = 0.1
+    repeats: int = 1  # alternating rounds of every contender; medians reported
 
     def is_papers(self) -> bool:
         return self == dataclasses.replace(self, **PAPER_AUGMENTATION)
@@ -125,22 +127,67 @@ def _memory_bytes() -> int:
         return 0
 
 
-def measure(s: BenchLoaderSettings) -> dict:
-    read_shards_once(s.data)
-    result = {"images_per_sec": timed_rate(_loader_batches(s), s.warmup, s.batches),
-              "decode_only_images_per_sec": timed_rate(_decode_batches(s), s.warmup, s.batches)}
-    result["fraction_of_decode_only"] = result["images_per_sec"] / result["decode_only_images_per_sec"]
+def _contenders(s: BenchLoaderSettings) -> dict:
+    """name -> a function timing it once: the loader, decode-only, the paper's augmentation (when another is
+    asked for) and the plain torch baseline."""
+    out = {"loader": lambda: timed_rate(_loader_batches(s), s.warmup, s.batches),
+           "decode_only": lambda: timed_rate(_decode_batches(s), s.warmup, s.batches)}
     if not s.is_papers():  # the same loader with the paper's augmentation, in the same run
         paper = dataclasses.replace(s, **PAPER_AUGMENTATION)
-        result["paper_images_per_sec"] = timed_rate(_loader_batches(paper), s.warmup, s.batches)
-        result["ratio_to_paper"] = result["images_per_sec"] / result["paper_images_per_sec"]
+        out["paper"] = lambda: timed_rate(_loader_batches(paper), s.warmup, s.batches)
     if s.baseline:
-        rate = _baseline_module().baseline_rate(s.data, batch_size=s.batch_size, batches=s.batches,
-                                                warmup=s.warmup, crop=s.crop, workers=2)
-        result["baseline_images_per_sec"] = rate
-        result["speedup_vs_baseline"] = result["images_per_sec"] / rate
+        out["baseline"] = lambda: _baseline_module().baseline_rate(
+            s.data, batch_size=s.batch_size, batches=s.batches, warmup=s.warmup, crop=s.crop, workers=2)
+    return out
+
+
+def _ratio(runs: dict, a: str, b: str) -> tuple[float, float, float]:
+    """(median, min, max) of a / b over the rounds: each ratio from one round, its two contenders run back to back."""
+    ratios = [x / y for x, y in zip(runs[a], runs[b])]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def measure(s: BenchLoaderSettings) -> dict:
+    """Every contender once per round, `repeats` rounds in turn (a loaded machine's drift falls on all alike);
+    rates are medians, ratios the medians of each round's own ratio, with their spread (min, max)."""
+    read_shards_once(s.data)
+    contenders = _contenders(s)
+    runs = {name: [] for name in contenders}
+    for _ in range(s.repeats):
+        for name, once in contenders.items():
+            runs[name].append(once())
+    med = {name: statistics.median(rates) for name, rates in runs.items()}
+    result = {"images_per_sec": med["loader"], "decode_only_images_per_sec": med["decode_only"]}
+    ratios = {"fraction_of_decode_only": ("loader", "decode_only"), "ratio_to_paper": ("loader", "paper"),
+              "speedup_vs_baseline": ("loader", "baseline"), "paper_speedup_vs_baseline": ("paper", "baseline")}
+    if "paper" in runs:
+        result["paper_images_per_sec"] = med["paper"]
+    if "baseline" in runs:
+        result["baseline_images_per_sec"] = med["baseline"]
+    for key, (a, b) in ratios.items():
+        if a in runs and b in runs:
+            result[key], low, high = _ratio(runs, a, b)
+            result[key + "_spread"] = [low, high]
+    result["runs"] = runs
     result["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(s).items()}
     return result
+
+
+def _report(r: dict) -> list[str]:
+    spread = lambda key: f"{r[key]:.2f}x, {r[key + '_spread'][0]:.2f}-{r[key + '_spread'][1]:.2f}"  # noqa: E731
+    rates = lambda name: f"{min(r['runs'][name]):.0f}-{max(r['runs'][name]):.0f}"  # noqa: E731
+    lines = [f"loader       {r['images_per_sec']:10.1f} img/s  ({rates('loader')})",
+             f"decode-only  {r['decode_only_images_per_sec']:10.1f} img/s  ({rates('decode_only')}; loader = "
+             f"{r['fraction_of_decode_only']:.0%} of it)"]
+    if "baseline_images_per_sec" in r:
+        lines.append(f"baseline     {r['baseline_images_per_sec']:10.1f} img/s  ({rates('baseline')}; loader = "
+                     f"{spread('speedup_vs_baseline')})")
+    if "paper_images_per_sec" in r:
+        lines.append(f"paper's aug  {r['paper_images_per_sec']:10.1f} img/s  ({rates('paper')}; loader = "
+                     f"{spread('ratio_to_paper')})")
+    if "paper_speedup_vs_baseline" in r:
+        lines.append(f"paper's aug vs baseline: {spread('paper_speedup_vs_baseline')}")
+    return lines
 
 
 @click.command()
@@ -172,9 +219,11 @@ def measure(s: BenchLoaderSettings) -> dict:
 @click.option("--normalize", type=click.Choice(["mean-image", "channel"]), default=None,
               help="Normalisation.  [default: channel with random-resized crops, else mean-image]")
 @click.option("--lighting", type=FiniteFloat(0), default=0.1, show_default=True, help="PCA lighting sigma.")
+@click.option("--repeats", type=click.IntRange(1), default=1, show_default=True,
+              help="Rounds of every contender in turn; medians and each ratio's spread are reported.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def bench_loader(data, loader, device, reader, roi_decode, normalize_in, fancy_upsampling, batch_size, batches,
-                 warmup, crop, threads, baseline, crops, color_jitter, hue, normalize, lighting, as_json):
+                 warmup, crop, threads, baseline, crops, color_jitter, hue, normalize, lighting, repeats, as_json):
     """Images/s of the training loader (full augmentation) after warm-up, beside the decode-only
     rate of the same records and a plain torch DataLoader doing the same work with PIL + numpy.
 
@@ -183,17 +232,12 @@ def bench_loader(data, loader, device, reader, roi_decode, normalize_in, fancy_u
     alexnet-pipe bench loader --data ./alexnet-data --normalize-in dali --no-baseline
     alexnet-pipe bench loader --device gpu --batch-size 256 --threads 8 --no-baseline --json
     alexnet-pipe bench loader --crops random-resized --color-jitter 0.4 --lighting 0   # vs the paper's, same run
+    alexnet-pipe bench loader --loader torch --crops random-resized --color-jitter 0.4 --lighting 0 --repeats 5
 
     An augmentation other than the paper's is also timed against the paper's (ratio_to_paper).
     """
     normalize = normalize or ("channel" if crops == "random-resized" else "mean-image")
     s = BenchLoaderSettings(data, loader, device, reader, roi_decode, normalize_in, fancy_upsampling,
                             batch_size, batches, warmup, crop, threads, baseline, crops, color_jitter, hue,
-                            normalize, lighting)
-    run_and_report("bench loader", s, measure, as_json, lambda r: [
-        f"loader       {r['images_per_sec']:10.1f} img/s",
-        f"decode-only  {r['decode_only_images_per_sec']:10.1f} img/s   (loader = {r['fraction_of_decode_only']:.0%} of it)",
-        *([f"baseline     {r['baseline_images_per_sec']:10.1f} img/s   (loader = {r['speedup_vs_baseline']:.2f}x)"]
-          if baseline else []),
-        *([f"paper's aug  {r['paper_images_per_sec']:10.1f} img/s   (loader = {r['ratio_to_paper']:.2f}x)"]
-          if "paper_images_per_sec" in r else [])])
+                            normalize, lighting, repeats)
+    run_and_report("bench loader", s, measure, as_json, _report)
