@@ -17,38 +17,40 @@ import numpy as np
 from alexnet_pipe.loaders.jitter import BRIGHTNESS, CONTRAST, HUE, IDENTITY, LUMA, SATURATION
 
 IDENTITY_AFFINE = np.hstack([np.eye(3), np.zeros((3, 1))])
+_EYE = np.eye(3)
 _SATURATION_GREY = np.outer(np.ones(3), LUMA)  # gray(x) copied into each channel
 
 
 def jitter_affine_(image: np.ndarray, factors, order) -> np.ndarray:
     """Jitter `image` ((H, W, 3) float32 in 0..255, contiguous) in place up to its last clip; -> the (3, 4)
     float64 affine map still to apply (x -> A[:, :3] x + A[:, 3]), the identity if none is pending."""
-    pending, means = IDENTITY_AFFINE, None  # means: channel means of `image` as it now is
+    matrix, offset = _EYE, np.zeros(3)  # the pending map: x -> matrix @ x + offset
+    means = None  # channel means of `image` as it now is
     for op in order:
         f = float(factors[op])
         if f == IDENTITY[op]:
             continue
         if op == HUE:
-            rotate_hue_(apply_affine_(image, pending), f)
-            pending, means = IDENTITY_AFFINE, None
+            rotate_hue_(apply_affine_(image, _affine(matrix, offset)), f)
+            matrix, offset, means = _EYE, np.zeros(3), None
             continue
-        if op == CONTRAST and means is None:
-            means = np.array(cv2_mean(image))
-        pending = _step(op, f, pending, means) @ np.vstack([pending, [0.0, 0.0, 0.0, 1.0]])
+        if op == BRIGHTNESS:
+            matrix, offset = f * matrix, f * offset
+        elif op == SATURATION:
+            step = f * _EYE + (1.0 - f) * _SATURATION_GREY
+            matrix, offset = step @ matrix, step @ offset
+        else:  # contrast: blend with the mean grey of the image the pending map produces
+            means = np.array(cv2_mean(image)) if means is None else means
+            grey = LUMA @ (matrix @ means + offset)
+            matrix, offset = f * matrix, f * offset + (1.0 - f) * grey
         if f > 1.0:  # the only case where the clip can act
-            _clip_(apply_affine_(image, pending), lower=op != BRIGHTNESS)
-            pending, means = IDENTITY_AFFINE, None
-    return pending
+            _clip_(apply_affine_(image, _affine(matrix, offset)), lower=op != BRIGHTNESS)
+            matrix, offset, means = _EYE, np.zeros(3), None
+    return _affine(matrix, offset)
 
 
-def _step(op: int, f: float, pending: np.ndarray, means) -> np.ndarray:
-    """One op as a (3, 4) affine map of the pixel the pending map produces."""
-    if op == BRIGHTNESS:
-        return np.hstack([f * np.eye(3), np.zeros((3, 1))])
-    if op == SATURATION:
-        return np.hstack([f * np.eye(3) + (1.0 - f) * _SATURATION_GREY, np.zeros((3, 1))])
-    grey = LUMA @ (pending[:, :3] @ means + pending[:, 3])  # contrast: the mean grey after the pending map
-    return np.hstack([f * np.eye(3), np.full((3, 1), (1.0 - f) * grey)])
+def _affine(matrix: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    return np.column_stack([matrix, offset])
 
 
 def cv2_mean(image: np.ndarray) -> tuple:
