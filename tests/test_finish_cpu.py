@@ -18,8 +18,12 @@ from test_loaders_modern import jittered_reference
 
 
 def _fused(image, factors, order) -> np.ndarray:
+    """The fused jitter, in place and between two buffers: the same image either way."""
     x = np.ascontiguousarray(image, np.float32)
-    return jitter_cv.apply_affine_(x, jitter_cv.jitter_affine_(x, factors, order))
+    alone = jitter_cv.apply_affine_(*jitter_cv.jitter_affine_(x.copy(), factors, order))
+    now, pending = jitter_cv.jitter_affine_(x, factors, order, spare=np.empty_like(x))
+    np.testing.assert_array_equal(jitter_cv.apply_affine_(now.copy(), pending), alone)
+    return alone
 
 
 def _images(rng, n):
@@ -59,7 +63,8 @@ def test_each_op_alone_and_between_clips(op, value):
 def test_identity_leaves_the_image_alone():
     img = _images(np.random.default_rng(5), 2)[1].astype(np.float32)
     x = img.copy()
-    assert np.array_equal(jitter_cv.jitter_affine_(x, jitter.IDENTITY, [0, 1, 2, 3]), jitter_cv.IDENTITY_AFFINE)
+    now, pending = jitter_cv.jitter_affine_(x, jitter.IDENTITY, [0, 1, 2, 3], spare=np.empty_like(x))
+    assert now is x and np.array_equal(pending, jitter_cv.IDENTITY_AFFINE)
     np.testing.assert_array_equal(x, img)
 
 

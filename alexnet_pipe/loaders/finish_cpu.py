@@ -6,7 +6,7 @@ image here, one core), and colour jitter in it cost as much again.  Without jitt
 TorchNormalizer's per-sample ones, in its order, each one IEEE float32 operation (`(crop - mean window) +
 light`, or `(crop - (mean_rgb - light)) * (1 / std)`): the output equals the DALI loader's bit for bit.  With
 jitter (jitter_cv), the affine map left after the jitter's last clip and the normalisation's affine part
-are one ``cv2.transform`` pass: float32 rounding apart from separate ops (~1e-3 grey levels).
+are one ``cv2.transform`` pass per output plane: float32 rounding apart from separate ops (~1e-3 grey levels).
 """
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ import numpy as np
 from alexnet_pipe.loaders.augment import Normalizer
 from alexnet_pipe.loaders.jitter import IDENTITY
 from alexnet_pipe.loaders.jitter_cv import jitter_affine_
+
+
+_IDENTITY = IDENTITY.tolist()
 
 
 class ViewFinisher:
@@ -31,12 +34,12 @@ class ViewFinisher:
             self.mean_rgb = np.asarray(norm.mean_rgb, np.float32)
             self.inv_std = np.float32(1.0) / np.asarray(norm.std_rgb, np.float32)
         self._planes = [np.empty((crop, crop), np.uint8) for _ in range(3)]
-        self._float = np.empty((crop, crop, 3), np.float32)  # the jittered window
-        self._hwc = np.empty((crop, crop, 3), np.float32)  # the finished window before its split into planes
+        self._float = np.empty((crop, crop, 3), np.float32)  # the jittered window,
+        self._spare = np.empty((crop, crop, 3), np.float32)  # and the other buffer its passes alternate with
 
     def __call__(self, window: np.ndarray, out: np.ndarray, x: int, y: int, flip: bool, light, jitter=None):
         light = np.asarray(light, np.float32)
-        if jitter is not None and not np.array_equal(jitter[0], IDENTITY):
+        if jitter is not None and jitter[0].tolist() != _IDENTITY:
             return self._jittered(window, out, x, y, flip, light, jitter)
         mean = self._mean_window(x, y, flip)
         if self.channels_last:
@@ -64,21 +67,17 @@ class ViewFinisher:
 
     def _jittered(self, window, out, x, y, flip, light, jitter):
         import cv2
-        image = self._float
-        np.copyto(image, window)
-        affine = jitter_affine_(image, *jitter)  # in place up to the last clip; the rest is `affine`
+        np.copyto(self._float, window)
+        image, affine = jitter_affine_(self._float, *jitter, spare=self._spare)  # the rest of the jitter: `affine`
         if self.mode == "mean-image":
-            fused = affine.copy()
-            fused[:, 3] += light
+            affine[:, 3] += light
         else:
-            fused = self.inv_std[:, None] * np.hstack([affine[:, :3], (affine[:, 3] - (self.mean_rgb - light))[:, None]])
+            affine = self.inv_std[:, None] * np.hstack([affine[:, :3], (affine[:, 3] - (self.mean_rgb - light))[:, None]])
+        fused = affine.astype(np.float32)
         mean = self._mean_window(x, y, flip)
         if self.channels_last:
-            cv2.transform(image, fused.astype(np.float32), dst=out)
-            return out if mean is None else np.subtract(out, mean, out=out)
-        cv2.transform(image, fused.astype(np.float32), dst=self._hwc)
-        cv2.split(self._hwc, [out[0], out[1], out[2]])
-        if mean is not None:
-            np.subtract(out, mean, out=out)
-        return out
-
+            cv2.transform(image, fused, dst=out)
+        else:  # one output plane per row of the map: no HWC intermediate to split
+            for ch in range(3):
+                cv2.transform(image, fused[ch:ch + 1], dst=out[ch])
+        return out if mean is None else np.subtract(out, mean, out=out)

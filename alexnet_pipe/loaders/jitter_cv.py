@@ -21,17 +21,18 @@ _EYE = np.eye(3)
 _SATURATION_GREY = np.outer(np.ones(3), LUMA)  # gray(x) copied into each channel
 
 
-def jitter_affine_(image: np.ndarray, factors, order) -> np.ndarray:
-    """Jitter `image` ((H, W, 3) float32 in 0..255, contiguous) in place up to its last clip; -> the (3, 4)
-    float64 affine map still to apply (x -> A[:, :3] x + A[:, 3]), the identity if none is pending."""
+def jitter_affine_(image: np.ndarray, factors, order, spare: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Jitter `image` ((H, W, 3) float32 in 0..255, contiguous) up to its last clip, in place, or between it and
+    `spare` (same shape; OpenCV's transform is ~1.5x faster out of place): -> (the array holding the image now,
+    the (3, 4) float64 affine map still to apply: x -> A[:, :3] x + A[:, 3]; the identity if none is pending)."""
     matrix, offset = _EYE, np.zeros(3)  # the pending map: x -> matrix @ x + offset
-    means = None  # channel means of `image` as it now is
-    for op in order:
-        f = float(factors[op])
+    means = None  # channel means of the image as it now is
+    for op, f in ((op, float(factors[op])) for op in order):
         if f == IDENTITY[op]:
             continue
         if op == HUE:
-            rotate_hue_(apply_affine_(image, _affine(matrix, offset)), f)
+            image, spare = _apply(image, spare, matrix, offset)
+            rotate_hue_(image, f)
             matrix, offset, means = _EYE, np.zeros(3), None
             continue
         if op == BRIGHTNESS:
@@ -41,16 +42,31 @@ def jitter_affine_(image: np.ndarray, factors, order) -> np.ndarray:
             matrix, offset = step @ matrix, step @ offset
         else:  # contrast: blend with the mean grey of the image the pending map produces
             means = np.array(cv2_mean(image)) if means is None else means
-            grey = LUMA @ (matrix @ means + offset)
+            grey = float(LUMA @ (matrix @ means + offset))
             matrix, offset = f * matrix, f * offset + (1.0 - f) * grey
         if f > 1.0:  # the only case where the clip can act
-            _clip_(apply_affine_(image, _affine(matrix, offset)), lower=op != BRIGHTNESS)
+            image, spare = _apply(image, spare, matrix, offset)
+            _clip_(image, lower=op != BRIGHTNESS)
             matrix, offset, means = _EYE, np.zeros(3), None
-    return _affine(matrix, offset)
+    return image, affine(matrix, offset)
 
 
-def _affine(matrix: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    return np.column_stack([matrix, offset])
+def affine(matrix: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    out = np.empty((3, 4))
+    out[:, :3], out[:, 3] = matrix, offset
+    return out
+
+
+def _apply(image, spare, matrix, offset) -> tuple[np.ndarray, np.ndarray | None]:
+    """The pending map applied: (the array now holding the image, the spare one)."""
+    if matrix is _EYE and not offset.any():
+        return image, spare
+    import cv2
+    if spare is None:
+        cv2.transform(image, affine(matrix, offset).astype(np.float32), dst=image)
+        return image, None
+    cv2.transform(image, affine(matrix, offset).astype(np.float32), dst=spare)
+    return spare, image
 
 
 def cv2_mean(image: np.ndarray) -> tuple:
@@ -58,11 +74,11 @@ def cv2_mean(image: np.ndarray) -> tuple:
     return cv2.mean(image)[:3]
 
 
-def apply_affine_(image: np.ndarray, affine: np.ndarray) -> np.ndarray:
+def apply_affine_(image: np.ndarray, affine_map: np.ndarray) -> np.ndarray:
     """image <- A image, in place (skipped for the identity)."""
     import cv2
-    if not np.array_equal(affine, IDENTITY_AFFINE):
-        cv2.transform(image, affine.astype(np.float32), dst=image)
+    if not np.array_equal(affine_map, IDENTITY_AFFINE):
+        cv2.transform(image, affine_map.astype(np.float32), dst=image)
     return image
 
 
