@@ -147,15 +147,28 @@ def _ratio(runs: dict, a: str, b: str) -> tuple[float, float, float]:
     return statistics.median(ratios), min(ratios), max(ratios)
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its children that have been waited for (DataLoader workers, once joined)."""
+    import resource
+    return sum(sum(resource.getrusage(who)[:2]) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+
 def measure(s: BenchLoaderSettings) -> dict:
     """Every contender once per round, `repeats` rounds in turn (a loaded machine's drift falls on all alike);
-    rates are medians, ratios the medians of each round's own ratio, with their spread (min, max)."""
+    rates are medians, ratios the medians of each round's own ratio, with their spread (min, max).  Beside
+    them, each contender's CPU time per image over its whole call (start-up and warm-up included): on a
+    machine shared with other jobs the wall clock says how much of the cores a contender was given, the
+    CPU time what it cost."""
     read_shards_once(s.data)
     contenders = _contenders(s)
     runs = {name: [] for name in contenders}
+    cpu = {name: [] for name in contenders}
+    images = (s.warmup + s.batches) * s.batch_size
     for _ in range(s.repeats):
         for name, once in contenders.items():
+            c0 = _cpu_seconds()
             runs[name].append(once())
+            cpu[name].append((_cpu_seconds() - c0) / images * 1e6)
     med = {name: statistics.median(rates) for name, rates in runs.items()}
     result = {"images_per_sec": med["loader"], "decode_only_images_per_sec": med["decode_only"]}
     ratios = {"fraction_of_decode_only": ("loader", "decode_only"), "ratio_to_paper": ("loader", "paper"),
@@ -168,7 +181,10 @@ def measure(s: BenchLoaderSettings) -> dict:
         if a in runs and b in runs:
             result[key], low, high = _ratio(runs, a, b)
             result[key + "_spread"] = [low, high]
-    result["runs"] = runs
+    result["cpu_us_per_image"] = {name: statistics.median(v) for name, v in cpu.items()}
+    if "paper" in cpu:  # > 1: the loader costs less CPU than the paper's augmentation would
+        result["cpu_ratio_to_paper"] = statistics.median(p / q for p, q in zip(cpu["paper"], cpu["loader"]))
+    result["runs"], result["cpu_runs"] = runs, cpu
     result["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(s).items()}
     return result
 
@@ -187,6 +203,7 @@ def _report(r: dict) -> list[str]:
                      f"{spread('ratio_to_paper')})")
     if "paper_speedup_vs_baseline" in r:
         lines.append(f"paper's aug vs baseline: {spread('paper_speedup_vs_baseline')}")
+    lines.append("CPU us/image: " + ", ".join(f"{k} {v:.0f}" for k, v in r["cpu_us_per_image"].items()))
     return lines
 
 

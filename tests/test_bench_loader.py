@@ -27,6 +27,9 @@ def test_bench_loader_rounds_give_medians_and_spreads(dirs):
     assert out["paper_speedup_vs_baseline"] == pytest.approx(statistics.median(ratios))
     assert out["paper_speedup_vs_baseline_spread"] == pytest.approx([min(ratios), max(ratios)])
     assert out["ratio_to_paper_spread"][0] <= out["ratio_to_paper"] <= out["ratio_to_paper_spread"][1]
+    assert all(len(v) == 3 and min(v) > 0 for v in out["cpu_runs"].values())
+    assert out["cpu_us_per_image"]["paper"] == statistics.median(out["cpu_runs"]["paper"])
+    assert out["cpu_ratio_to_paper"] > 0
     text = CliRunner().invoke(cli, ["bench", "loader", "--data", str(dirs["jpeg"]), "--crop", "32", "--loader",
                                     "torch", "--batch-size", "8", "--batches", "1", "--warmup", "1",
                                     "--no-baseline", "--repeats", "2"])
