@@ -68,7 +68,8 @@ class ViewFinisher:
     def _jittered(self, window, out, x, y, flip, light, jitter):
         import cv2
         np.copyto(self._float, window)
-        image, affine = jitter_affine_(self._float, *jitter, spare=self._spare)  # the rest of the jitter: `affine`
+        image, affine = jitter_affine_(self._float, *jitter, spare=self._spare,  # the rest of the jitter: `affine`
+                                       means=cv2.mean(window)[:3])
         if self.mode == "mean-image":
             affine[:, 3] += light
         else:

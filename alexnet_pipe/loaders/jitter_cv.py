@@ -21,12 +21,14 @@ _EYE = np.eye(3)
 _SATURATION_GREY = np.outer(np.ones(3), LUMA)  # gray(x) copied into each channel
 
 
-def jitter_affine_(image: np.ndarray, factors, order, spare: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def jitter_affine_(image: np.ndarray, factors, order, spare: np.ndarray | None = None,
+                   means=None) -> tuple[np.ndarray, np.ndarray]:
     """Jitter `image` ((H, W, 3) float32 in 0..255, contiguous) up to its last clip, in place, or between it and
     `spare` (same shape; OpenCV's transform is ~1.5x faster out of place): -> (the array holding the image now,
-    the (3, 4) float64 affine map still to apply: x -> A[:, :3] x + A[:, 3]; the identity if none is pending)."""
+    the (3, 4) float64 affine map still to apply: x -> A[:, :3] x + A[:, 3]; the identity if none is pending).
+    means: the image's channel means where known (read from the uint8 pixels it was copied from: cheaper)."""
     matrix, offset = _EYE, np.zeros(3)  # the pending map: x -> matrix @ x + offset
-    means = None  # channel means of the image as it now is
+    means = None if means is None else np.asarray(means, np.float64)  # channel means of the image as it now is
     for op, f in ((op, float(factors[op])) for op in order):
         if f == IDENTITY[op]:
             continue
