@@ -90,17 +90,21 @@ class FinishedBatches:
             image = decode_rgb(datum, self.index, i)
             if self.ten_crop:
                 self._ten(image, out[k * 10:(k + 1) * 10])
-                continue
-            jitter = (p["jitter"][k], p["jitter_order"][k]) if "jitter" in p else None
-            x, y, w, h = p["window"][k].tolist()
-            flip = bool(p["flip"][k])
-            window = (_window(image, x, y, c, flip) if w == h == c
-                      else augment.resized_window(image, (x, y, w, h), c, flip))
-            self.finisher(window, out[k], int(p["crop_x"][k]), int(p["crop_y"][k]), flip, p["light"][k], jitter)
+            else:
+                self._view(image, out[k], p, k)
         if slot is None:
             import torch
             return torch.from_numpy(out), labels
         return slot, labels
+
+    def _view(self, image: np.ndarray, out: np.ndarray, p: dict, k: int) -> None:
+        """Sample k's training (or centre) view: its window cut, or resized to the crop, mirrored, finished."""
+        c = self.crop
+        x, y, w, h = p["window"][k].tolist()
+        flip = bool(p["flip"][k])
+        window = _window(image, x, y, c, flip) if w == h == c else augment.resized_window(image, (x, y, w, h), c, flip)
+        jitter = (p["jitter"][k], p["jitter_order"][k]) if "jitter" in p else None
+        self.finisher(window, out, int(p["crop_x"][k]), int(p["crop_y"][k]), flip, p["light"][k], jitter)
 
     def _ten(self, image: np.ndarray, out: np.ndarray) -> None:
         offsets, flips = augment.ten_crop_offsets(image.shape[0], self.crop)
