@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from alexnet_pipe.loaders.jitter import BRIGHTNESS, CONTRAST, HUE, IDENTITY, LUMA, SATURATION
+from alexnet_pipe.loaders.jitter import BRIGHTNESS, HUE, IDENTITY, LUMA, SATURATION
 
 IDENTITY_AFFINE = np.hstack([np.eye(3), np.zeros((3, 1))])
 _EYE = np.eye(3)

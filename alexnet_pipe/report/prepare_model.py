@@ -9,7 +9,7 @@ cores cannot run 64 workers, so the curve is built from what it can measure:
     and statistics merge of each chunk count too), at a given record size;
   * a(n), a worker's CPU per image when n workers run at once (`process_chunk` on the same pictures): memory
     bandwidth and shared caches make it grow with n; measured for n up to the cores here, and beyond that
-    extrapolated with the slowdown of the largest doubling measured (an assumption, said in the output);
+    extrapolated with the slowdown of the largest doubling measured (an assumption; docs/performance.md);
   * s(n), the pool's start-up (spawned interpreters importing numpy and OpenCV), and the listing and plan.
 
 With K cores the writing phase runs at rate(n) = min(n / a(n), 1 / p, K / (a(n) + p)): what the workers make,
@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 CHUNK = 32  # prepare's chunk (ingest.prepare.CHUNK): checked against it in the tests
-RECORD_SIZES = {"imagenet": 110_000, "256px": None, "32px": None}  # None: measured from real records
 
 
 @dataclasses.dataclass(frozen=True)
