@@ -35,9 +35,11 @@ from alexnet_pipe_cli.common import FiniteFloat, data_option, device_option, run
 @click.option("--normalize", type=click.Choice(["mean-image", "channel"]), default=None,
               help="Normalisation.  [default: channel with random-resized crops, else mean-image]")
 @click.option("--lighting", type=FiniteFloat(0), default=0.1, show_default=True, help="PCA lighting sigma.")
+@click.option("--repeats", type=click.IntRange(1), default=1, show_default=True,
+              help="Rounds of every contender in turn; medians and each ratio's spread are reported.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def bench_loader(data, loader, device, reader, roi_decode, normalize_in, fancy_upsampling, batch_size, batches,
-                 warmup, crop, threads, baseline, crops, color_jitter, hue, normalize, lighting, as_json):
+                 warmup, crop, threads, baseline, crops, color_jitter, hue, normalize, lighting, repeats, as_json):
     """Images/s of the training loader (full augmentation) after warm-up, beside the decode-only
     rate of the same records and a plain torch DataLoader doing the same work with PIL + numpy.
 
@@ -46,18 +48,13 @@ def bench_loader(data, loader, device, reader, roi_decode, normalize_in, fancy_u
     alexnet-pipe bench loader --data ./alexnet-data --normalize-in dali --no-baseline
     alexnet-pipe bench loader --device cuda --batch-size 256 --threads 8 --no-baseline --json
     alexnet-pipe bench loader --crops random-resized --color-jitter 0.4 --lighting 0   # vs the paper's, same run
+    alexnet-pipe bench loader --loader torch --crops random-resized --color-jitter 0.4 --lighting 0 --repeats 5
 
     An augmentation other than the paper's is also timed against the paper's (ratio_to_paper).
     """
-    from alexnet_pipe.report.bench_loader import BenchLoaderSettings, measure
+    from alexnet_pipe.report.bench_loader import BenchLoaderSettings, measure, report_lines
     normalize = normalize or ("channel" if crops == "random-resized" else "mean-image")
     s = BenchLoaderSettings(data, loader, device, reader, roi_decode, normalize_in, fancy_upsampling,
                             batch_size, batches, warmup, crop, threads, baseline, crops, color_jitter, hue,
-                            normalize, lighting)
-    run_and_report("bench loader", s, measure, as_json, lambda r: [
-        f"loader       {r['images_per_sec']:10.1f} img/s",
-        f"decode-only  {r['decode_only_images_per_sec']:10.1f} img/s   (loader = {r['fraction_of_decode_only']:.0%} of it)",
-        *([f"baseline     {r['baseline_images_per_sec']:10.1f} img/s   (loader = {r['speedup_vs_baseline']:.2f}x)"]
-          if baseline else []),
-        *([f"paper's aug  {r['paper_images_per_sec']:10.1f} img/s   (loader = {r['ratio_to_paper']:.2f}x)"]
-          if "paper_images_per_sec" in r else [])])
+                            normalize, lighting, repeats)
+    run_and_report("bench loader", s, measure, as_json, report_lines)

@@ -11,7 +11,7 @@ from alexnet_pipe.train.config import TrainSettings
 def _data_line(s: TrainSettings) -> str:
     if s.loader == "synthetic":
         return f"  data: synthetic tensors, {s.num_classes or 10} classes, crop {s.crop}"
-    from alexnet_pipe.shards.format import read_manifest
+    from alexnet_pipe.shards.manifest import read_manifest
     manifest = read_manifest(Path(s.data))
     records = sum(int(e["records"]) for e in manifest["splits"]["train"]["shards"])
     return (f"  data {s.data}: {len(manifest['classes'])} classes, {records} train images of "

@@ -121,8 +121,9 @@ def resized_window(image: np.ndarray, window, crop: int, flip: bool = False) -> 
     if not (0 <= x and 0 <= y and 0 < w and 0 < h and x + w <= image.shape[1] and y + h <= image.shape[0]):
         raise ValueError(f"window {(x, y, w, h)} is outside the {image.shape[1]}x{image.shape[0]} image")
     out = cv2.resize(image[y:y + h, x:x + w], (crop, crop), interpolation=cv2.INTER_LINEAR)
-    out = out.reshape(crop, crop, -1)  # cv2 drops a single channel axis
-    return np.ascontiguousarray(out[:, ::-1] if flip else out)
+    if flip:
+        out = cv2.flip(out, 1)  # numpy's reversed copy of 3-byte pixels costs ~40x more (~0.9 ms at 224 px)
+    return out.reshape(crop, crop, -1)  # cv2 drops a single channel axis
 
 
 # --- lighting -------------------------------------------------------------------------
@@ -309,7 +310,11 @@ def flipped_window(image: np.ndarray, x: int, y: int, crop: int, flip: bool) -> 
     """(crop, crop, 3) uint8 HWC: the crop window of an (S, S, 3) image, mirrored if `flip`
     (what the DALI graph hands to the normalisation)."""
     window = image[y:y + crop, x:x + crop]
-    return np.ascontiguousarray(window[:, ::-1] if flip else window)
+    if not flip:
+        return np.ascontiguousarray(window)
+    import cv2
+    # numpy's reversed copy walks 3-byte pixels one element at a time: ~0.9 ms at 224 px, against ~25 us here
+    return cv2.flip(window, 1)
 
 
 def ten_windows(image: np.ndarray, crop: int) -> np.ndarray:

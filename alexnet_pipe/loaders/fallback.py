@@ -4,12 +4,16 @@ For machines without DALI.  It takes the same per-epoch plan as the DALI loader
 (``augment.train_plan``: permutation, offsets, flips, alphas from (seed, epoch) alone).  Each
 worker decodes with OpenCV (one thread per worker: the workers are the parallelism) and cuts the
 flipped uint8 crop window (``augment.flipped_window``; a random-resized window is resized to the crop
-by ``augment.resized_window``, the reference itself); the main process then does the float work
-with the DALI loader's own ``TorchNormalizer`` (mean window, lighting, std, NCHW) on the batch's
-device, so the two loaders give the same numbers.  uint8 crops also cross the worker pipe at a
-quarter of the float size.  The batch sampler hands each worker self-contained per-sample specs,
-so a worker needs no epoch state.  With device "cuda" the uint8 batch is pinned, copied to the
-rank's GPU and normalised there (decoding stays on the CPU workers).
+by ``augment.resized_window``, the reference itself).  Each task hands a worker self-contained
+per-sample parameters, so a worker needs no epoch state.
+
+On the CPU the worker also does the float work (colour jitter, mean window, lighting, std) with numpy
+and OpenCV (finish_cpu.ViewFinisher: without jitter, the same float32 operations as the DALI loader's
+TorchNormalizer, so the two loaders give the same numbers) straight into a shared-memory batch
+buffer (slots.py), and the main process hands the buffer on: it does no per-image work, which is what
+lets the loader grow with the number of workers.  With device "cuda" the workers send uint8 crops (a
+quarter of the float size), pinned and copied to the rank's GPU, and TorchNormalizer does the float
+work there, batched.
 """
 from __future__ import annotations
 
@@ -19,7 +23,9 @@ import numpy as np
 
 from alexnet_pipe.loaders import augment
 from alexnet_pipe.loaders.base import BaseLoader, LoaderSettings, cuda_device_id
+from alexnet_pipe.loaders.finish_cpu import ViewFinisher
 from alexnet_pipe.loaders.records import RecordIndex, decode_rgb, release_shards
+from alexnet_pipe.loaders.slots import SharedBatches
 
 
 def _quiet_opencv_pool() -> None:
@@ -57,6 +63,84 @@ class ViewDataset:
         return augment.resized_window(image, (x, y, w, h), self.crop, flip), datum.label
 
 
+class FinishedBatches:
+    """Map-style dataset whose items are whole batches, finished (CPU): a task is (slot, the step's parameters);
+    the views are written as float32 into SharedBatches buffer `slot` (a fresh array when None), laid out as
+    the batch ((B, 3, c, c); (B, c, c, 3) memory when channels_last; ten-crop (B * 10, 3, c, c)).
+    Returns (slot or the array as a tensor, int64 labels)."""
+
+    KEYS = ("index", "window", "flip", "crop_x", "crop_y", "light", "jitter", "jitter_order")
+
+    def __init__(self, index: RecordIndex, finisher: ViewFinisher, crop: int, ten_crop: bool, slots: SharedBatches):
+        self.index, self.finisher, self.crop, self.ten_crop, self.slots = index, finisher, crop, ten_crop, slots
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, task) -> tuple:
+        slot, p = task
+        n, c = len(p["index"]), self.crop
+        views = 10 if self.ten_crop else 1
+        shape = (n * views, c, c, 3) if self.finisher.channels_last else (n * views, 3, c, c)
+        out = self.slots.array(slot, n * views * 3 * c * c).reshape(shape)
+        labels = np.empty(n, np.int64)
+        for k, i in enumerate(p["index"].tolist()):
+            datum = self.index.read(i)
+            labels[k] = datum.label
+            image = decode_rgb(datum, self.index, i)
+            if self.ten_crop:
+                self._ten(image, out[k * 10:(k + 1) * 10])
+            else:
+                self._view(image, out[k], p, k)
+        if slot is None:
+            import torch
+            return torch.from_numpy(out), labels
+        return slot, labels
+
+    def _view(self, image: np.ndarray, out: np.ndarray, p: dict, k: int) -> None:
+        """Sample k's training (or centre) view: its window cut, or resized to the crop, mirrored, finished."""
+        c = self.crop
+        x, y, w, h = p["window"][k].tolist()
+        flip = bool(p["flip"][k])
+        window = _window(image, x, y, c, flip) if w == h == c else augment.resized_window(image, (x, y, w, h), c, flip)
+        jitter = (p["jitter"][k], p["jitter_order"][k]) if "jitter" in p else None
+        self.finisher(window, out, int(p["crop_x"][k]), int(p["crop_y"][k]), flip, p["light"][k], jitter)
+
+    def _ten(self, image: np.ndarray, out: np.ndarray) -> None:
+        offsets, flips = augment.ten_crop_offsets(image.shape[0], self.crop)
+        for v, ((x, y), flip) in enumerate(zip(offsets.tolist(), flips.tolist())):
+            self.finisher(_window(image, x, y, self.crop, flip), out[v], x, y, flip, _NO_LIGHT)
+
+
+_NO_LIGHT = np.zeros(3, np.float32)
+
+
+def _window(image: np.ndarray, x: int, y: int, crop: int, flip: bool) -> np.ndarray:
+    """The crop window, mirrored if `flip`; unflipped it stays a view (the finisher reads it once)."""
+    if flip:
+        return augment.flipped_window(image, x, y, crop, True)
+    return image[y:y + crop, x:x + crop]
+
+
+class _Tasks:
+    """The DataLoader's sampler (CPU): each step's task, made when the DataLoader asks for it, in the main
+    process, so that the buffer lent to it is one that is free at that moment."""
+
+    def __init__(self, steps: list[dict], slots: SharedBatches):
+        self.steps, self.slots = steps, slots
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __iter__(self):
+        for p in self.steps:
+            yield self.slots.lend(), {k: p[k] for k in FinishedBatches.KEYS if k in p}
+
+
+def _as_is(item):
+    return item
+
+
 def _named_failures(loader, owner: "TorchLoader", steps: list[dict]):
     """The DataLoader's batches; a worker's failure (re-raised by torch as a RuntimeError carrying a traceback)
     becomes the damaged record's own sentence, found again here in the main process."""
@@ -76,11 +160,16 @@ def _collate(items):
 
 
 class TorchLoader(BaseLoader):
+    # batches in flight per worker: uint8 crops for the GPU; float32 batches (4x the bytes) on the CPU, where
+    # torch's default of 2 keeps the shared buffers (workers x 2 + 3 batches) within reason
+    PREFETCH_GPU, PREFETCH_CPU = 4, 2
+
     def __init__(self, settings: LoaderSettings):
         super().__init__(settings)
         device_id = cuda_device_id(settings)
         self.device = "cpu" if device_id is None else f"cuda:{device_id}"
         self.dataset = ViewDataset(self.index, settings.crop, self.ten_crop)
+        self._slots: SharedBatches | None = None  # made before the first CPU epoch's workers start
 
     def _specs(self, params: dict) -> list[tuple]:
         if self.ten_crop:
@@ -89,23 +178,59 @@ class TorchLoader(BaseLoader):
                 zip(params["index"], params["window"], params["flip"])]
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple]:
-        from torch.utils.data import DataLoader
         steps = self.step_params(epoch, start_step)
         if not steps:
             return
         workers = self.settings.num_threads
         if workers:
             _quiet_opencv_pool()
-        loader = DataLoader(self.dataset, batch_sampler=[self._specs(p) for p in steps],
-                            num_workers=workers, collate_fn=_collate,
-                            worker_init_fn=_init_worker if workers else None,
-                            pin_memory=self.device != "cpu", prefetch_factor=4 if workers else None)
+        on_cpu = self.device == "cpu"
+        loader = self._cpu_loader(steps, workers) if on_cpu else self._gpu_loader(steps, workers)
         try:
-            for (images, labels), params in zip(_named_failures(loader, self, steps), steps):
-                if self.device != "cpu":
-                    images = images.to(self.device, non_blocking=True)
-                    labels = labels.to(self.device, non_blocking=True)
-                yield self.finish(self.normalize(images, params), labels, params)
+            for item, params in zip(_named_failures(loader, self, steps), steps):
+                yield self._cpu_batch(*item, params) if on_cpu else self._gpu_batch(*item, params)
+                del item
         finally:
             del loader  # shuts the workers down now, not at garbage collection
+            if self._slots is not None:
+                self._slots.forget_lent()
             release_shards()  # only workers read; nothing is open here unless num_threads == 0
+
+    def _cpu_loader(self, steps: list[dict], workers: int):
+        from torch.utils.data import DataLoader
+        s = self.settings
+        if self._slots is None:
+            views = 10 if self.ten_crop else 1
+            self._slots = SharedBatches(workers * self.PREFETCH_CPU + 3, self.layout.max_batch * views * 3 * s.crop ** 2,
+                                        shared=workers > 0)
+        finisher = ViewFinisher(self.norm, self.index.size, s.crop, s.channels_last and not self.ten_crop)
+        dataset = FinishedBatches(self.index, finisher, s.crop, self.ten_crop, self._slots)
+        return DataLoader(dataset, batch_size=None, sampler=_Tasks(steps, self._slots), num_workers=workers,
+                          collate_fn=_as_is, worker_init_fn=_init_worker if workers else None,
+                          prefetch_factor=self.PREFETCH_CPU if workers else None)
+
+    def _cpu_batch(self, images, labels: np.ndarray, params: dict):
+        import torch
+        if isinstance(images, int):
+            images = self._slots.take_back(images)
+        n, c = len(labels), self.settings.crop
+        flat = images.reshape(-1)
+        if self.ten_crop:
+            images = flat[:n * 10 * 3 * c * c].view(n, 10, 3, c, c)
+        elif self.settings.channels_last:
+            images = flat[:n * c * c * 3].view(n, c, c, 3).permute(0, 3, 1, 2)
+        else:
+            images = flat[:n * 3 * c * c].view(n, 3, c, c)
+        return self.finish(images, torch.from_numpy(labels), params)
+
+    def _gpu_loader(self, steps: list[dict], workers: int):
+        from torch.utils.data import DataLoader
+        return DataLoader(self.dataset, batch_sampler=[self._specs(p) for p in steps],
+                          num_workers=workers, collate_fn=_collate,
+                          worker_init_fn=_init_worker if workers else None,
+                          pin_memory=True, prefetch_factor=self.PREFETCH_GPU if workers else None)
+
+    def _gpu_batch(self, images, labels, params: dict):
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        return self.finish(self.normalize(images, params), labels, params)

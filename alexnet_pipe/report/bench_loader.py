@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ class BenchLoaderSettings:
     hue: float = 0.0
     normalize: str = "mean-image"
     lighting: float = 0.1
+    repeats: int = 1  # alternating rounds of every contender; medians reported
 
     def is_papers(self) -> bool:
         return self == dataclasses.replace(self, **PAPER_AUGMENTATION)
@@ -129,19 +131,82 @@ def _memory_bytes() -> int:
         return 0
 
 
-def measure(s: BenchLoaderSettings) -> dict:
-    read_shards_once(s.data)
-    result = {"images_per_sec": timed_rate(_loader_batches(s), s.warmup, s.batches),
-              "decode_only_images_per_sec": timed_rate(_decode_batches(s), s.warmup, s.batches)}
-    result["fraction_of_decode_only"] = result["images_per_sec"] / result["decode_only_images_per_sec"]
+def _contenders(s: BenchLoaderSettings) -> dict:
+    """name -> a function timing it once: the loader, decode-only, the paper's augmentation (when another is
+    asked for) and the plain torch baseline."""
+    out = {"loader": lambda: timed_rate(_loader_batches(s), s.warmup, s.batches),
+           "decode_only": lambda: timed_rate(_decode_batches(s), s.warmup, s.batches)}
     if not s.is_papers():  # the same loader with the paper's augmentation, in the same run
         paper = dataclasses.replace(s, **PAPER_AUGMENTATION)
-        result["paper_images_per_sec"] = timed_rate(_loader_batches(paper), s.warmup, s.batches)
-        result["ratio_to_paper"] = result["images_per_sec"] / result["paper_images_per_sec"]
+        out["paper"] = lambda: timed_rate(_loader_batches(paper), s.warmup, s.batches)
     if s.baseline:
-        rate = _baseline_module().baseline_rate(s.data, batch_size=s.batch_size, batches=s.batches,
-                                                warmup=s.warmup, crop=s.crop, workers=2)
-        result["baseline_images_per_sec"] = rate
-        result["speedup_vs_baseline"] = result["images_per_sec"] / rate
+        out["baseline"] = lambda: _baseline_module().baseline_rate(
+            s.data, batch_size=s.batch_size, batches=s.batches, warmup=s.warmup, crop=s.crop, workers=2)
+    return out
+
+
+def _ratio(runs: dict, a: str, b: str) -> tuple[float, float, float]:
+    """(median, min, max) of a / b over the rounds: each ratio from one round, its two contenders run back to back."""
+    ratios = [x / y for x, y in zip(runs[a], runs[b])]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its children that have been waited for (DataLoader workers, once joined)."""
+    import resource
+    return sum(sum(resource.getrusage(who)[:2]) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+
+def measure(s: BenchLoaderSettings) -> dict:
+    """Every contender once per round, `repeats` rounds in turn (a loaded machine's drift falls on all alike);
+    rates are medians, ratios the medians of each round's own ratio, with their spread (min, max).  Beside
+    them, each contender's CPU time per image over its whole call (start-up and warm-up included): on a
+    machine shared with other jobs the wall clock says how much of the cores a contender was given, the
+    CPU time what it cost."""
+    read_shards_once(s.data)
+    contenders = _contenders(s)
+    runs = {name: [] for name in contenders}
+    cpu = {name: [] for name in contenders}
+    images = (s.warmup + s.batches) * s.batch_size
+    for _ in range(s.repeats):
+        for name, once in contenders.items():
+            c0 = _cpu_seconds()
+            runs[name].append(once())
+            cpu[name].append((_cpu_seconds() - c0) / images * 1e6)
+    med = {name: statistics.median(rates) for name, rates in runs.items()}
+    result = {"images_per_sec": med["loader"], "decode_only_images_per_sec": med["decode_only"]}
+    ratios = {"fraction_of_decode_only": ("loader", "decode_only"), "ratio_to_paper": ("loader", "paper"),
+              "speedup_vs_baseline": ("loader", "baseline"), "paper_speedup_vs_baseline": ("paper", "baseline")}
+    if "paper" in runs:
+        result["paper_images_per_sec"] = med["paper"]
+    if "baseline" in runs:
+        result["baseline_images_per_sec"] = med["baseline"]
+    for key, (a, b) in ratios.items():
+        if a in runs and b in runs:
+            result[key], low, high = _ratio(runs, a, b)
+            result[key + "_spread"] = [low, high]
+    result["cpu_us_per_image"] = {name: statistics.median(v) for name, v in cpu.items()}
+    if "paper" in cpu:  # > 1: the loader costs less CPU than the paper's augmentation would
+        result["cpu_ratio_to_paper"] = statistics.median(p / q for p, q in zip(cpu["paper"], cpu["loader"]))
+    result["runs"], result["cpu_runs"] = runs, cpu
     result["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(s).items()}
     return result
+
+
+def report_lines(r: dict) -> list[str]:
+    """The text report of measure()'s result."""
+    spread = lambda key: f"{r[key]:.2f}x, {r[key + '_spread'][0]:.2f}-{r[key + '_spread'][1]:.2f}"  # noqa: E731
+    rates = lambda name: f"{min(r['runs'][name]):.0f}-{max(r['runs'][name]):.0f}"  # noqa: E731
+    lines = [f"loader       {r['images_per_sec']:10.1f} img/s  ({rates('loader')})",
+             f"decode-only  {r['decode_only_images_per_sec']:10.1f} img/s  ({rates('decode_only')}; loader = "
+             f"{r['fraction_of_decode_only']:.0%} of it)"]
+    if "baseline_images_per_sec" in r:
+        lines.append(f"baseline     {r['baseline_images_per_sec']:10.1f} img/s  ({rates('baseline')}; loader = "
+                     f"{spread('speedup_vs_baseline')})")
+    if "paper_images_per_sec" in r:
+        lines.append(f"paper's aug  {r['paper_images_per_sec']:10.1f} img/s  ({rates('paper')}; loader = "
+                     f"{spread('ratio_to_paper')})")
+    if "paper_speedup_vs_baseline" in r:
+        lines.append(f"paper's aug vs baseline: {spread('paper_speedup_vs_baseline')}")
+    lines.append("CPU us/image: " + ", ".join(f"{k} {v:.0f}" for k, v in r["cpu_us_per_image"].items()))
+    return lines

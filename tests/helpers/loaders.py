@@ -11,6 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from alexnet_pipe.loaders import jitter
+
 from alexnet_pipe.loaders import augment
 from alexnet_pipe.loaders.records import RecordIndex
 from helpers.shardgen import make_data_dir, random_images, write_pca_json
@@ -104,3 +106,9 @@ def normalizer_case(rng, mode: str, n: int, size: int, c: int) -> tuple:
     crops = rng.integers(0, 256, (n, c, c, 3), dtype=np.uint8)
     xs, ys = rng.integers(0, size - c + 1, n), rng.integers(0, size - c + 1, n)
     return norm, crops, xs, ys, np.arange(n) % 2 == 1, rng.normal(0, 20, (n, 3)).astype(np.float32)
+
+
+def jittered_reference(crops, factors, order, xs, ys, flips, light, norm, size):
+    """jitter.jitter_image on each crop (float64), then test_loaders' plain normalisation."""
+    done = np.stack([jitter.jitter_image(c.astype(np.float64), f, o) for c, f, o in zip(crops, factors, order)])
+    return reference_normalize(done, xs, ys, flips, light, norm, size)

@@ -14,7 +14,8 @@ from alexnet_pipe.core.errors import UserError
 from alexnet_pipe.loaders.jitter import JitterSpec
 from alexnet_pipe.loaders import LoaderSettings, make_loader
 from alexnet_pipe.loaders.base import BaseLoader, TorchNormalizer, validate
-from helpers.loaders import CROP, N_TRAIN, S, decoded, normalizer_case, reference_normalize
+from helpers.loaders import (CROP, N_TRAIN, S, decoded, jittered_reference, normalizer_case,
+                             reference_normalize)
 
 # DALI's linear resize and cv2's INTER_LINEAR share the sampling (pixel centres aligned, no antialiasing) but not
 # the arithmetic: cv2 rounds 11-bit fixed-point weights, DALI computes in float and rounds once. Measured here
@@ -78,12 +79,6 @@ def test_plan_carries_the_settings(dirs):
 
 
 # --- the normaliser: jitter on the float crop, before lighting, mean and std ----------------------
-
-def jittered_reference(crops, factors, order, xs, ys, flips, light, norm, size):
-    """jitter.jitter_image on each crop (float64), then test_loaders' plain normalisation."""
-    done = np.stack([jitter.jitter_image(c.astype(np.float64), f, o) for c, f, o in zip(crops, factors, order)])
-    return reference_normalize(done, xs, ys, flips, light, norm, size)
-
 
 @pytest.mark.parametrize("mode", ["mean-image", "channel"])
 @pytest.mark.parametrize("channels_last", [False, True])

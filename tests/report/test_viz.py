@@ -274,7 +274,7 @@ def test_neighbor_titles_end_between_words(trained, tmp_path, monkeypatch):
     cut after the last word that fits; titles were cut mid-word ('red discs, synthet.')."""
     import re
     import shutil
-    from alexnet_pipe.report import viz
+    from alexnet_pipe.report import neighbors as viz
     data, ckpt = trained
     named = tmp_path / "named"
     shutil.copytree(data, named)

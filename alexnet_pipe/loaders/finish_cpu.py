@@ -1,0 +1,84 @@
+"""The float work of one view on the CPU, in numpy and OpenCV: base.TorchNormalizer's, for a DataLoader worker.
+
+The torch loader on the CPU finishes each view where it is decoded, so the main process only hands batches
+on: with several workers on many cores a main process doing the float work was the ceiling (~250 us an
+image here, one core), and colour jitter in it cost as much again.  Without jitter the operations are
+TorchNormalizer's per-sample ones, in its order, each one IEEE float32 operation (`(crop - mean window) +
+light`, or `(crop - (mean_rgb - light)) * (1 / std)`): the output equals the DALI loader's bit for bit.  With
+jitter (jitter_cv), the affine map left after the jitter's last clip and the normalisation's affine part
+are one ``cv2.transform`` pass per output plane: float32 rounding apart from separate ops (~1e-3 grey levels).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from alexnet_pipe.loaders.augment import Normalizer
+from alexnet_pipe.loaders.jitter import IDENTITY
+from alexnet_pipe.loaders.jitter_cv import jitter_affine_
+
+
+_IDENTITY = IDENTITY.tolist()
+
+
+class ViewFinisher:
+    """(c, c, 3) uint8 window (already flipped; a strided view is fine) -> float32 written into `out`:
+    (3, c, c), or (c, c, 3) when `channels_last` (the NHWC memory of a channels_last batch)."""
+
+    def __init__(self, norm: Normalizer, size: int, crop: int, channels_last: bool):
+        self.mode, self.size, self.crop, self.channels_last = norm.mode, size, crop, channels_last
+        if norm.mode == "mean-image":
+            plain = np.ascontiguousarray(norm.mean_image, np.float32)
+            pair = (plain, np.ascontiguousarray(plain[:, ::-1]))  # a flipped view's mean is the flipped mean's
+            self.means = pair if channels_last else tuple(np.ascontiguousarray(m.transpose(2, 0, 1)) for m in pair)
+        else:
+            self.mean_rgb = np.asarray(norm.mean_rgb, np.float32)
+            self.inv_std = np.float32(1.0) / np.asarray(norm.std_rgb, np.float32)
+        self._planes = [np.empty((crop, crop), np.uint8) for _ in range(3)]
+        self._float = np.empty((crop, crop, 3), np.float32)  # the jittered window,
+        self._spare = np.empty((crop, crop, 3), np.float32)  # and the other buffer its passes alternate with
+
+    def __call__(self, window: np.ndarray, out: np.ndarray, x: int, y: int, flip: bool, light, jitter=None):
+        light = np.asarray(light, np.float32)
+        if jitter is not None and jitter[0].tolist() != _IDENTITY:
+            return self._jittered(window, out, x, y, flip, light, jitter)
+        mean = self._mean_window(x, y, flip)
+        if self.channels_last:
+            return self._normalise(window, out, mean, light, slice(None))
+        import cv2
+        cv2.split(window, self._planes)
+        for ch in range(3):
+            self._normalise(self._planes[ch], out[ch], None if mean is None else mean[ch], light, ch)
+        return out
+
+    def _mean_window(self, x: int, y: int, flip: bool):
+        """The mean image's window (mean-image mode; else None), as TorchNormalizer's per-sample path cuts it."""
+        if self.mode != "mean-image":
+            return None
+        c = self.crop
+        mean, x = (self.means[1], self.size - c - x) if flip else (self.means[0], x)
+        return mean[y:y + c, x:x + c] if self.channels_last else mean[:, y:y + c, x:x + c]
+
+    def _normalise(self, src, out, mean, light, ch):
+        """out = (src - mean) + light, or (src - (mean_rgb - light)) * inv_std; ch: a channel, or all of them."""
+        if mean is not None:
+            return np.add(np.subtract(src, mean, out=out), light[ch], out=out)
+        shifted = self.mean_rgb - light  # float32, as TorchNormalizer's
+        return np.multiply(np.subtract(src, shifted[ch], out=out), self.inv_std[ch], out=out)
+
+    def _jittered(self, window, out, x, y, flip, light, jitter):
+        import cv2
+        np.copyto(self._float, window)
+        image, affine = jitter_affine_(self._float, *jitter, spare=self._spare,  # the rest of the jitter: `affine`
+                                       means=cv2.mean(window)[:3])
+        if self.mode == "mean-image":
+            affine[:, 3] += light
+        else:
+            affine = self.inv_std[:, None] * np.hstack([affine[:, :3], (affine[:, 3] - (self.mean_rgb - light))[:, None]])
+        fused = affine.astype(np.float32)
+        mean = self._mean_window(x, y, flip)
+        if self.channels_last:
+            cv2.transform(image, fused, dst=out)
+        else:  # one output plane per row of the map: no HWC intermediate to split
+            for ch in range(3):
+                cv2.transform(image, fused[ch:ch + 1], dst=out[ch])
+        return out if mean is None else np.subtract(out, mean, out=out)

@@ -1,0 +1,35 @@
+"""`bench loader --repeats`: contenders in alternating rounds, medians, and each ratio from one round's pair."""
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+from click.testing import CliRunner
+
+
+
+@pytest.mark.dali
+def test_bench_loader_rounds_give_medians_and_spreads(dirs):
+    from alexnet_pipe_cli.main import cli
+    result = CliRunner().invoke(cli, ["bench", "loader", "--data", str(dirs["jpeg"]), "--crop", "32", "--loader",
+                                      "torch", "--batch-size", "8", "--batches", "1", "--warmup", "1", "--json",
+                                      "--crops", "random-resized", "--color-jitter", "0.4", "--lighting", "0",
+                                      "--repeats", "3"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    runs = out["runs"]
+    assert sorted(runs) == ["baseline", "decode_only", "loader", "paper"]
+    assert all(len(rates) == 3 and min(rates) > 0 for rates in runs.values())
+    assert out["images_per_sec"] == statistics.median(runs["loader"])
+    ratios = [a / b for a, b in zip(runs["paper"], runs["baseline"])]
+    assert out["paper_speedup_vs_baseline"] == pytest.approx(statistics.median(ratios))
+    assert out["paper_speedup_vs_baseline_spread"] == pytest.approx([min(ratios), max(ratios)])
+    assert out["ratio_to_paper_spread"][0] <= out["ratio_to_paper"] <= out["ratio_to_paper_spread"][1]
+    assert all(len(v) == 3 and min(v) > 0 for v in out["cpu_runs"].values())
+    assert out["cpu_us_per_image"]["paper"] == statistics.median(out["cpu_runs"]["paper"])
+    assert out["cpu_ratio_to_paper"] > 0
+    text = CliRunner().invoke(cli, ["bench", "loader", "--data", str(dirs["jpeg"]), "--crop", "32", "--loader",
+                                    "torch", "--batch-size", "8", "--batches", "1", "--warmup", "1",
+                                    "--no-baseline", "--repeats", "2"])
+    assert text.exit_code == 0 and "decode-only" in text.output and "paper's aug" not in text.output
