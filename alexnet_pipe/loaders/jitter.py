@@ -5,8 +5,8 @@ Each op is torchvision's float-tensor definition scaled by 255 (its float images
   * contrast c: ``clip(c * x + (1 - c) * m)``, m the mean of the image's grayscale;
   * saturation s: ``clip(s * x + (1 - s) * gray(x))``;
   * hue h (a fraction of the colour circle, |h| <= 0.5): rotate the HSV hue by h;
-where gray is ITU-R 601-2 luma (0.299 R + 0.587 G + 0.114 B, not truncated: the float path) and
-clip is to [0, 255] after every op.  b, c, s are drawn uniform in [max(0, 1 - j), 1 + j], h in
+where gray is torchvision's luma (0.2989 R + 0.587 G + 0.114 B, its rgb_to_grayscale; not truncated:
+the float path) and clip is to [0, 255] after every op.  b, c, s are drawn uniform in [max(0, 1 - j), 1 + j], h in
 [-hue, hue], and the four ops run in an order drawn per image, as ColorJitter does.
 
 Why the random order is kept: without the clipping, brightness, contrast and saturation are
@@ -31,7 +31,7 @@ from alexnet_pipe.core.colour import hsv_to_rgb  # the inverse of rgb_to_hsv bel
 OPS = ("brightness", "contrast", "saturation", "hue")
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
 IDENTITY = np.array([1.0, 1.0, 1.0, 0.0], np.float32)  # the factors that leave an image unchanged
-LUMA = np.array([0.299, 0.587, 0.114])
+LUMA = np.array([0.2989, 0.587, 0.114])  # torchvision's rgb_to_grayscale weights (ITU-R 601-2 as it rounds them)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,6 +5,6 @@ from alexnet_pipe.core.lazy import lazy_exports
 
 __getattr__, __dir__ = lazy_exports(__name__, {
     "AlexNet": "alexnet", "build_model": "alexnet", "init_weights": "alexnet", "count_parameters": "alexnet",
-    "layer_table": "alexnet", "LocalResponseNorm": "alexnet", "SplitConv2d": "alexnet",
+    "layer_table": "alexnet", "LocalResponseNorm": "alexnet", "SplitConv2d": "alexnet", "conv1_padding": "alexnet",
     "lrn": "lrn", "lrn_reference": "lrn",
 })

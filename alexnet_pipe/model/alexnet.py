@@ -1,9 +1,9 @@
 """AlexNet as in the NIPS 2012 paper (grouped two-GPU layout), and torchvision's one-weird-trick variant.
 
-Input is 224x224: conv1 uses padding 2 so that 224 gives 55x55 as in the paper's table (Caffe feeds 227
-with no padding for the same 55x55; (224 + 2*2 - 11) // 4 + 1 = 55 = (227 - 11) // 4 + 1). An adaptive
-average pool to 6x6 sits before fc6: at 224 it is the identity, and smaller crops (down to 63, e.g. 112
-from 128-pixel shards) run through the same layers.
+Input is 224x224: conv1 uses padding 2 so that 224 gives 55x55 as in the paper's table. A 227 crop is Caffe's
+geometry, conv1 without padding: (224 + 2*2 - 11) // 4 + 1 = 55 = (227 - 11) // 4 + 1 (with padding 2, 227 would
+give 56). An adaptive average pool to 6x6 sits before fc6: at 224 it is the identity, and smaller crops (down to
+63, e.g. 112 from 128-pixel shards) run through the same layers.
 """
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from alexnet_pipe.model.choices import (ARCHS, CONV_IMPLS, INITS, LRN_CONVENTIONS, LRN_IMPLS,  # noqa: F401 (API)
-                                 MIN_CROP, lrn_convention)
+from alexnet_pipe.model.choices import (ARCHS, CAFFE_CROP, CONV_IMPLS, INITS, LRN_CONVENTIONS,  # noqa: F401 (API)
+                                        LRN_IMPLS, LRN_SPANS, MIN_CROP, lrn_convention)
 from alexnet_pipe.model.lrn import lrn, lrn_reference
 
 LRN_DEFAULT = LRN_CONVENTIONS[0]
 LRN_IMPL_DEFAULT = LRN_IMPLS[0]
+LRN_SPAN_DEFAULT = LRN_SPANS[0]
 CONV_DEFAULT = CONV_IMPLS[0]
 
 # (name, out channels, kernel, stride, padding, groups) per conv layer; pools/LRN placed by build_model.
@@ -42,25 +43,35 @@ class LocalResponseNorm(nn.Module):
     """Across-channel LRN: b_i = a_i / (k + alpha' * sum_{j=i-n/2}^{i+n/2} a_j^2)^beta, window clipped at the edges.
 
     convention "alpha-over-n": alpha' = alpha / n (cuda-convnet2, Caffe, torch.nn.LocalResponseNorm);
-    "alpha-as-printed": alpha' = alpha. impl: "fused" (analytic backward, alexnet_pipe.model.lrn), "compiled" (the same,
-    torch.compile'd) or "reference" (plain autograd); equal within float rounding.
+    "alpha-as-printed": alpha' = alpha. `groups`: the maps split into that many equal groups, each normalised on its
+    own (the window clipped at its group's edges too): 2 is the paper's per-GPU LRN. impl: "fused" (analytic
+    backward, alexnet_pipe.model.lrn), "compiled" (the same, torch.compile'd) or "reference" (plain autograd);
+    equal within float rounding.
     """
 
     def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
-                 convention: str = LRN_DEFAULT, impl: str = LRN_IMPL_DEFAULT):
+                 convention: str = LRN_DEFAULT, impl: str = LRN_IMPL_DEFAULT, groups: int = 1):
         super().__init__()
-        convention = lrn_convention(convention)
+        self.convention = lrn_convention(convention)
         self.impl = _choice("LRN impl", impl, LRN_IMPLS)
-        self.size, self.beta, self.k = size, beta, k
-        self.alpha = alpha if convention == "alpha-as-printed" else alpha / size
+        self.size, self.alpha, self.beta, self.k, self.groups = size, alpha, beta, k, groups
+
+    @property
+    def window_alpha(self) -> float:
+        """alpha', the factor on the window's sum of squares."""
+        return self.alpha if self.convention == "alpha-as-printed" else self.alpha / self.size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] % self.groups:
+            raise ValueError(f"LRN in {self.groups} groups needs a multiple of {self.groups} maps, not {x.shape[1]}")
+        constants = (self.size, self.window_alpha, self.beta, self.k)
         if self.impl == "reference":
-            return lrn_reference(x, self.size, self.alpha, self.beta, self.k)
-        return lrn(x, self.size, self.alpha, self.beta, self.k, compiled=self.impl == "compiled")
+            return lrn_reference(x, *constants, groups=self.groups)
+        return lrn(x, *constants, compiled=self.impl == "compiled", groups=self.groups)
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, alpha={self.alpha:g}, beta={self.beta}, k={self.k}, impl={self.impl}"
+        return (f"size={self.size}, alpha={self.alpha:g} ({self.convention}), beta={self.beta}, k={self.k}, "
+                f"groups={self.groups}, impl={self.impl}")
 
 
 class SplitConv2d(nn.Conv2d):
@@ -100,16 +111,24 @@ class AlexNet(nn.Module):
         return h
 
 
-def _features(arch: str, width: float, lrn: str, lrn_impl: str, conv: str) -> tuple[nn.Sequential, int]:
+def conv1_padding(crop: int) -> int:
+    """2, so that 224 gives the paper's 55x55; none at Caffe's 227, its own geometry (also 55x55)."""
+    return 0 if crop == CAFFE_CROP else 2
+
+
+def _features(arch: str, width: float, lrn: str, lrn_impl: str, conv: str, lrn_span: str,
+              crop: int) -> tuple[nn.Sequential, int]:
     layers: list[tuple[str, nn.Module]] = []
     channels = 3
+    lrn_groups = 2 if lrn_span == "half" else 1  # the two GPUs' halves, as the grouped convolutions
     for name, out, kernel, stride, pad, groups in _CONVS[arch]:
         out = scaled(out, width, 2 if arch == "alexnet" else 1)
+        pad = conv1_padding(crop) if name == "conv1" else pad
         conv_type = SplitConv2d if conv == "split" and groups > 1 else nn.Conv2d
         layers += [(name, conv_type(channels, out, kernel, stride, pad, groups=groups)),
                    (f"relu{name[-1]}", nn.ReLU(inplace=True))]
         if arch == "alexnet" and name in ("conv1", "conv2"):  # the paper: LRN before the pool
-            layers.append((f"norm{name[-1]}", LocalResponseNorm(convention=lrn, impl=lrn_impl)))
+            layers.append((f"norm{name[-1]}", LocalResponseNorm(convention=lrn, impl=lrn_impl, groups=lrn_groups)))
         if name in ("conv1", "conv2", "conv5"):
             layers.append((f"pool{name[-1]}", nn.MaxPool2d(3, 2)))
         channels = out
@@ -146,12 +165,15 @@ def init_weights(model: nn.Module, init: str = "paper", bias_init: float = 1.0) 
 
 def build_model(arch: str = "alexnet", num_classes: int = 1000, width: float = 1.0, lrn_alpha: str = LRN_DEFAULT,
                 bias_init: float = 1.0, dropout: float = 0.5, init: str = "paper", lrn_impl: str = LRN_IMPL_DEFAULT,
-                conv: str = CONV_DEFAULT) -> AlexNet:
+                conv: str = CONV_DEFAULT, lrn_span: str = LRN_SPAN_DEFAULT, crop: int = 224) -> AlexNet:
     """The network of docs/paper.md's table (arch "alexnet", 60,965,224 parameters at 1000 classes, width 1)
     or torchvision's layout ("alexnet-owt", 61,100,840). `width` scales every channel count and fc width.
+    `lrn_span` (alexnet): "half" normalises each GPU's half of the maps on its own, "whole" across all of them.
+    `crop` sets conv1's padding only (conv1_padding): no parameter depends on it.
     `lrn_impl` and `conv` choose kernels only: the parameters and the function computed stay the same."""
     _choice("arch", arch, ARCHS)
-    features, channels = _features(arch, width, lrn_alpha, lrn_impl, _choice("conv", conv, CONV_IMPLS))
+    features, channels = _features(arch, width, lrn_alpha, lrn_impl, _choice("conv", conv, CONV_IMPLS),
+                                   _choice("LRN span", lrn_span, LRN_SPANS), crop)
     model = AlexNet(features, _classifier(arch, channels * 36, scaled(4096, width), num_classes, dropout))
     init_weights(model, init, bias_init)
     return model

@@ -195,12 +195,11 @@ def data_fingerprint(manifest: dict) -> str:
 def load_model(path: Path | str, device="cpu"):
     """A checkpoint written by train -> (model in eval mode, its training settings); the one loader of
     evaluate and viz. A file that is not such a checkpoint raises UserError."""
-    from alexnet_pipe.model.alexnet import build_model
+    from alexnet_pipe.train.config import model_for
     state = load_checkpoint(path)
     try:
         s = settings_from_dict(state["settings"])
-        model = build_model(s.arch, state["num_classes"], s.width, lrn_alpha=s.lrn_alpha, dropout=s.dropout,
-                            lrn_impl=s.lrn_impl, conv=s.conv)
+        model = model_for(s, state["num_classes"])
         model.load_state_dict(state["model"])
     except (TypeError, ValueError, RuntimeError) as exc:  # settings or weights that do not fit together
         raise UserError(f"{path}: its weights do not fit the model its settings describe "

@@ -16,7 +16,7 @@ from alexnet_pipe.loaders.augment import CROP_MODES, LIGHTING_SCALES, NORMALIZE,
 from alexnet_pipe.core.devices import DEVICES
 from alexnet_pipe.core.errors import UserError
 from alexnet_pipe.model.choices import (ARCHS, CONV_IMPLS, INITS, LRN_CONVENTIONS, LRN_IMPLS,  # noqa: F401 (API)
-                                        MIN_CROP, lrn_convention)
+                                        LRN_SPANS, MIN_CROP, lrn_convention)
 from alexnet_pipe.train.precision import PRECISIONS, resolved as resolved_precision
 from alexnet_pipe.train.schedule import SCHEDULES
 
@@ -75,6 +75,9 @@ class TrainSettings:
     lrn_alpha: str = setting(LRN_CONVENTIONS[0], "LRN scale: alpha-over-n is what cuda-convnet2 (and so the "
                              "paper's numbers), Caffe and torch.nn.LocalResponseNorm compute; alpha-as-printed is the "
                              "paper's printed formula, 5x stronger.", choices=LRN_CONVENTIONS)
+    lrn_span: str = setting(LRN_SPANS[0], "LRN window: half normalises each GPU's half of the maps on its own, as "
+                            "the paper's two-GPU network; whole lets the window cross the halves (Caffe's "
+                            "bvlc_alexnet, torchvision). alexnet only.", choices=LRN_SPANS)
     lrn_impl: str = setting(LRN_IMPLS[0], "LRN implementation: one fused op with an analytic backward, the "
                             "reference (several passes through autograd), or the fused maths through torch.compile.",
                             choices=LRN_IMPLS)
@@ -82,7 +85,8 @@ class TrainSettings:
                         "(same weights, same outputs).", choices=CONV_IMPLS)
     dropout: float = setting(0.5, "Dropout probability of the fully-connected layers.", min=0, max=1,
                              max_open=True)
-    crop: int = setting(0, "Training crop; 0: 7/8 of the stored size, 224 from 256 as in the paper.", min=0)
+    crop: int = setting(0, "Training crop; 0: 7/8 of the stored size, 224 from 256 as in the paper; 227: Caffe's "
+                        "geometry (conv1 unpadded, 55x55 as at 224).", min=0)
     loader: str = setting("auto", "auto: DALI where it is installed, else the torch DataLoader; synthetic: fixed "
                                   "random tensors, no data dir (benchmarks, tests).",
                           choices=LOADERS)
@@ -204,7 +208,18 @@ def settings_from_dict(values: dict) -> TrainSettings:
     old = {"momentum_form": "torch", "bias_lr_mult": 1.0, "bias_decay": True}
     if "precision" not in values:  # saved before the setting: bf16 autocast on CUDA, fp32 on the CPU
         known["precision"] = resolved_precision("auto", "cuda" if known.get("device") == "cuda" else "cpu")
-    return TrainSettings(**{**(old if "momentum_form" not in values else {}), **known})
+    # and before lrn_span, the LRN window crossed the two halves
+    older = {"lrn_span": "whole"} if "lrn_span" not in values else {}
+    return TrainSettings(**{**(old if "momentum_form" not in values else {}), **older, **known})
+
+
+def model_for(s: TrainSettings, num_classes: int):
+    """The model these settings describe, freshly initialised: the one place that maps settings to build_model
+    (the trainer, checkpoint.load_model and the dry-run's table build it here)."""
+    from alexnet_pipe.model.alexnet import build_model
+    return build_model(s.arch, num_classes, s.width, lrn_alpha=s.lrn_alpha, bias_init=s.bias_init,
+                       dropout=s.dropout, init=s.init, lrn_impl=s.lrn_impl, conv=s.conv, lrn_span=s.lrn_span,
+                       crop=s.crop)
 
 
 def resolve_settings(recipe: str = "paper", **overrides) -> TrainSettings:

@@ -19,7 +19,7 @@ from alexnet_pipe.core.errors import Preempted, UserError
 from alexnet_pipe.train.checkpoint import (data_fingerprint, gather_rng, latest_checkpoint, load_checkpoint,
                                            resume_changes, resume_path, set_rng_state, settings_from_dict,
                                            write_checkpoint)
-from alexnet_pipe.train.config import TrainSettings
+from alexnet_pipe.train.config import TrainSettings, model_for
 from alexnet_pipe.train.evaluation import evaluate_model
 from alexnet_pipe.train.optim import set_lr
 from alexnet_pipe.train.precision import autocast, grad_scaler, resolved as resolved_precision
@@ -78,21 +78,26 @@ def make_loaders(s: TrainSettings, rank: int, world: int, device):
                       world_size=world, device=device, channels_last=cuda)
         return (SyntheticLoader(seed=s.seed, steps_per_epoch=s.synthetic_steps, **common),
                 SyntheticLoader(seed=s.seed + 1, steps_per_epoch=2, **common) if s.eval_every else None)
-    from alexnet_pipe.loaders import LoaderSettings, make_loader
-    base = LoaderSettings(data=Path(s.data), batch_size=s.batch_size // world, crop=s.crop, loader=s.loader,
-                          device=device.type, lighting=s.lighting, lighting_scale=s.lighting_scale,
-                          normalize=s.normalize, channels_last=cuda, seed=s.seed, rank=rank, world_size=world,
-                          num_threads=s.num_threads, crops=s.crops, crop_scale=s.crop_scale,
-                          crop_ratio=s.crop_ratio, color_jitter=s.color_jitter, hue=s.hue)
+    from alexnet_pipe.loaders import make_loader
+    base = loader_settings(s, rank, world, device)
     val = dataclasses.replace(base, split="val", train=False) if s.eval_every else None
     return make_loader(base), (make_loader(val) if val else None)
 
 
+def loader_settings(s: TrainSettings, rank: int, world: int, device):
+    """The training loader's settings for this rank (the dry-run's table reads them too)."""
+    from alexnet_pipe.loaders import LoaderSettings
+    cuda = device.type == "cuda"
+    return LoaderSettings(data=Path(s.data), batch_size=s.batch_size // world, crop=s.crop, loader=s.loader,
+                          device=device.type, lighting=s.lighting, lighting_scale=s.lighting_scale,
+                          normalize=s.normalize, channels_last=cuda, seed=s.seed, rank=rank, world_size=world,
+                          num_threads=s.num_threads, crops=s.crops, crop_scale=s.crop_scale,
+                          crop_ratio=s.crop_ratio, color_jitter=s.color_jitter, hue=s.hue)
+
+
 def build(s: TrainSettings, num_classes: int, device):
     import torch
-    from alexnet_pipe.model.alexnet import build_model
-    model = build_model(s.arch, num_classes, s.width, lrn_alpha=s.lrn_alpha, bias_init=s.bias_init,
-                        dropout=s.dropout, init=s.init, lrn_impl=s.lrn_impl, conv=s.conv)
+    model = model_for(s, num_classes)
     return model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
 
 

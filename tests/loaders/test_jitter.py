@@ -18,8 +18,35 @@ def _image(seed, h=6, w=5):
     return np.random.default_rng(seed).uniform(0, 255, (h, w, 3))
 
 
+# torchvision's rgb_to_grayscale (transforms/_functional_tensor.py, and v2's _color.py), its float path:
+# l_img = 0.2989 * r + 0.587 * g + 0.114 * b. ColorJitter's contrast and saturation blend with it.
+TORCHVISION_LUMA = (0.2989, 0.587, 0.114)
+
+
 def _luma(p):
-    return 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]
+    return TORCHVISION_LUMA[0] * p[0] + TORCHVISION_LUMA[1] * p[1] + TORCHVISION_LUMA[2] * p[2]
+
+
+def test_grey_is_torchvisions_luma_in_numpy_and_torch():
+    """One channel at a time: the grey of pure red, green and blue is 255 times torchvision's weight."""
+    for channel, weight in enumerate(TORCHVISION_LUMA):
+        pixel = np.zeros((1, 1, 3))
+        pixel[..., channel] = 255.0
+        assert jitter.grayscale(pixel)[0, 0] == pytest.approx(255.0 * weight, abs=1e-9)
+        x = torch.from_numpy(pixel).permute(2, 0, 1)[None].clone()
+        assert jitter._gray_t(x).item() == pytest.approx(255.0 * weight, abs=1e-9)
+        s = 0.5  # saturation blends each channel with that grey
+        np.testing.assert_allclose(jitter._saturation_t(x.clone(), s)[0, :, 0, 0].numpy(),
+                                   s * pixel[0, 0] + (1 - s) * 255.0 * weight, atol=1e-9)
+
+
+def test_against_torchvision_where_it_is_installed():
+    tvf = pytest.importorskip("torchvision.transforms.functional")
+    img = torch.from_numpy(_image(3)).permute(2, 0, 1).float() / 255.0
+    for ours, theirs, f in ((jitter.adjust_contrast, tvf.adjust_contrast, 0.6),
+                            (jitter.adjust_saturation, tvf.adjust_saturation, 1.7)):
+        want = theirs(img, f).permute(1, 2, 0).numpy() * 255.0
+        np.testing.assert_allclose(ours(_image(3), f), want, atol=1e-3)
 
 
 # --- the references, pixel by pixel from the definitions ------------------------------------

@@ -112,12 +112,13 @@ def test_models_with_either_lrn_train_alike():
 
 
 @pytest.mark.slow
-def test_compiled_region_matches_reference():
+@pytest.mark.parametrize("groups", [1, 2])
+def test_compiled_region_matches_reference(groups):
     """torch.compile of the same forward and backward formulas (Inductor, a C++ compiler on CPU)."""
     x = torch.relu(_inputs((2, 16, 7, 7), torch.float32, scale=40.0)).detach()
     g = _inputs((2, 16, 7, 7), torch.float32, seed=1).detach()
-    out, grad = _forward_backward(lambda t, **c: lrn(t, compiled=True, **c), x, g, **STRONG)
-    ref_out, ref_grad = _forward_backward(lrn_reference, x, g, **STRONG)
+    out, grad = _forward_backward(lambda t, **c: lrn(t, compiled=True, groups=groups, **c), x, g, **STRONG)
+    ref_out, ref_grad = _forward_backward(lambda t, **c: lrn_reference(t, groups=groups, **c), x, g, **STRONG)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
 
@@ -132,3 +133,67 @@ def test_fused_function_inside_a_compiled_model():
     ref_out, ref_grad = _forward_backward(lrn_reference, x, g, **CONSTANTS)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
+
+
+# --- issue 20: the paper's LRN normalises each GPU's half of the maps on its own ------------------------------
+
+def _torch_per_half(x: torch.Tensor, groups: int, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    """torch's own nn.LocalResponseNorm, applied to each group of maps separately (it divides alpha by n)."""
+    torch_lrn = nn.LocalResponseNorm(size, alpha=alpha * size, beta=beta, k=k)
+    return torch.cat([torch_lrn(part) for part in x.chunk(groups, dim=1)], dim=1)
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("constants", [CONSTANTS, STRONG], ids=["alexnet", "strong"])
+def test_grouped_lrn_is_torchs_lrn_on_each_half_forward_and_backward(impl, constants):
+    fn = lrn if impl == "fused" else lrn_reference
+    x = torch.relu(_inputs((3, 16, 4, 5), scale=40.0)).detach()
+    g = _inputs((3, 16, 4, 5), seed=1).detach()
+    out, grad = _forward_backward(lambda t, **c: fn(t, groups=2, **c), x, g, **constants)
+    want, want_grad = _forward_backward(lambda t, **c: _torch_per_half(t, 2, **c), x, g, **constants)
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-10, atol=1e-12)
+    halves = [lrn_numpy(h, n=constants["size"], k=constants["k"], alpha=constants["alpha"], beta=constants["beta"])
+              for h in np.split(x.numpy(), 2, axis=1)]
+    np.testing.assert_allclose(out.numpy(), np.concatenate(halves, axis=1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("size, channels, groups", [(5, 8, 2), (4, 9, 3), (3, 4, 4)])
+def test_grouped_fused_backward_passes_gradcheck_in_float64(size, channels, groups):
+    x = _inputs((2, channels, 3, 2))
+    assert torch.autograd.gradcheck(lambda t: lrn(t, **{**STRONG, "size": size}, groups=groups), (x,))
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+def test_the_window_never_crosses_from_one_half_into_the_other(impl):
+    """A change in the second half's maps leaves every output of the first half alone (not so across all maps)."""
+    module = LocalResponseNorm(alpha=0.25, impl=impl, groups=2)
+    x = torch.relu(_inputs((2, 12, 3, 3), torch.float32, scale=20.0)).detach()
+    y = x.clone()
+    y[:, 6:] *= 3.0
+    torch.testing.assert_close(module(y)[:, :6], module(x)[:, :6], rtol=0, atol=0)
+    whole = LocalResponseNorm(alpha=0.25, impl=impl)
+    assert not torch.allclose(whole(y)[:, 4:6], whole(x)[:, 4:6])
+
+
+def test_grouped_lrn_in_bf16_and_channels_last_matches_the_reference():
+    x = torch.relu(_inputs((2, 16, 5, 6), torch.float32, scale=40.0)).detach()
+    want = _torch_per_half(x, 2, **STRONG)
+    torch.testing.assert_close(lrn(x.contiguous(memory_format=torch.channels_last), **STRONG, groups=2), want)
+    got = lrn(x.bfloat16(), **STRONG, groups=2)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), _torch_per_half(x.bfloat16().float(), 2, **STRONG), rtol=2 ** -7, atol=1e-3)
+
+
+def test_paper_model_normalises_each_half_and_whole_is_an_option():
+    torch_lrn = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+    a = torch.relu(torch.randn(2, 96, 5, 5)) * 60
+    half = build_model("alexnet", 5)
+    assert half.features.norm1.groups == half.features.norm2.groups == 2
+    torch.testing.assert_close(half.features.norm1(a), torch.cat([torch_lrn(h) for h in a.chunk(2, 1)], 1))
+    whole = build_model("alexnet", 5, lrn_span="whole")
+    assert whole.features.norm1.groups == whole.features.norm2.groups == 1
+    torch.testing.assert_close(whole.features.norm1(a), torch_lrn(a))
+    assert not torch.allclose(half.features.norm1(a), torch_lrn(a))  # the default changes results
+    with pytest.raises(ValueError, match="LRN span"):
+        build_model("alexnet", 5, width=0.0625, lrn_span="third")

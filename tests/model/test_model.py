@@ -1,6 +1,7 @@
 """The model against ALEXNET.md: parameter counts, shapes, init, and LRN against a numpy version of the formula."""
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 
 import numpy as np
@@ -188,7 +189,7 @@ def test_lrn_default_is_alpha_over_n_as_torch():
     a = torch.randn(2, 9, 5, 5) * 30
     torch_lrn = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
     torch.testing.assert_close(LocalResponseNorm()(a), torch_lrn(a))
-    model = build_model("alexnet", 5, width=0.0625)
+    model = build_model("alexnet", 5, width=0.0625, lrn_span="whole")  # (the default normalises each half)
     torch.testing.assert_close(model.features.norm1(a), torch_lrn(a))
 
 
@@ -258,3 +259,30 @@ def test_split_conv_is_not_a_dense_conv():
     a, b = conv(x), conv(y)
     torch.testing.assert_close(a[:, :half], b[:, :half])
     assert not torch.allclose(a[:, half:], b[:, half:])
+
+
+# --- issue 20: Caffe's 227 is Caffe's geometry ---------------------------------------------------------------
+
+def test_caffe_227_is_conv1_without_padding_and_gives_55x55():
+    model = build_model("alexnet", 5, width=0.0625, crop=227).eval()
+    shapes, out = _shapes(model, 227)
+    assert shapes["conv1"][1:] == (55, 55) and shapes["pool1"][1:] == (27, 27) and shapes["pool5"][1:] == (6, 6)
+    conv1 = model.features.conv1
+    x = torch.randn(1, 3, 227, 227)
+    torch.testing.assert_close(conv1(x), nn.functional.conv2d(x, conv1.weight, conv1.bias, stride=4))  # Caffe's
+    paper = build_model("alexnet", 5, width=0.0625).eval()  # 224: padded by 2 for the same 55x55
+    assert _shapes(paper, 224)[0]["conv1"][1:] == (55, 55)
+    torch.testing.assert_close(paper.features.conv1(x[..., :224, :224]), nn.functional.conv2d(
+        x[..., :224, :224], paper.features.conv1.weight, paper.features.conv1.bias, stride=4, padding=2))
+
+
+def test_a_227_run_builds_and_reloads_caffes_geometry(tmp_path):
+    from alexnet_pipe.train.checkpoint import load_model
+    from alexnet_pipe.train.config import TrainSettings, model_for
+    s = TrainSettings(crop=227, width=0.0625, num_classes=5)
+    model = model_for(s, 5)
+    assert model.features.conv1.padding == (0, 0)
+    torch.save({"model": model.state_dict(), "settings": dataclasses.asdict(s), "num_classes": 5}, tmp_path / "c.pt")
+    loaded, _ = load_model(tmp_path / "c.pt")
+    assert loaded.features.conv1.padding == (0, 0)
+    assert model_for(dataclasses.replace(s, crop=224), 5).features.conv1.padding == (2, 2)

@@ -26,3 +26,15 @@ def test_settings_file_values_are_checked_with_the_option_rules():
         with pytest.raises(UserError):
             check(dataclasses.replace(TrainSettings(), **bad))
     assert check(TrainSettings()) == TrainSettings()
+
+
+def test_settings_saved_before_the_lrn_span_option_normalise_across_all_maps():
+    """Runs from before issue 20 trained with the window across the halves: a resume or an evaluation of one
+    must build that model, not today's default."""
+    from alexnet_pipe.train.config import settings_from_dict
+    saved = dataclasses.asdict(TrainSettings())
+    assert settings_from_dict(saved).lrn_span == "half" == TrainSettings().lrn_span
+    del saved["lrn_span"]
+    assert settings_from_dict(saved).lrn_span == "whole"
+    with pytest.raises(UserError, match="--lrn-span"):
+        check(dataclasses.replace(TrainSettings(), lrn_span="third"))

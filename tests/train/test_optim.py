@@ -133,3 +133,58 @@ def test_make_optimizer(form, kind):
     assert [g["weight_decay"] for g in opt.param_groups] == [5e-4, 0.0]
     with pytest.raises(ValueError, match="paper"):
         make_optimizer(build_model("alexnet", 5, width=0.0625), "adam", lr=0.01, momentum=0.9, weight_decay=0)
+
+
+# --- issue 20: what mutation testing found unguarded (docs/testing.md) ----------------------------------------
+
+def _one_step(opt, params, grads):
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    opt.step()
+
+
+@pytest.mark.parametrize("form", ["paper", "torch"])
+def test_make_optimizer_passes_momentum_and_bias_decay_on(form):
+    """Every setting reaches the optimiser: a momentum other than either class's default, and --bias-decay."""
+    model = nn.Linear(3, 2)
+    opt = make_optimizer(model, form, lr=0.1, momentum=0.5, weight_decay=0.01, bias_lr_mult=1.0, bias_decay=True)
+    assert [g["momentum"] for g in opt.param_groups] == [0.5, 0.5]
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.01]
+    params = [model.weight, model.bias]
+    w0 = [p.detach().clone() for p in params]
+    grads = [torch.ones_like(p) for p in params]
+    for _ in range(2):  # the second step carries the momentum: v = m v - wd lr w - lr g (both forms, lr constant)
+        _one_step(opt, params, grads)
+    for p, w, g in zip(params, w0, grads):
+        v1 = -0.01 * 0.1 * w - 0.1 * g
+        w1 = w + v1
+        want = w1 + 0.5 * v1 - 0.01 * 0.1 * w1 - 0.1 * g
+        torch.testing.assert_close(p.detach(), want, rtol=1e-6, atol=1e-7)
+
+
+def test_paper_sgd_defaults_and_group_fallbacks():
+    """PaperSGD(params, lr): momentum 0.9 and no decay unless told; a group without its own weight decay or
+    foreach takes the optimiser's."""
+    w = torch.tensor([1.0, -2.0], requires_grad=True)
+    opt = PaperSGD([w], lr=0.1)
+    _one_step(opt, [w], [torch.ones(2)])
+    _one_step(opt, [w], [torch.ones(2)])
+    torch.testing.assert_close(w.detach(), torch.tensor([1.0, -2.0]) - 0.1 - (0.9 * 0.1 + 0.1))
+    u = torch.tensor([1.0, -2.0], requires_grad=True)
+    decayed = PaperSGD([u], lr=0.1, momentum=0.0, weight_decay=0.5, foreach=True)
+    assert decayed.param_groups[0]["foreach"] is True
+    _one_step(decayed, [u], [torch.zeros(2)])
+    torch.testing.assert_close(u.detach(), torch.tensor([1.0, -2.0]) * (1 - 0.5 * 0.1))
+
+
+def test_set_lr_and_the_description_of_groups_without_the_authors_keys():
+    """Groups built elsewhere (no name, lr_mult or weight decay): lr x1, described as group0.. with decay 0."""
+    a, b = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(2, 2))
+    opt = torch.optim.SGD([{"params": [a]}, {"params": [b]}], lr=1.0)
+    set_lr(opt, 0.03)
+    assert [g["lr"] for g in opt.param_groups] == [0.03, 0.03]
+    rows = describe_param_groups([{"params": [a]}, {"params": [b], "lr_mult": 2.0}])
+    assert rows == [{"name": "group0", "lr_mult": 1.0, "weight_decay": 0.0, "parameters": 3},
+                    {"name": "group1", "lr_mult": 2.0, "weight_decay": 0.0, "parameters": 4}]
+    assert format_param_groups(rows) == ("group0   lr x1  weight decay 0e+00  3 parameters\n"
+                                         "group1   lr x2  weight decay 0e+00  4 parameters")

@@ -34,3 +34,20 @@ def test_plateau_rule_drops_at_most_three_times():
     q = Plateau(2, 3)
     q.load_state_dict(p.state_dict())
     assert q == p
+
+
+# --- issue 20: what mutation testing found unguarded (docs/testing.md) ----------------------------------------
+
+def test_a_warm_up_shorter_than_an_epoch():
+    """0.5 warm-up epochs of 4 steps: steps 0 and 1 at 1/2 and 2/2 of the rate, then the rate."""
+    got = [lr_at("plateau", 0.1, k / 4, warmup_epochs=0.5, steps_per_epoch=4) for k in range(4)]
+    np.testing.assert_allclose(got, [0.05, 0.1, 0.1, 0.1])
+
+
+def test_the_defaults_are_the_papers_run_without_warm_up_or_drops():
+    assert lr_at("plateau", 0.01, 0.0) == 0.01  # no drop yet
+    assert lr_at("plateau", 1.0, 0.0, steps_per_epoch=4) == 1.0  # no warm-up
+    assert lr_at("cosine", 1.0, 45.0) == pytest.approx(0.5)  # over 90 epochs
+    assert lr_at("plateau", 1.0, 0.0, warmup_epochs=2) == 0.5  # one step per epoch: (0 + 1) / 2
+    with pytest.raises(ValueError, match="schedule must be one of .* not 'linear'"):
+        lr_at("linear", 0.01, 0.0)

@@ -1,0 +1,90 @@
+"""The trainer's wiring, tested through train() itself (issue 20): what a mutation test found unguarded.
+
+Each test goes through the trainer as a run would (tests/helpers/wiring.py watches it from outside, as faults.py does),
+so that deleting or miswiring one call in the loop fails here: per-rank dropout streams that replay on resume,
+the plateau schedule's state across a resume, and random-resized crops that reach both edges.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet_pipe.loaders import augment
+from alexnet_pipe.train.entry import run_training
+from alexnet_pipe.train.runlog import read_metrics
+from helpers.training import tiny
+
+
+# ---------------------------------------------------------------- dropout: one stream per rank, replayed
+
+@pytest.mark.slow
+def test_two_ranks_through_train_draw_their_own_masks_that_replay_on_resume(tmp_path):
+    """Two gloo ranks, the same batch on both: three steps straight, then step 3 again from the step-2
+    checkpoint. Ranks must drop different units, every step anew, and the resumed step the same units again."""
+    from helpers import wiring
+    s = tiny(tmp_path / "a", max_steps=3, ckpt_every=2, keep=5, nproc=2, dropout=0.5)
+    resumed = dataclasses.replace(s, run=str(tmp_path / "b"), resume=str(tmp_path / "a" / "ckpt-00000002.pt"))
+    wiring.run_ranks(2, [(s, str(tmp_path / "straight")), (resumed, str(tmp_path / "resumed"))])
+    straight = [torch.load(tmp_path / f"straight.{rank}.pt") for rank in (0, 1)]
+    again = [torch.load(tmp_path / f"resumed.{rank}.pt") for rank in (0, 1)]
+    assert [len(steps) for steps in straight] == [3, 3] and [len(steps) for steps in again] == [1, 1]
+    for step in range(3):
+        for layer in ("drop6", "drop7"):
+            masks = [straight[rank][step][layer] for rank in (0, 1)]
+            assert masks[0].any() and masks[1].any()
+            assert not torch.equal(masks[0], masks[1]), (step, layer)  # each rank its own draw
+    for rank in (0, 1):
+        assert not torch.equal(straight[rank][0]["drop6"], straight[rank][1]["drop6"])  # each step anew
+        for step in (2,):
+            for layer in ("drop6", "drop7"):
+                torch.testing.assert_close(again[rank][step - 2][layer], straight[rank][step][layer], rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- the plateau schedule across a resume
+
+def _lrs(run) -> list[tuple[int, float]]:
+    return [(r["step"], r["lr"]) for r in read_metrics(run) if "loss" in r]
+
+
+def test_a_resumed_run_makes_the_plateau_drops_of_the_uninterrupted_one(tmp_path):
+    """lr 1e-9: the weights barely move, so the val error stays where it is and the plateau rule (patience 1)
+    drops after every evaluation but the first until its two drops are spent. A run stopped after epoch 2 (its
+    best and one drop on record) and resumed must drop at the same steps as the run that never stopped."""
+    common = dict(schedule="plateau", eval_every=1, patience=1, max_drops=2, lr=1e-9, synthetic_steps=1)
+    run_training(tiny(tmp_path / "straight", epochs=4, **common))
+    run_training(tiny(tmp_path / "resumed", epochs=2, **common))
+    run_training(tiny(tmp_path / "resumed", epochs=4, resume="latest", **common))
+    straight = _lrs(tmp_path / "straight")
+    assert [step for step, _ in straight] == [1, 2, 3, 4]
+    np.testing.assert_allclose([lr for _, lr in straight], [1e-9, 1e-9, 1e-10, 1e-11], rtol=1e-9)
+    assert _lrs(tmp_path / "resumed") == straight
+    evals = [[r["top1_error"] for r in read_metrics(tmp_path / run) if "top1_error" in r]
+             for run in ("straight", "resumed")]
+    assert evals[0] == evals[1] and len(evals[0]) == 4
+
+
+# ---------------------------------------------------------------- random-resized crops reach both edges
+
+@pytest.mark.parametrize("height, width, side", [(40, 40, 24), (37, 50, 20)])
+def test_random_resized_windows_reach_every_offset_both_edges_included(height, width, side):
+    """A fixed window (one area, aspect ratio 1): x must take every value 0..width-side, y every 0..height-side."""
+    area = side * side / (height * width)
+    windows = augment.random_resized_windows(np.random.default_rng(0), 4000, height, width, scale=(area, area),
+                                             ratio=(1.0, 1.0))
+    assert (windows[:, 2:] == side).all()
+    assert set(windows[:, 0].tolist()) == set(range(width - side + 1))
+    assert set(windows[:, 1].tolist()) == set(range(height - side + 1))
+
+
+def test_the_epoch_plan_s_resized_windows_touch_each_edge_as_often_as_the_other():
+    """Windows of any size, as a training epoch draws them: a window touches the right edge (x + w = width) as
+    often as the left one (x = 0), the bottom as often as the top."""
+    plan = augment.train_plan(20000, seed=1, epoch=0, size=64, crop=32, sigma=0.0, crops="random-resized")
+    x, y, w, h = plan.window.T
+    inside = (w < 64) & (h < 64)  # windows narrower than the image, whose position is drawn
+    for start, extent in ((x, w), (y, h)):
+        low, high = np.sum(inside & (start == 0)), np.sum(inside & (start + extent == 64))
+        assert low > 300 and high > 300 and abs(low - high) < 5 * np.sqrt(low + high), (low, high)
