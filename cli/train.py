@@ -6,13 +6,12 @@ choices, help and shown default are generated here, so nothing is typed twice.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
 import click
 
-from alexnet_pipe.train.config import RECIPES, TrainSettings, default_text, opt_of, settings_from_dict
+from alexnet_pipe.train.config import RECIPES, TrainSettings, default_text, opt_of
 from alexnet_pipe_cli.common import FiniteFloat, data_option, print_settings, run_dir_callback
 
 
@@ -106,12 +105,9 @@ def _placement(cpu: bool, nproc: int | None, gpus: int | None) -> tuple[str, int
 
 
 def _saved_settings(path: Path, what: str) -> TrainSettings:
-    """A run's settings.json (from --config, or the run being resumed)."""
-    try:
-        return settings_from_dict(json.loads(path.read_text()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, AttributeError) as exc:
-        raise click.ClickException(f"{path} is not the settings.json that `alexnet-pipe train` writes ({exc}); "
-                                   f"{what}") from None
+    """A run's settings.json (from --config, or the run being resumed), checked field by field (runlog)."""
+    from alexnet_pipe.train.runlog import read_settings
+    return read_settings(path, what)
 
 
 def _base(config: Path | None, recipe: str | None, resume: str | None, run: Path | None):
