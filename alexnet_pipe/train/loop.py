@@ -328,7 +328,9 @@ def run_training(s: TrainSettings, worker=None) -> dict:
         if not s.run:
             raise UserError("under torchrun pass --run-dir DIR: every rank must write to the same run dir")
         return (worker or train)(finalize(s, int(os.environ["WORLD_SIZE"])))
+    chosen, auto = bool(s.run), s.resume == "auto"
     s = finalize(s, s.nproc)
+    s = _own_run_dir(s, chosen, auto)
     try:
         if s.nproc == 1 and s.max_restarts == 0:
             return (worker or train)(s)
@@ -341,6 +343,16 @@ def run_training(s: TrainSettings, worker=None) -> dict:
         if exc.sigval == signal.SIGTERM:
             raise Preempted(f"stopped by SIGTERM: {_where(s)}") from None
         raise Interrupted(f"interrupted: {_where(s)}") from None
+
+
+def _own_run_dir(s: TrainSettings, chosen: bool, auto: bool) -> TrainSettings:
+    """The run dir made the tool's (rundir.py): a fresh default one, or the --run given, continued only with
+    --resume (or --resume auto on a dir of ours)."""
+    from alexnet_pipe.train import rundir
+    if not chosen:
+        return dataclasses.replace(s, run=str(rundir.fresh_run_dir(Path(s.run))))
+    rundir.claim_run_dir(Path(s.run), continuing=bool(s.resume) or (auto and rundir.is_ours(Path(s.run))))
+    return s
 
 
 def _where(s: TrainSettings) -> str:
