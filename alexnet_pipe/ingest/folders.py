@@ -69,18 +69,20 @@ def _hidden(rel: Path) -> bool:
 def _class_folders(train: Path, rejects: list[dict]) -> list[str]:
     """The train class folders, sorted: hidden folders are no class (their files are noted as rejects), and an
     empty class folder is refused: kept, it is a label no image has; dropped, it renumbers every later class."""
-    folders = []
+    folders, empty = [], []
     for path in sorted(train.iterdir()):
         if _hidden(Path(path.name)):
             for f in [path] if not path.is_dir() else _files_under(path):
                 reject(rejects, f, "train", HIDDEN)
         elif not path.is_dir():
             reject(rejects, path, "train", "not inside a class folder")
-        elif not any(not _hidden(f.relative_to(path)) for f in _files_under(path)):
-            raise UserError(f"the class folder {path} holds no files: remove it or put its images in (an empty "
-                            "class would be a label that no image has)")
         else:
             folders.append(path.name)
+            if not any(not _hidden(f.relative_to(path)) for f in _files_under(path)):
+                empty.append(path)
+    if empty and len(empty) < len(folders):  # all empty: the split holds no images, said as such later
+        raise UserError(f"the class folder {empty[0]} holds no files: remove it or put its images in (an empty "
+                        "class would be a label that no image has)")
     return folders
 
 

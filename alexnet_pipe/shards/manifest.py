@@ -54,9 +54,9 @@ class OutputSettings(metadata.Strict):
     size: Annotated[int, Field(ge=1)]
     quality: Annotated[int, Field(ge=1, le=100)] = 90
     encoding: Literal["jpeg", "raw"] = "jpeg"
-    resize: str | None = None
-    reduce: bool | None = None
-    seed: Count | None = None
+    resize: str = "area"
+    reduce: bool = True
+    seed: int = 0
     shards: Annotated[int, Field(ge=1)] | None = None
     shard_size: Annotated[int, Field(ge=1)] | None = None
 

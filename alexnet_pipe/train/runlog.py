@@ -90,22 +90,23 @@ def tensorboard_writer(folder: Path, resumed_step: int):
 
 
 _FROM_TRAIN = "pass a run dir that `alexnet-pipe train` wrote"
-Finite = Annotated[float, Field(ge=0)]
+NonNegative = Annotated[float, Field(ge=0)]
 
 
 class MetricsRow(Strict):
-    """One line of metrics.jsonl: a training row (loss ...), an evaluation (top-1 ...), or an event."""
+    """One line of metrics.jsonl: a training row (loss ...), an evaluation (top-1 ...), or an event. A key may be
+    absent (rows of each kind have their own), never null: the default below is not validated, a null is."""
     step: Annotated[int, Field(ge=0)]
-    epoch: Finite | None = None
-    lr: Finite | None = None
-    loss: float | None = None
-    images_per_sec: Finite | None = None
-    data_wait_fraction: Annotated[float, Field(ge=0, le=1)] | None = None
-    top1_error: Annotated[float, Field(ge=0, le=1)] | None = None
-    top5_error: Annotated[float, Field(ge=0, le=1)] | None = None
-    images: Annotated[int, Field(ge=0)] | None = None
-    event: str | None = None
-    changed: dict[str, str | int | float | bool | list | None] | None = None
+    epoch: NonNegative = None
+    lr: NonNegative = None
+    loss: float = None
+    images_per_sec: NonNegative = None
+    data_wait_fraction: Annotated[float, Field(ge=0, le=1)] = None
+    top1_error: Annotated[float, Field(ge=0, le=1)] = None
+    top5_error: Annotated[float, Field(ge=0, le=1)] = None
+    images: Annotated[int, Field(ge=0)] = None
+    event: str = None
+    changed: dict[str, str | int | float | bool | list | None] = None
 
 
 def read_metrics(run: Path) -> list[dict]:
