@@ -125,7 +125,10 @@ def read_metrics(run: Path) -> list[dict]:
                 print(f"note: skipped the unfinished last line {n} of {path}", file=sys.stderr)
                 break
             raise UserError(f"{path} is not JSON lines (line {n}: {exc}); {_FROM_TRAIN}") from None
-        rows.append(metadata.check_model(row, MetricsRow, path, f"line {n} is not a metrics row", _FROM_TRAIN))
+        try:
+            rows.append(metadata.check_model(row, MetricsRow, path, "a metrics row", _FROM_TRAIN))
+        except UserError as exc:
+            raise UserError(str(exc).replace(f"{path} is", f"{path} line {n} is", 1)) from None
     return rows
 
 
