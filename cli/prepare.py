@@ -10,6 +10,7 @@ import click
 from alexnet_pipe_cli.common import data_option, print_settings
 
 RESIZES = ["area", "linear", "cubic", "lanczos"]
+MAX_PIXELS = 100_000_000  # shards.pixels.MAX_PIXELS (a test holds them equal): OpenCV stays out of --help
 
 
 def _cores() -> int:
@@ -41,6 +42,9 @@ def _shard_range(ctx, param, value):
                    "a shrink by less than 2x is a cubic 2x enlargement, then the exact 2x2 average.")
 @click.option("--reduce/--no-reduce", default=True, show_default=True,
               help="Let JPEGs of shorter side >= 2*size decode at 1/2, 1/4, 1/8 scale (DCT domain).")
+@click.option("--max-pixels", type=click.IntRange(min=0), default=MAX_PIXELS, show_default=True,
+              help="Refuse (list in rejects.jsonl) an image of more pixels, from its header before decoding: a "
+                   "small file can hold a huge image that takes GBs to decode. 0: no limit.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the global shuffle.")
 @click.option("--shards", type=click.IntRange(min=1), default=None, help="Shards per split [default: records / shard-size].")
 @click.option("--shard-size", type=click.IntRange(min=1), default=10000, show_default=True)

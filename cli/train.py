@@ -119,13 +119,9 @@ def _launched_as(saved: TrainSettings, gpus_here: int) -> tuple[str, int]:
 
 
 def _saved_settings(path: Path, what: str) -> TrainSettings:
-    """A run's settings.json (from --config, or the run being resumed)."""
-    from alexnet_pipe.core.errors import UserError
+    """A run's settings.json (from --config, or the run being resumed), checked field by field (runlog)."""
     from alexnet_pipe.train.runlog import read_settings
-    try:
-        return read_settings(path)
-    except UserError as exc:
-        raise click.ClickException(f"{exc}; {what}") from None
+    return read_settings(path, what)
 
 
 def _base(config: Path | None, recipe: str | None, resume: str | None, run: Path | None):
@@ -180,7 +176,7 @@ def train(data: Path, run: Path | None, recipe: str | None, config: Path | None,
     """
     from alexnet_pipe.train import distributed
     from alexnet_pipe.train.config import resolve_settings
-    from alexnet_pipe.train.entry import finalize, run_training
+    from alexnet_pipe.train.entry import finalize, own_run_dir, run_training
 
     if no_lighting:
         if options["lighting"]:
@@ -209,6 +205,8 @@ def train(data: Path, run: Path | None, recipe: str | None, config: Path | None,
         return
     under_torchrun = distributed.under_launcher()
     final = finalize(settings, int(os.environ["WORLD_SIZE"]) if under_torchrun else settings.nproc)
+    if not under_torchrun:  # under torchrun every rank shares the dir; its checkpoints say whose it is
+        final = own_run_dir(final, bool(settings.run), settings.resume == "auto")
     if not under_torchrun or os.environ["RANK"] == "0":
         from alexnet_pipe_cli.train_header import header
         click.echo("\n".join(header(final)))

@@ -46,6 +46,6 @@ def test_marker_is_what_allows_a_rerun(tmp_path):
     from alexnet_pipe.report.demo import _fresh_root
     root = tmp_path / "demo"
     _fresh_root(root)
-    (root / "old-output").write_text("x")
+    (root / "demo.json").write_text("x")  # an old output of the demo
     _fresh_root(root)
-    assert (root / MARKER).exists() and not (root / "old-output").exists()
+    assert (root / MARKER).exists() and not (root / "demo.json").exists()

@@ -285,6 +285,8 @@ REACHED_BY = {
     "ingest.writing": {"prepare"},
     "ingest.chunks": {"prepare"},
     "train.runlog": {"train"},
+    "train.rundir": {"train"},
+    "shards.pixels.check_pixels": {"prepare"},  # records are decoded elsewhere, but never over the limit
     "ingest.sample_data": {"sample-data"},
     "ingest.sample_drawing": {"sample-data"},
     "ingest.sources": {"prepare"},

@@ -1,122 +1,44 @@
-"""Reading the small files stages leave for each other (JSON, JSON lines), checked against their shape.
+"""Reading the small files stages leave for each other (JSON, JSON lines), checked against a typed model.
 
-One function turns a file into a checked document or one ShardFormatError sentence naming the file:
-only regular files (files.read_regular_bytes), strict UTF-8, JSON without NaN/Infinity, and a shape
-written as a few combinators (`record`, `list_of`, `integer`, ...), so a hand-edited or damaged file
-never surfaces as a TypeError or KeyError three calls later. The formats themselves are declared
-where they are written (shards.py, stats.py).
+One function turns a file into a checked document or one ShardFormatError sentence naming the file and the
+field: only regular files (files.read_regular_bytes), strict UTF-8, JSON without NaN/Infinity or a key given
+twice, then a pydantic model (`Strict`: no coercion, no unknown keys, finite numbers) declared by the module
+that owns the file (shards/manifest.py, stats/readers.py, train/runlog.py, train/checkpoint.py). So a
+hand-edited or damaged file never surfaces as a TypeError or KeyError three calls later.
 """
 from __future__ import annotations
 
+import difflib
 import json
-import math
-import re
+import typing
 from pathlib import Path
-from typing import Callable
 
-from alexnet_pipe.core.files import UnreadableFile, read_regular_bytes
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from alexnet_pipe.core.errors import ShardFormatError
-
-Check = Callable[[object, str], None]  # raises Mismatch(where, what) where the value does not fit
-
-
-class Mismatch(Exception):
-    def __init__(self, where: str, what: str):
-        super().__init__(f"{where or 'the top level'}: {what}")
+from alexnet_pipe.core.files import UnreadableFile, read_regular_bytes
 
 
-def _kind(value) -> str:
-    return "null" if value is None else type(value).__name__.replace("str", "string").replace("dict", "object")
-
-
-def integer(low: int | None = 0, high: int | None = None) -> Check:
-    def check(value, where):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise Mismatch(where, f"expected an integer, found {_kind(value)}")
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise Mismatch(where, f"{value} is outside {low}..{'' if high is None else high}")
-    return check
-
-
-def number(positive: bool = False) -> Check:
-    def check(value, where):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise Mismatch(where, f"expected a number, found {_kind(value)}")
-        if not math.isfinite(value) or (positive and value <= 0):
-            raise Mismatch(where, f"{value} is not a {'positive ' if positive else ''}finite number")
-    return check
-
-
-def string(pattern: str | None = None) -> Check:
-    def check(value, where):
-        if not isinstance(value, str):
-            raise Mismatch(where, f"expected a string, found {_kind(value)}")
-        if pattern and not re.fullmatch(pattern, value):
-            raise Mismatch(where, f"{value[:40]!r} is not of the form {pattern}")
-    return check
-
-
-def boolean(value, where) -> None:
-    if not isinstance(value, bool):
-        raise Mismatch(where, f"expected true or false, found {_kind(value)}")
-
-
-def anything(value, where) -> None:
-    return None
-
-
-def optional(check: Check) -> Check:
-    def either(value, where):
-        if value is not None:
-            check(value, where)
-    return either
-
-
-def list_of(item: Check, length: int | None = None) -> Check:
-    def check(value, where):
-        if not isinstance(value, list):
-            raise Mismatch(where, f"expected a list, found {_kind(value)}")
-        if length is not None and len(value) != length:
-            raise Mismatch(where, f"expected {length} items, found {len(value)}")
-        for i, v in enumerate(value):
-            item(v, f"{where}[{i}]")
-    return check
-
-
-def matrix(rows: int, cols: int) -> Check:
-    return list_of(list_of(number(), cols), rows)
-
-
-def record(fields: dict[str, Check], optional_keys: dict[str, Check] | None = None) -> Check:
-    """An object with these keys (others are allowed: a newer writer may add some)."""
-    def check(value, where):
-        if not isinstance(value, dict):
-            raise Mismatch(where, f"expected an object, found {_kind(value)}")
-        for key, sub in fields.items():
-            if key not in value:
-                raise Mismatch(where, f"no {key!r}")
-            sub(value[key], f"{where}.{key}" if where else key)
-        for key, sub in (optional_keys or {}).items():
-            if key in value:
-                sub(value[key], f"{where}.{key}" if where else key)
-    return check
-
-
-def mapping_of(item: Check) -> Check:
-    def check(value, where):
-        if not isinstance(value, dict):
-            raise Mismatch(where, f"expected an object, found {_kind(value)}")
-        for key, v in value.items():
-            item(v, f"{where}.{key}" if where else key)
-    return check
+class Strict(BaseModel):
+    """A file's format: exact JSON types (1 is not true, "3" is not 3), no unknown key, finite numbers."""
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 
 def _no_constants(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+def _unique_keys(pairs: list) -> dict:
+    seen = {}
+    for key, value in pairs:
+        if key in seen:  # json keeps the last silently: a hand edit that left both would hide one
+            raise ValueError(f"the key {key!r} appears twice in one object")
+        seen[key] = value
+    return seen
+
+
 def parse_json(text: str):
-    return json.loads(text, parse_constant=_no_constants)
+    return json.loads(text, parse_constant=_no_constants, object_pairs_hook=_unique_keys)
 
 
 def read_text(path: Path, what: str, hint: str, missing: str | None = None) -> str:
@@ -133,32 +55,83 @@ def read_text(path: Path, what: str, hint: str, missing: str | None = None) -> s
         raise ShardFormatError(f"{path} is not UTF-8 text (byte {exc.start}) and so not {what}: {hint}") from None
 
 
-def check_document(doc, shape: Check, path: Path, what: str, hint: str):
+def _models_in(annotation) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The model whose object holds the last key of `loc` (list indexes and mapping keys are stepped over)."""
+    for part in loc[:-1]:
+        if isinstance(part, str) and part in model.model_fields:
+            inner = _models_in(model.model_fields[part].annotation)
+            if not inner:
+                return None
+            model = inner[0]
+    return model
+
+
+def field_name(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text or "the top level"
+
+
+def _near_miss(error: dict, model: type[BaseModel]) -> str | None:
+    """The field an unknown key was probably meant to be (a renamed or misspelt key), or None."""
+    if error["type"] != "extra_forbidden":
+        return None
+    holder = _model_at(model, tuple(error["loc"]))
+    close = difflib.get_close_matches(str(error["loc"][-1]), list(holder.model_fields) if holder else [], n=1)
+    return close[0] if close else None
+
+
+def explain(exc: ValidationError, model: type[BaseModel]) -> str:
+    """The first problem of a validation as 'field X: what'; a misspelt key (which also leaves its field
+    missing) first, with a 'did you mean'."""
+    errors = exc.errors(include_url=False)
+    error = next((e for e in errors if _near_miss(e, model)), errors[0])
+    loc, kind = tuple(error["loc"]), error["type"]
+    name = field_name(loc)
+    if kind == "missing":
+        return f"field {name} is missing"
+    if kind == "extra_forbidden":
+        meant = _near_miss(error, model)
+        return f"field {name} is not one this file has" + (f" (did you mean {meant!r}?)" if meant else "")
+    shown = repr(error.get("input"))
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return f"field {name}: {error['msg'][0].lower()}{error['msg'][1:]}, found {shown}"
+
+
+def check_model(doc, model: type[BaseModel], path: Path, what: str, hint: str):
+    """doc, validated by model (the document itself is returned: readers index it as JSON)."""
     try:
-        shape(doc, "")
-    except Mismatch as exc:
-        raise ShardFormatError(f"{path} is not {what} ({exc}): {hint}") from None
+        model.model_validate(doc)
+    except ValidationError as exc:
+        raise ShardFormatError(f"{path} is not {what} ({explain(exc, model)}): {hint}") from None
     return doc
 
 
-def read_json(path: Path, shape: Check, what: str, hint: str, missing: str | None = None):
+def read_model(path: Path, model: type[BaseModel], what: str, hint: str, missing: str | None = None):
     """The checked document of a JSON file: what = 'a manifest written by ...', hint = what to do."""
     text = read_text(path, what, hint, missing)
     try:
         doc = parse_json(text)
-    except ValueError as exc:  # JSONDecodeError is a ValueError, as is a NaN
+    except ValueError as exc:  # JSONDecodeError is a ValueError, as is a NaN or a repeated key
         raise ShardFormatError(f"{path} is not {what} (invalid JSON: {exc}): {hint}") from None
-    return check_document(doc, shape, path, what, hint)
+    return check_model(doc, model, path, what, hint)
 
 
-def read_json_lines(path: Path, row: Check, what: str, hint: str) -> list:
+def read_model_lines(path: Path, model: type[BaseModel], what: str, hint: str) -> list:
     """Every non-blank line of a JSON-lines file, each checked; an error names the line."""
     rows = []
     for n, line in enumerate(read_text(path, what, hint).splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            rows.append(check_document(parse_json(line), row, path, what, hint))
+            rows.append(check_model(parse_json(line), model, path, what, hint))
         except ValueError as exc:
             raise ShardFormatError(f"{path} line {n} is not {what} (invalid JSON: {exc}): {hint}") from None
         except ShardFormatError as exc:

@@ -25,13 +25,13 @@ def _differences(old: dict, new: dict) -> str:
     return ", ".join(diffs)
 
 
-def claim_data_dir(dd: DataDir, record: dict, overwrite: bool) -> None:
+def claim_data_dir(dd: DataDir, record: dict, overwrite: bool, only: tuple[int, int] | None = None) -> None:
     """Bind the data dir to these settings, or refuse where it holds shards made otherwise.
     --overwrite removes only what prepare and stats wrote (owned.py); the hints never suggest more."""
     owned.refuse_foreign(dd)
     old, damage = owned.read_prepare_record(dd)
     if overwrite:
-        owned.clear(dd)
+        owned.clear(dd, only)
     elif damage:
         raise UserError(f"{dd.root / owned.PREPARE_JSON} is unreadable ({damage}); pass --overwrite to replace what prepare wrote in "
                         f"{dd.root} (files it did not write stay)")

@@ -23,6 +23,7 @@ class ImageJob:
     encoding: str
     resize: str
     reduce: bool
+    max_pixels: int = images.MAX_PIXELS
 
 
 @dataclasses.dataclass
@@ -45,7 +46,7 @@ def to_record(job: ImageJob, index: int, item: Item) -> tuple[bytes, bytes, np.n
     except OSError as exc:
         raise images.Reject(f"unreadable ({exc.strerror or exc})") from None
     try:
-        bgr = images.decode_bgr(data, job.size if job.reduce else 0)
+        bgr = images.decode_bgr(data, job.size if job.reduce else 0, job.max_pixels)
         square = images.center_square(bgr, job.size, job.resize)
     except cv2.error as exc:
         raise images.Reject(f"undecodable ({str(exc).strip().splitlines()[-1]})") from None

@@ -57,35 +57,78 @@ def _regular_files(files: list, split: str, rejects: list[dict], path=lambda f: 
     return kept
 
 
+HIDDEN = "a hidden name (starting with '.'): not an image of the dataset, skipped"
+
+
+def _hidden(rel: Path) -> bool:
+    """A name starting with '.' anywhere below the split: a notebook's .ipynb_checkpoints/, .DS_Store, .git/.
+    The rule of the input tree (docs/format.md): never a class, never an image, each file noted in the rejects."""
+    return any(part.startswith(".") for part in rel.parts)
+
+
+def _class_folders(train: Path, rejects: list[dict]) -> list[str]:
+    """The train class folders, sorted: hidden folders are no class (their files are noted as rejects), and an
+    empty class folder is refused: kept, it is a label no image has; dropped, it renumbers every later class."""
+    folders, empty = [], []
+    for path in sorted(train.iterdir()):
+        if _hidden(Path(path.name)):
+            for f in [path] if not path.is_dir() else _files_under(path):
+                reject(rejects, f, "train", HIDDEN)
+        elif not path.is_dir():
+            reject(rejects, path, "train", "not inside a class folder")
+        else:
+            folders.append(path.name)
+            if not any(not _hidden(f.relative_to(path)) for f in _files_under(path)):
+                empty.append(path)
+    if empty and len(empty) < len(folders):  # all empty: the split holds no images, said as such later
+        raise UserError(f"the class folder {empty[0]} holds no files: remove it or put its images in (an empty "
+                        "class would be a label that no image has)")
+    return folders
+
+
 def list_train_folder(train: Path, rejects: list[dict], tick=no_tick) -> tuple[list[str], object]:
     """(sorted class names, iterator of (class, file)); files outside a class folder, or in a class folder whose
-    name is not UTF-8 (it would go into the manifest as the class's wnid), are rejected. The files are listed
-    one class folder at a time as the iterator is read, so no Path of the whole split is held at once."""
-    folders = sorted(p.name for p in train.iterdir() if p.is_dir())
+    name is not UTF-8 (it would go into the manifest as the class's wnid), or under a hidden name, are rejected.
+    The files are listed one class folder at a time as the iterator is read, so no Path of the whole split is
+    held at once."""
+    folders = _class_folders(train, rejects)
     classes = [w for w in folders if _utf8(w)]
-    for path in sorted(train.iterdir()):
-        if not path.is_dir():
-            reject(rejects, path, "train", "not inside a class folder")
     for wnid in folders:
         if wnid not in classes:
             for f in _files_under(train / wnid):
                 reject(rejects, f, "train", "its class folder's name is not UTF-8 (rename the folder)")
     def files():
         for wnid in classes:
-            found = [(wnid, f) for f in _files_under(train / wnid, tick)]
+            found = []
+            for f in _files_under(train / wnid, tick):
+                if _hidden(f.relative_to(train / wnid)):
+                    reject(rejects, f, "train", HIDDEN)
+                else:
+                    found.append((wnid, f))
             yield from _regular_files(found, "train", rejects, path=lambda wf: wf[1])
     return classes, files()
+
+
+def _sorted_into_classes(val: Path, index: dict[str, int]) -> bool:
+    """val/ holds class folders when a visible subfolder is named as a train class; a stray folder (hidden,
+    or named otherwise) beside flat files does not turn the split into an unlabelled one."""
+    return any(p.is_dir() and not _hidden(Path(p.name)) and p.name in index for p in val.iterdir())
 
 
 def _val_folder_items(val: Path, index: dict[str, int], labels: ValLabels | None,
                       rejects: list[dict], tick=no_tick) -> ItemList:
     items = ItemList(str(val.parent))
-    sorted_into_classes = any(p.is_dir() for p in val.iterdir())
+    sorted_into_classes = _sorted_into_classes(val, index)
     for path in _regular_files(_files_under(val, tick), "val", rejects):
         rel = path.relative_to(val)
+        if _hidden(rel):
+            reject(rejects, path, "val", HIDDEN)
+            continue
         if sorted_into_classes:
             wnid = rel.parts[0] if len(rel.parts) > 1 else None
             why = "not inside a class folder" if wnid is None else f"class folder {wnid} is not a train class"
+        elif len(rel.parts) > 1:
+            wnid, why = None, f"in the folder {rel.parts[0]}, which is not a train class, beside the flat val images"
         else:
             wnid = labels.by_stem.get(path.name.split(".")[0]) if labels else None
             why = (f"no label for it in {labels.source}" if labels else
@@ -103,7 +146,7 @@ def discover_folders(src: Path, root: Path, val_labels: Path | None, tick=no_tic
     rejects: list[dict] = []
     train_dir, val_dir = root / "train", root / "val"
     train_classes, train_files = list_train_folder(train_dir, rejects, tick) if train_dir.is_dir() else ([], [])
-    flat_val = val_dir.is_dir() and not any(p.is_dir() for p in val_dir.iterdir())
+    flat_val = val_dir.is_dir() and not _sorted_into_classes(val_dir, dict.fromkeys(train_classes, 0))
     labels = labels_for(val_labels, root, src, needed=flat_val or not train_classes)
     names = find_class_names(root, src) or (labels.names if labels else {})
     wnids = class_list(train_classes, names, labels)

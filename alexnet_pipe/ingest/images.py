@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from alexnet_pipe.shards.pixels import (Reject, decode_bgr, decode_rgb, decode_stored_jpeg, encode_jpeg,  # noqa: F401
-                                        jpeg_info, sniff)
+from alexnet_pipe.shards.pixels import (MAX_PIXELS, Reject, decode_bgr, decode_rgb, decode_stored_jpeg,  # noqa: F401
+                                        encode_jpeg, jpeg_info, sniff)
 
 RESIZE_FILTERS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC,
                   "lanczos": cv2.INTER_LANCZOS4}

@@ -12,13 +12,13 @@ import json
 import re
 from pathlib import Path
 
-from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.core.errors import ShardFormatError, UserError
 from alexnet_pipe.core.files import rmdir_if_empty, write_json_atomic
 from alexnet_pipe.ingest.claims import CLAIM_SUFFIX, CLAIMS_LOCK
 from alexnet_pipe.shards.datadir import DataDir
 from alexnet_pipe.shards.keyindex import KEY_INDEX
 from alexnet_pipe.shards.lmdbfile import DATA_MDB, LOCK_MDB
-from alexnet_pipe.shards.manifest import MANIFEST, REJECTS, SHARD_META
+from alexnet_pipe.shards.manifest import MANIFEST, REJECTS, SHARD_META, read_manifest, read_rejects
 from alexnet_pipe.shards.shardstats import SHARD_STATS
 
 SPLITS = ("train", "val")
@@ -61,7 +61,23 @@ def foreign_entries(dd: DataDir) -> list[Path]:
     return found
 
 
+def _foreign_top_file(dd: DataDir) -> str | None:
+    """Why the data dir's manifest.json or rejects.jsonl is not prepare's, or None: a user's file of the same
+    name is never ours to replace (it is ours only where it reads back as the format prepare writes)."""
+    for name, read in ((MANIFEST, lambda: read_manifest(dd.root)), (REJECTS, lambda: read_rejects(dd.rejects))):
+        if (dd.root / name).is_file() or (dd.root / name).is_symlink():
+            try:
+                read()
+            except ShardFormatError as exc:
+                return str(exc).split(": run `alexnet-pipe prepare`")[0]
+    return None
+
+
 def refuse_foreign(dd: DataDir) -> None:
+    top = _foreign_top_file(dd)
+    if top:
+        raise UserError(f"{top}, so prepare did not write it and will not replace it; move it away or choose "
+                        "another --data dir")
     found = foreign_entries(dd)
     if found:
         names = ", ".join(str(p.relative_to(dd.root)) for p in found[:3])
@@ -89,15 +105,25 @@ def remove_shard_dir(shard_dir: Path) -> None:
         shard_dir.unlink()
 
 
-def clear(dd: DataDir) -> None:
-    """Remove everything prepare (and stats) wrote in the data dir; the user's own files stay."""
+def _in_range(name: str, only: tuple[int, int] | None) -> bool:
+    """Whether a shard entry (shard-00012, its temp dir or claim) is one of shards [A, B); all where only is None."""
+    number = re.search(r"shard-(\d{5})", name)
+    return only is None or (number is not None and only[0] <= int(number.group(1)) < only[1])
+
+
+def clear(dd: DataDir, only: tuple[int, int] | None = None) -> None:
+    """Remove everything prepare (and stats) wrote in the data dir; the user's own files stay. With only =
+    (A, B) (--only-shards on one machine of several), shards A..B-1 of each split and nothing else: the other
+    machines' shards, the manifest and the statistics are theirs to replace."""
     for split in SPLITS:
         folder = dd.split(split)
         if folder.is_dir() and not folder.is_symlink():
             for entry in folder.iterdir():
-                if SHARD_ENTRY.fullmatch(entry.name) and entry.name != CLAIMS_LOCK:
+                if SHARD_ENTRY.fullmatch(entry.name) and entry.name != CLAIMS_LOCK and _in_range(entry.name, only):
                     remove_shard_dir(entry)
             rmdir_if_empty(folder)
+    if only is not None:
+        return
     if dd.stats.is_dir() and not dd.stats.is_symlink():
         _remove_matching(dd.stats, STATS_FILE)
     for entry in dd.root.iterdir():

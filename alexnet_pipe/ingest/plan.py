@@ -16,6 +16,7 @@ import numpy as np
 
 from alexnet_pipe.ingest.items import Inventory, ItemList
 from alexnet_pipe.shards.manifest import FORMAT_VERSION
+from alexnet_pipe.shards.pixels import MAX_PIXELS
 from alexnet_pipe.shards.records import shard_name
 
 SPLIT_STREAMS = {"train": 0, "val": 1}
@@ -30,6 +31,7 @@ class PrepareSettings:
     encoding: str = "jpeg"          # "jpeg" | "raw"
     resize: str = "area"            # images.RESIZE_FILTERS
     reduce: bool = True             # DCT-domain downscaling while decoding large JPEGs
+    max_pixels: int = MAX_PIXELS    # larger images are refused from their header (decompression bombs)
     seed: int = 0
     shards: int | None = None       # per split; None: ceil(records / shard_size)
     shard_size: int = 10000

@@ -140,12 +140,13 @@ def _run_locked(dd: DataDir, inv: Inventory, plan: dict[str, list[ShardPlan]], o
     from alexnet_pipe.core.progress import Progress
     todo = []
     try:
-        claim_data_dir(dd, plan_record(plan, settings), settings.overwrite)
+        claim_data_dir(dd, plan_record(plan, settings), settings.overwrite, only)
         todo = pending_shards(dd, plan, only)
         total = sum(len(p.items) for p in todo)
         echo(f"{inv.layout} layout: " + ", ".join(f"{s} {len(v)} images" for s, v in inv.splits.items())
              + f", {len(inv.classes)} classes; {len(todo)} shards to write ({total} images)")
-        job = ImageJob(settings.size, settings.quality, settings.encoding, settings.resize, settings.reduce)
+        job = ImageJob(settings.size, settings.quality, settings.encoding, settings.resize, settings.reduce,
+                   settings.max_pixels)
         progress = Progress(total, "prepare", stream=stream)
         written, skipped = _write_all(dd, todo, job, settings.workers, progress)
         rate = progress.close()

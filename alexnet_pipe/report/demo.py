@@ -1,8 +1,8 @@
 """The whole job on the built-in synthetic sample data: sample-data -> prepare -> stats --pca ->
 train (2 gloo processes, DALI CPU pipeline) -> evaluate (centre and ten-crop) -> pictures.
 
-Everything is written under DATA/demo/ (a folder the demo owns and replaces on every run), so
-a user's real data dir is never touched and `rm -r DATA/demo` removes it all.
+Everything is written under DATA/demo/ (a folder the demo marks as its own; a rerun replaces the outputs it
+wrote there and nothing else), so a user's real data dir is never touched and `rm -r DATA/demo` removes it all.
 """
 from __future__ import annotations
 
@@ -37,12 +37,27 @@ class DemoSettings:
         return Path(self.data) / "demo"
 
 
+def _outputs() -> tuple[str, ...]:
+    """The names a demo run writes at the top of DATA/demo/: a rerun removes these, and only these."""
+    from alexnet_pipe.ingest.claims import LOCK
+    from alexnet_pipe.ingest.owned import PREPARE_JSON
+    from alexnet_pipe.shards.manifest import MANIFEST, REJECTS
+    return ("sample", "train", "val", "stats", "runs", "pictures", "demo.json", MANIFEST, REJECTS, PREPARE_JSON,
+            LOCK)
+
+
 def _fresh_root(root: Path) -> None:
+    """DATA/demo/ made, or emptied of the previous demo's outputs: a file the user put there stays."""
     if root.exists():
         if not (root / MARKER).exists():
             raise UserError(f"{root} exists and was not made by the demo; move it, or pass another --data")
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
+        for name in _outputs():
+            path = root / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.is_file() or path.is_symlink():
+                path.unlink()
+    root.mkdir(parents=True, exist_ok=True)
     (root / MARKER).write_text("written by `alexnet-pipe demo`; safe to delete\n")
 
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field, model_validator
 
 from alexnet_pipe.core.errors import UserError
 from alexnet_pipe.core.files import UnreadableFile, read_regular_bytes
+from alexnet_pipe.core.metadata import Strict, read_model
 from alexnet_pipe.shards.datadir import DataDir
 from alexnet_pipe.shards.manifest import MANIFEST, read_manifest
 
@@ -26,29 +29,52 @@ MEAN_PLOT, PCA_PLOT = "mean.png", "pca_axes.png"  # stats --plot
 OUTPUTS = (MEAN, PCA, MEAN_BINARYPROTO, STATS_SETTINGS, MEAN_PLOT, PCA_PLOT)  # all that `stats` writes
 
 
-def _pca_shape(need_pca: bool):
-    from alexnet_pipe.core import metadata as m
-    three, square = m.list_of(m.number(), 3), m.matrix(3, 3)
-    eigen = {"eigval": three, "eigvec": square}
-    fields = {"pca": m.boolean, "size": m.list_of(m.integer(1), 2), "images": m.integer(1),
-              "pixels": m.integer(1), "mean_rgb": three, "std_rgb": three, "covariance": square,
-              "shards_digest": m.string(r"[0-9a-f]{64}")}
-    if need_pca:
-        fields.update(eigen, fbresnet=m.record(eigen))
-    return m.record(fields, {"source": m.string(), "sample": m.optional(m.integer(1))})
+Three = Annotated[list[float], Field(min_length=3, max_length=3)]
+Square = Annotated[list[Three], Field(min_length=3, max_length=3)]
+Positive = Annotated[int, Field(ge=1)]
+
+
+class Eigenpairs(Strict):
+    eigval: Three
+    eigvec: Square
+
+
+class PcaFile(Strict):
+    """pca.json (outputs.pca_document): the moments always, the eigenpairs where `pca` is true."""
+    source: str | None = None
+    sample: Positive | None = None
+    pca: bool
+    size: Annotated[list[Positive], Field(min_length=2, max_length=2)]
+    images: Positive
+    pixels: Positive
+    mean_rgb: Annotated[list[Annotated[float, Field(ge=0, le=255)]], Field(min_length=3, max_length=3)]
+    std_rgb: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=3, max_length=3)]
+    covariance: Square
+    eigval: Three | None = None
+    eigvec: Square | None = None
+    explained_variance: Three | None = None
+    fbresnet: Eigenpairs | None = None
+    conventions: dict[str, str] | None = None
+    shards: list[dict[str, str | int | None]] | None = None
+    shards_digest: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    files: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _eigenpairs_where_pca(self):
+        if self.pca and None in (self.eigval, self.eigvec, self.fbresnet):
+            raise ValueError("pca is true but eigval, eigvec or fbresnet is absent")
+        return self
 
 
 def read_pca(path: Path, *, need_pca: bool, hint: str | None = None) -> dict:
-    """A pca.json, checked: every number finite, the vectors and matrices 3 and 3x3, eigenpairs
-    where need_pca; one UserError naming the file otherwise."""
-    from alexnet_pipe.core import metadata
+    """A pca.json, checked (PcaFile: every number finite, the vectors and matrices 3 and 3x3, eigenpairs
+    where need_pca); one UserError naming the file and the field otherwise."""
     hint = hint or ("run `alexnet-pipe stats --pca`" if need_pca else "run `alexnet-pipe stats`")
-    doc = metadata.read_json(path, _pca_shape(False), "the statistics `alexnet-pipe stats` writes", hint,
-                             missing=f"{path} is missing: {hint}")
+    doc = read_model(path, PcaFile, "the statistics `alexnet-pipe stats` writes", hint,
+                     missing=f"{path} is missing: {hint}")
     if need_pca and not doc["pca"]:
         raise UserError(f"{path} has no eigenpairs: {hint}")
-    return metadata.check_document(doc, _pca_shape(need_pca), path, "the statistics `alexnet-pipe stats` writes",
-                                   hint)
+    return doc
 
 
 def read_mean(path: Path, size: int | None = None, hint: str = "run `alexnet-pipe stats`") -> np.ndarray:

@@ -11,12 +11,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
 from pathlib import Path
+from typing import Annotated
 
+from pydantic import Field
+
+from alexnet_pipe.core.metadata import Strict, check_model
 from alexnet_pipe.train.config import TrainSettings, settings_from_dict
+from alexnet_pipe.train.runlog import checked_settings, settings_model
 from alexnet_pipe.core.errors import UserError
 from alexnet_pipe.core.files import atomic_write
 
@@ -75,7 +81,25 @@ def load_checkpoint(path: Path | str) -> dict:
     if not isinstance(state, dict) or not {"model", "settings", "num_classes"} <= state.keys():
         raise UserError(f"{path} is not a checkpoint written by `alexnet-pipe train` "
                         "(it lacks model, settings or num_classes)")
+    what, hint = "a checkpoint written by `alexnet-pipe train`", "pass another checkpoint of the run"
+    check_model({k: v for k, v in state.items() if k in CheckpointMeta.model_fields}, CheckpointMeta, path, what,
+                hint)
+    as_json = {k: list(v) if isinstance(v, tuple) else v for k, v in state["settings"].items()}  # asdict's tuples
+    check_model(as_json, settings_model(), path, f"{what} (its settings)", hint)
+    checked_settings(state["settings"], path, hint)
     return state
+
+
+class CheckpointMeta(Strict):
+    """A checkpoint's own numbers (the tensors beside them are checked by load_state_dict)."""
+    num_classes: Annotated[int, Field(ge=1)]
+    step: Annotated[int, Field(ge=0)] = 0
+    epoch: Annotated[int, Field(ge=0)] = 0
+    step_in_epoch: Annotated[int, Field(ge=0)] = 0
+    best: Annotated[float, Field(ge=0, allow_inf_nan=True)] = math.inf  # inf: no evaluation yet
+    settings: dict
+    data_fingerprint: str | None = None
+    rng: list[dict] = []
 
 
 def rng_state(device) -> dict:

@@ -110,7 +110,9 @@ def run_training(s: TrainSettings, worker=None, checked: bool = False) -> dict:
             raise UserError("under torchrun pass --run-dir DIR: every rank must write to the same run dir")
         s = s if checked else finalize(s, int(os.environ["WORLD_SIZE"]))
         return _nothing_left(s, int(os.environ["RANK"]) == 0) or (worker or loop.train)(s)
-    s = s if checked else finalize(s, s.nproc)
+    if not checked:
+        chosen, auto = bool(s.run), s.resume == "auto"
+        s = own_run_dir(finalize(s, s.nproc), chosen, auto)
     if done := _nothing_left(s, True):
         return done
     try:
@@ -125,6 +127,16 @@ def run_training(s: TrainSettings, worker=None, checked: bool = False) -> dict:
         if exc.sigval == signal.SIGTERM:
             raise Preempted(f"stopped by SIGTERM: {_where(s)}") from None
         raise Interrupted(f"interrupted: {_where(s)}") from None
+
+
+def own_run_dir(s: TrainSettings, chosen: bool, auto: bool) -> TrainSettings:
+    """The run dir made the tool's (rundir.py): a fresh default one, or the --run given (`chosen`), continued only
+    with --resume (or --resume auto, `auto`, on a dir of ours)."""
+    from alexnet_pipe.train import rundir
+    if not chosen:
+        return dataclasses.replace(s, run=str(rundir.fresh_run_dir(Path(s.run))))
+    rundir.claim_run_dir(Path(s.run), continuing=bool(s.resume) or (auto and rundir.is_ours(Path(s.run))))
+    return s
 
 
 def _nothing_left(s: TrainSettings, say: bool) -> dict | None:

@@ -4,13 +4,20 @@ and data wait. This module owns those two files: their names are spelled here al
 through `settings_path` / `read_settings` and `metrics_path` / `read_metrics`."""
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Annotated, Literal
 
-from alexnet_pipe.train.config import TrainSettings, settings_from_dict
+from pydantic import Field, create_model
+
+from alexnet_pipe.core import metadata
+from alexnet_pipe.core.metadata import Strict
+from alexnet_pipe.train.config import TrainSettings, check, opt_of, settings_from_dict
 from alexnet_pipe.core.errors import UserError
 from alexnet_pipe.core.files import atomic_write, write_json_atomic
 from alexnet_pipe.core.progress import Progress
@@ -26,14 +33,6 @@ def settings_path(run: Path) -> Path:
 
 def metrics_path(run: Path) -> Path:
     return Path(run) / METRICS_FILE
-
-
-def read_settings(path: Path) -> TrainSettings:
-    """A run's settings.json (or a copy of one, for --config); a file that is not one is one sentence."""
-    try:
-        return settings_from_dict(json.loads(Path(path).read_text()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, AttributeError) as exc:
-        raise UserError(f"{path} is not the {SETTINGS_FILE} that `alexnet-pipe train` writes ({exc})") from None
 
 
 class RunLog:
@@ -103,28 +102,85 @@ def tensorboard_writer(folder: Path, resumed_step: int):
     return SummaryWriter(str(folder), purge_step=resumed_step + 1 if resumed_step else None)
 
 
+_FROM_TRAIN = "pass a run dir that `alexnet-pipe train` wrote"
+NonNegative = Annotated[float, Field(ge=0)]
+
+
+class MetricsRow(Strict):
+    """One line of metrics.jsonl: a training row (loss ...), an evaluation (top-1 ...), or an event. A key may be
+    absent (rows of each kind have their own), never null: the default below is not validated, a null is."""
+    step: Annotated[int, Field(ge=0)]
+    epoch: NonNegative = None
+    lr: NonNegative = None
+    loss: float = None
+    images_per_sec: NonNegative = None
+    data_wait_fraction: Annotated[float, Field(ge=0, le=1)] = None
+    top1_error: Annotated[float, Field(ge=0, le=1)] = None
+    top5_error: Annotated[float, Field(ge=0, le=1)] = None
+    images: Annotated[int, Field(ge=0)] = None
+    event: str = None
+    changed: dict[str, str | int | float | bool | list | None] = None
+
+
 def read_metrics(run: Path) -> list[dict]:
-    """RUN/metrics.jsonl rows; a last row cut by a killed run is skipped (with a note), any other bad row
-    raises UserError."""
+    """RUN/metrics.jsonl rows, each checked (MetricsRow); a last row cut by a killed run is skipped (with a
+    note), any other bad row raises UserError naming the line and the field."""
     path = metrics_path(run)
-    text = path.read_text()
+    text = metadata.read_text(path, "the metrics `alexnet-pipe train` writes", _FROM_TRAIN)
     lines, rows = text.splitlines(), []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
+            row = metadata.parse_json(line)
+        except ValueError as exc:
             if n == len(lines) and not text.endswith("\n"):  # killed mid-write: rows are whole lines
                 print(f"note: skipped the unfinished last line {n} of {path}", file=sys.stderr)
                 break
-            raise UserError(f"{path} is not JSON lines (line {n}: {exc.msg}); "
-                            "pass a run dir that `alexnet-pipe train` wrote") from None
-        if not isinstance(row, dict) or "step" not in row:
-            raise UserError(f"{path} line {n} is not a metrics row (no step): "
-                            "pass a run dir that `alexnet-pipe train` wrote")
-        rows.append(row)
+            raise UserError(f"{path} is not JSON lines (line {n}: {exc}); {_FROM_TRAIN}") from None
+        try:
+            rows.append(metadata.check_model(row, MetricsRow, path, "a metrics row", _FROM_TRAIN))
+        except UserError as exc:
+            raise UserError(str(exc).replace(f"{path} is", f"{path} line {n} is", 1)) from None
     return rows
+
+
+@functools.cache
+def settings_model() -> type[Strict]:
+    """settings.json's model, made from TrainSettings' own fields (types, choices, ranges: config.Opt), so the
+    file and the options cannot drift. Every key may be absent: older runs saved fewer settings."""
+    fields = {}
+    for f in dataclasses.fields(TrainSettings):
+        fields[f.name] = (_setting_type(f.type, opt_of(f.name), f.name), f.default)
+    return create_model("SettingsFile", __base__=Strict, **fields)
+
+
+def _setting_type(kind: str, o, name: str):
+    limits = {"gt" if o.min_open else "ge": o.min, "lt" if o.max_open else "le": o.max}
+    limits = {k: v for k, v in limits.items() if v is not None}
+    base = {"str": str, "bool": bool, "int": int, "float": float}.get(kind.split("[")[-1].split(",")[0], str)
+    if o.choices and name != "lrn_alpha":  # lrn_alpha also takes its old names (config.settings_from_dict)
+        base = Literal[o.choices]
+    item = Annotated[base, Field(**limits)] if limits else base
+    if kind.startswith("tuple"):
+        length = {} if "..." in kind else {"min_length": kind.count(",") + 1, "max_length": kind.count(",") + 1}
+        return Annotated[list[item], Field(**length)]
+    return item
+
+
+def read_settings(path: Path, hint: str = _FROM_TRAIN) -> TrainSettings:
+    """A run's settings.json (--config, resume), checked field by field; one UserError naming the file."""
+    doc = metadata.read_model(Path(path), settings_model(), f"the {SETTINGS_FILE} that `alexnet-pipe train` writes",
+                              hint)
+    return checked_settings(doc, path, hint)
+
+
+def checked_settings(doc: dict, where, hint: str) -> TrainSettings:
+    """TrainSettings from a checked document, with config.check's rules besides; UserError naming `where`."""
+    try:
+        return check(settings_from_dict(doc))
+    except UserError as exc:
+        raise UserError(f"{where} holds settings that are not allowed ({exc}): {hint}") from None
 
 
 class Meter:

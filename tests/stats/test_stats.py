@@ -190,6 +190,9 @@ def test_stats_without_pca_keeps_current_eigenpairs_and_drops_stale_ones(dirs, t
     manifest = json.loads((data / "manifest.json").read_text())
     manifest["splits"]["train"]["shards"][1]["checksum"] = "0" * 64  # other shards now
     (data / "manifest.json").write_text(json.dumps(manifest))
+    meta_path = data / "train" / manifest["splits"]["train"]["shards"][1]["name"] / "meta.json"
+    meta = json.loads(meta_path.read_text())  # the shard agrees: re-prepared, not swapped (that is refused)
+    meta_path.write_text(json.dumps({**meta, "checksum": "0" * 64}))
     run_stats(settings(data, pca=False))
     assert read_outputs(data)[1]["pca"] is False
 
