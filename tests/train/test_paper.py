@@ -218,7 +218,7 @@ def test_fewer_distinct_test_views_are_marked(built, monkeypatch):
 
 
 @pytest.mark.parametrize("change, shown", [(dict(precision="bf16"), "bf16"), (dict(precision="fp16"), "fp16"),
-                                           (dict(device="cuda"), "bf16 (auto)"), (dict(precision="fp32"), "fp32")])
+                                           (dict(device="cuda", precision="auto"), "bf16 (auto)"), (dict(precision="fp32"), "fp32")])
 def test_the_precision_row_shows_the_arithmetic_used(built, change, shown):
     s, model, opt, ls = built
     s = dataclasses.replace(s, **change)
