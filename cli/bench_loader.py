@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 
 from alexnet_pipe.core.errors import UserError
-from alexnet_pipe_cli.common import FiniteFloat, data_option, run_and_report
+from alexnet_pipe.core.limits import MAX_PROCESSES, MAX_SIZE
+from alexnet_pipe_cli.common import BATCH, FiniteFloat, data_option, run_and_report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,11 +157,11 @@ def measure(s: BenchLoaderSettings) -> dict:
                    "in DALI's operators (the slower former default, kept to compare).")
 @click.option("--fancy-upsampling/--no-fancy-upsampling", default=True, show_default=True,
               help="GPU: decode chroma as libjpeg-turbo does (same pixels as the CPU), or nvJPEG's default.")
-@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--batch-size", type=BATCH, default=128, show_default=True)
 @click.option("--batches", type=click.IntRange(1), default=20, show_default=True, help="Timed batches.")
 @click.option("--warmup", type=click.IntRange(1), default=3, show_default=True, help="Untimed batches first.")
-@click.option("--crop", type=click.IntRange(1), default=224, show_default=True)
-@click.option("--threads", type=click.IntRange(1), default=2, show_default=True,
+@click.option("--crop", type=click.IntRange(1, MAX_SIZE), default=224, show_default=True)
+@click.option("--threads", type=click.IntRange(1, MAX_PROCESSES), default=2, show_default=True,
               help="DALI threads / torch workers (the baseline always has 2 workers).")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Also time the plain torch DataLoader + PIL/numpy baseline.")

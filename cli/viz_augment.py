@@ -3,18 +3,19 @@ from __future__ import annotations
 
 import click
 
+from alexnet_pipe.core.limits import MAX_SIZE
 from alexnet_pipe.train.config import RECIPES
 from alexnet_pipe.loaders import LOADERS
 
-from alexnet_pipe_cli.common import FiniteFloat, data_option, output_option, print_settings
+from alexnet_pipe_cli.common import SEED, FiniteFloat, data_option, output_option, print_settings
 
 
 @click.command()
 @data_option
 @output_option("augment.png")
 @click.option("--n", type=click.IntRange(1, 1024), default=16, show_default=True, help="Views in the grid.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--crop", type=click.IntRange(1), default=224, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--crop", type=click.IntRange(1, MAX_SIZE), default=224, show_default=True)
 @click.option("--recipe", type=click.Choice(list(RECIPES)), default="paper", show_default=True,
               help="Whose training augmentation: the paper's crops and lighting, or the modern recipe's "
                    "random-resized crops and colour jitter (train --recipe modern). Explicit options win.")

@@ -269,12 +269,14 @@ REACHED_BY = {
     "loaders.augment": {"train", "viz augment", "bench loader"},  # train-mode loaders: mean image, PCA lighting
     "train.checkpoint": {"train", "evaluate", "viz filters", "viz neighbors"},
     "train.checkpoint.check_resumable": {"train"},
+    "train.checkpoint.diverged": {"train"},
     "shards.datadir": {"train", "evaluate", "viz neighbors"},
     "shards.decode": {"stats", "bench loader"},  # the decode-only pass
     "shards.decode.check_dali_can_open": {"train", "evaluate", "viz augment", "viz neighbors", "bench loader"},
     "report.demo": {"demo"},
     "train.evaluation": {"evaluate", "viz neighbors"},
     "train.launch": {"train"},
+    "train.config._check_applied_rates": {"train"},
     "loaders": {"train", "evaluate", "viz augment", "viz neighbors", "bench loader"},
     "loaders.base.cuda_device_id": {"bench loader"},  # the others check for CUDA before any loader
     "loaders.base.BaseLoader.__init__": {"train", "viz augment", "bench loader"},  # evaluate checks the crop first
