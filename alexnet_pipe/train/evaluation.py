@@ -28,12 +28,19 @@ def topk_correct(scores, labels, ks=(1, 5)) -> list[int]:
     return [int(hits[:, :k].any(dim=1).sum()) for k in ks]
 
 
-def average_softmax(models, images):
-    """Mean softmax over models and, for (B, V, 3, H, W) input, over the V views: (B, classes)."""
+def average_softmax(models, images, names=None):
+    """Mean softmax over models and, for (B, V, 3, H, W) input, over the V views: (B, classes). Given the models'
+    `names` (their checkpoints), outputs that are not finite are refused, naming the model: a softmax of them is
+    NaN, and NaN scores rank as chance without a word."""
     import torch
     views = images.shape[1] if images.dim() == 5 else 1
     flat = images.flatten(0, 1) if images.dim() == 5 else images
-    probs = torch.stack([torch.softmax(m(flat).float(), dim=1) for m in models]).mean(0)
+    outputs = [m(flat).float() for m in models]
+    for name, out in zip(names or (), outputs):
+        if not bool(torch.isfinite(out).all()):
+            raise UserError(f"{name} gives outputs that are not finite numbers: its weights come from a run that "
+                            "diverged (or were damaged); evaluate a checkpoint of a run that did not")
+    probs = torch.stack([torch.softmax(out, dim=1) for out in outputs]).mean(0)
     return probs.view(images.shape[0], views, -1).mean(1)
 
 
@@ -109,7 +116,7 @@ def evaluate(es: EvalSettings) -> dict:
     correct1 = correct5 = images = 0
     with torch.no_grad():
         for batch, labels in loader.epoch(0):
-            c1, c5 = topk_correct(average_softmax(models, batch), labels.to(device))
+            c1, c5 = topk_correct(average_softmax(models, batch, es.checkpoints), labels.to(device))
             correct1, correct5, images = correct1 + c1, correct5 + c5, images + len(labels)
     loader.close()
     if images == 0:

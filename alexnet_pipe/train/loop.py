@@ -17,8 +17,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from alexnet_pipe.train.checkpoint import (check_resumable, data_fingerprint, gather_rng, latest_checkpoint, load_checkpoint,
-                                     resume_changes, resume_path, set_rng_state, settings_from_dict, write_checkpoint)
+from alexnet_pipe.train.checkpoint import (check_resumable, data_fingerprint, diverged, finite_outputs, gather_rng,
+                                           last_good_checkpoint, latest_checkpoint, load_checkpoint, resume_changes,
+                                           resume_path, set_rng_state, settings_from_dict, write_checkpoint)
 from alexnet_pipe.train.config import MIN_CROP, TrainSettings, check
 from alexnet_pipe.shards.datadir import check_data
 from alexnet_pipe.core.errors import Interrupted, Preempted, UserError
@@ -97,7 +98,12 @@ def restore(path: Path, model, opt, plateau: Plateau, rank: int, device) -> tupl
 
 def save(s: TrainSettings, pos: Position, model, opt, plateau: Plateau, *, num_classes: int, rank: int,
          world: int, device, data_fingerprint: str | None, is_best: bool = False) -> None:
-    """Every rank contributes its RNG state; rank 0 writes the checkpoint."""
+    """Every rank contributes its RNG state; rank 0 writes the checkpoint. A model whose outputs are no longer
+    finite is not saved (every rank alike: their weights are the same)."""
+    if not finite_outputs(model, s.crop):
+        if pos.step >= (s.max_steps or math.inf) or pos.epoch >= s.epochs:  # no later loss will say so
+            raise diverged(f"the model's outputs at step {pos.step} are not finite", Path(s.run))
+        return  # the next metrics row's loss says the run diverged, naming the last good checkpoint
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": plateau.state_dict(),
              **asdict(pos), "rng": gather_rng(device, world), "settings": asdict(s), "num_classes": num_classes,
              "data_fingerprint": data_fingerprint}
@@ -127,10 +133,10 @@ def write_row(log: RunLog, meter: Meter, pos: Position, spe: int, lr: float, wor
     steps_in_row = meter.steps
     summary = meter.flush(world, batch)
     if not math.isfinite(summary["loss"]):
-        last = latest_checkpoint(log.run)
+        last = last_good_checkpoint(log.run)
         raise UserError(f"the training loss is {summary['loss']} at step {pos.step}: the run diverged; the last good "
-                        f"checkpoint is {last or 'none (none was written yet)'}; lower --lr, or check the data and "
-                        "the stats, then resume or start a new --run")
+                       f"checkpoint is {last or 'none (none was written yet)'}; start a new --run with a lower --lr, "
+                       "or check the data and the stats")
     log.row(step=pos.step, epoch=round(pos.step / spe, 6), lr=lr, **summary)
     log.advance(steps_in_row, f"loss {summary['loss']:.4f} lr {lr:.3g}")
     return summary
