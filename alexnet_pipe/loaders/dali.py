@@ -21,7 +21,7 @@ import numpy as np
 from alexnet_pipe.loaders import augment
 from alexnet_pipe.core.errors import UserError
 from alexnet_pipe.loaders.base import BaseLoader, LoaderSettings, cuda_device_id
-from alexnet_pipe.shards.decode import check_dali_can_open, dali_error_cause
+from alexnet_pipe.shards.decode import check_dali_can_open, dali_error_cause, dali_paths
 from alexnet_pipe.loaders.records import release_shards
 
 
@@ -349,7 +349,7 @@ class CaffeReaderLoader(DaliLoader):
                       device_id=self.device_id, prefetch_queue_depth=self.PREFETCH)
         def graph():
             data, labels = fn.readers.caffe(
-                path=[str(d) for d in self.index.dirs], shard_id=shard, num_shards=s.world_size,
+                path=dali_paths(self.index.dirs), shard_id=shard, num_shards=s.world_size,
                 random_shuffle=True, initial_fill=self.SHUFFLE_BUFFER, seed=reader_seed,
                 pad_last_batch=True, stick_to_shard=True, name="Reader")
             if not self.index.encoded:

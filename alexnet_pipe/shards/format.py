@@ -262,7 +262,8 @@ def open_reader(path: Path | str):
     import lmdb
     check_lmdb(path)
     try:
-        return lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True,
+        # bytes: LMDB encodes a str path as strict UTF-8, and a name that is not UTF-8 raised UnicodeEncodeError
+        return lmdb.open(os.fsencode(path), readonly=True, lock=False, readahead=False, subdir=True,
                          max_readers=512)
     except lmdb.Error as exc:  # every lmdb failure type derives from lmdb.Error
         raise _unreadable(path, exc) from None
@@ -583,7 +584,7 @@ class ShardWriter:
         self.tmp_dir.mkdir(parents=True)
         try:
             _allocate(self.tmp_dir / "lock.mdb", self.LOCK_BYTES)
-            self.env = lmdb.open(str(self.tmp_dir), map_size=self.INITIAL_MAP_SIZE, subdir=True, sync=False,
+            self.env = lmdb.open(os.fsencode(self.tmp_dir), map_size=self.INITIAL_MAP_SIZE, subdir=True, sync=False,
                                  metasync=False, lock=True)
         except BaseException:  # a full disk, most likely: leave no temp dir behind
             import shutil
