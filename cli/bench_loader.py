@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from alexnet_pipe.core.errors import UserError
-from alexnet_pipe.core.limits import MAX_PROCESSES, MAX_SIZE
+from alexnet_pipe.core.limits import MAX_PROCESSES, MAX_SIZE, MAX_STRENGTH
 from alexnet_pipe_cli.common import BATCH, FiniteFloat, data_option, run_and_report
 
 
@@ -167,12 +167,12 @@ def measure(s: BenchLoaderSettings) -> dict:
               help="Also time the plain torch DataLoader + PIL/numpy baseline.")
 @click.option("--crops", type=click.Choice(["translate", "random-resized"]), default="translate", show_default=True,
               help="Training crops: the paper's, or random-resized windows (train --crops).")
-@click.option("--color-jitter", type=FiniteFloat(0), default=0.0, show_default=True,
+@click.option("--color-jitter", type=FiniteFloat(0, MAX_STRENGTH), default=0.0, show_default=True,
               help="Colour jitter strength (train --color-jitter).")
 @click.option("--hue", type=FiniteFloat(0, 0.5), default=0.0, show_default=True, help="Hue jitter.")
 @click.option("--normalize", type=click.Choice(["mean-image", "channel"]), default=None,
               help="Normalisation.  [default: channel with random-resized crops, else mean-image]")
-@click.option("--lighting", type=FiniteFloat(0), default=0.1, show_default=True, help="PCA lighting sigma.")
+@click.option("--lighting", type=FiniteFloat(0, MAX_STRENGTH), default=0.1, show_default=True, help="PCA lighting sigma.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def bench_loader(data, loader, device, reader, roi_decode, normalize_in, fancy_upsampling, batch_size, batches,
                  warmup, crop, threads, baseline, crops, color_jitter, hue, normalize, lighting, as_json):

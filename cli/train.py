@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from alexnet_pipe.train.config import RECIPES, TrainSettings, default_text, opt_of, settings_from_dict
+from alexnet_pipe.core.errors import UserError
 from alexnet_pipe.core.limits import MAX_PROCESSES
 from alexnet_pipe_cli.common import FiniteFloat, data_option, print_settings, run_dir_callback
 
@@ -108,9 +109,10 @@ def _placement(cpu: bool, nproc: int | None, gpus: int | None) -> tuple[str, int
 
 def _saved_settings(path: Path, what: str) -> TrainSettings:
     """A run's settings.json (from --config, or the run being resumed)."""
-    try:
-        return settings_from_dict(json.loads(path.read_text()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, AttributeError) as exc:
+    from alexnet_pipe.core.files import read_regular_bytes
+    try:  # a regular file only: reading a FIFO waited forever for a writer
+        return settings_from_dict(json.loads(read_regular_bytes(path)))
+    except (OSError, UserError, UnicodeDecodeError, json.JSONDecodeError, TypeError, AttributeError) as exc:
         raise click.ClickException(f"{path} is not the settings.json that `alexnet-pipe train` writes ({exc}); "
                                    f"{what}") from None
 

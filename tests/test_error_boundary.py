@@ -168,3 +168,30 @@ def test_bench_prepare_on_the_built_in_sample_tree(tmp_path):
     out = json.loads(result.output)
     assert 0 < out["images"] <= len(files)
     assert all(np.isfinite(v) and v > 0 for k, v in out.items() if k.endswith(("_per_sec", "_one_core")))
+
+
+def test_a_fifo_given_as_a_settings_file_is_one_sentence(tmp_path):
+    """train --config FIFO read it with read_text, which waits for a writer for ever."""
+    import signal
+    os.mkfifo(tmp_path / "settings.json")
+
+    def hang(signum, frame):
+        raise TimeoutError("train --config FIFO waited for a writer")
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(30)
+    try:
+        result = run("train", "--config", tmp_path / "settings.json", "--cpu", "--dry-run")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    line = one_sentence(result)
+    assert "settings.json" in line and "not a regular file" in line, line
+
+
+@pytest.mark.parametrize("words", [["viz", "augment", "--lighting"], ["viz", "augment", "--color-jitter"],
+                                   ["bench", "loader", "--lighting"], ["train", "--cpu", "--dry-run", "--lighting"]],
+                         ids=" ".join)
+def test_augmentation_strengths_that_overflow_float32_are_refused(words, tmp_path):
+    """--lighting 1e30: the noise overflowed into NaN pixels, cast into the picture as garbage without a word."""
+    line = one_sentence(run(*words, "1e30", "--data", tmp_path), code=2)
+    assert "1e+30" in line or "1e30" in line, line

@@ -14,6 +14,9 @@ MAX_BATCH = 1 << 16
 MAX_SIZE = 4096
 # the network's width multiplier: 64x the paper's channels is about 250 billion weights, a terabyte
 MAX_WIDTH = 64.0
+# an augmentation's strength (PCA lighting sigma, colour jitter): at 1000 every pixel saturates already, and far
+# beyond it the noise overflowed float32 into NaN pixels, written into pictures as garbage without a word
+MAX_STRENGTH = 1000.0
 # seeds go to numpy's SeedSequence (non-negative) and torch.manual_seed (64 bits)
 MAX_SEED = 2 ** 63 - 1
 # the largest float32: a learning rate (times its multipliers) beyond it cannot even be applied to a weight

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from alexnet_pipe import loaders
 from alexnet_pipe.loaders.augment import CROP_MODES, LIGHTING_SCALES, NORMALIZE, RRC_RATIO, RRC_SCALE
 from alexnet_pipe.core.errors import UserError
-from alexnet_pipe.core.limits import FLOAT32_MAX, MAX_BATCH, MAX_PROCESSES, MAX_SEED, MAX_SIZE, MAX_WIDTH
+from alexnet_pipe.core.limits import (FLOAT32_MAX, MAX_BATCH, MAX_PROCESSES, MAX_SEED, MAX_SIZE, MAX_STRENGTH,
+                                      MAX_WIDTH)
 from alexnet_pipe.model.choices import (ARCHS, CONV_IMPLS, INITS, LRN_CONVENTIONS, LRN_IMPLS,  # noqa: F401 (API)
                                         MIN_CROP, lrn_convention)
 from alexnet_pipe.train.schedule import SCHEDULES
@@ -87,7 +88,7 @@ class TrainSettings:
     loader: str = setting("auto", "auto: DALI where it is installed, else the torch DataLoader; synthetic: fixed "
                                   "random tensors, no data dir (benchmarks, tests).",
                           choices=LOADERS)
-    lighting: float = setting(0.1, "PCA lighting sigma; 0 turns it off.", min=0)
+    lighting: float = setting(0.1, "PCA lighting sigma; 0 turns it off.", min=0, max=MAX_STRENGTH)
     lighting_scale: str = setting("convnet2", "PCA noise scale: cuda-convnet2's sqrt(eigenvalue) on 0..255, or "
                                               "fb.resnet's eigenvalue on [0,1] (~2x weaker).", choices=LIGHTING_SCALES)
     normalize: str = setting("mean-image", "Subtract the mean image (the paper) or per-channel mean/std.",
@@ -101,7 +102,8 @@ class TrainSettings:
     crop_ratio: tuple[float, float] = setting(RRC_RATIO, "Random-resized crops: the window's aspect ratio w/h, "
                                               "low,high (drawn log-uniform).", min=0, min_open=True)
     color_jitter: float = setting(0.0, "Colour jitter strength j: brightness, contrast and saturation factors in "
-                                  "[1-j, 1+j], as torchvision's ColorJitter(j, j, j); 0 turns it off.", min=0)
+                                  "[1-j, 1+j], as torchvision's ColorJitter(j, j, j); 0 turns it off.", min=0,
+                                  max=MAX_STRENGTH)
     hue: float = setting(0.0, "Hue jitter: rotate the hue by up to this fraction of the colour circle.", min=0,
                          max=0.5)
     label_smoothing: float = setting(0.0, "Label smoothing epsilon of the training loss (evaluation unchanged).",
