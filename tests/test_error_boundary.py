@@ -170,22 +170,29 @@ def test_bench_prepare_on_the_built_in_sample_tree(tmp_path):
     assert all(np.isfinite(v) and v > 0 for k, v in out.items() if k.endswith(("_per_sec", "_one_core")))
 
 
-def test_a_fifo_given_as_a_settings_file_is_one_sentence(tmp_path):
-    """train --config FIFO read it with read_text, which waits for a writer for ever."""
+def run_or_hang(*args):
     import signal
-    os.mkfifo(tmp_path / "settings.json")
 
     def hang(signum, frame):
-        raise TimeoutError("train --config FIFO waited for a writer")
+        raise TimeoutError(f"{args} waited for a writer")
     previous = signal.signal(signal.SIGALRM, hang)
     signal.alarm(30)
     try:
-        result = run("train", "--config", tmp_path / "settings.json", "--cpu", "--dry-run")
+        return run(*args)
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
-    line = one_sentence(result)
-    assert "settings.json" in line and "not a regular file" in line, line
+
+
+@pytest.mark.parametrize("words", [["train", "--config", "FIFO", "--cpu", "--dry-run"], ["evaluate", "FIFO"],
+                                   ["viz", "filters", "FIFO"]], ids=" ".join)
+def test_a_fifo_where_a_file_is_read_is_one_sentence(words, tmp_path, data):
+    """torch.load and read_text opened it and waited for a writer for ever (evaluate FIFO.pt hung)."""
+    fifo = tmp_path / "in.pt"
+    os.mkfifo(fifo)
+    line = one_sentence(run_or_hang(*[fifo if w == "FIFO" else w for w in words], "--data", data)
+                        if words[0] == "evaluate" else run_or_hang(*[fifo if w == "FIFO" else w for w in words]))
+    assert str(fifo) in line and "not a regular file" in line, line
 
 
 @pytest.mark.parametrize("words", [["viz", "augment", "--lighting"], ["viz", "augment", "--color-jitter"],
