@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from alexnet_pipe_cli.common import FiniteFloat, data_option, device_option, run_and_report
+from alexnet_pipe.core.limits import MAX_PROCESSES, MAX_SIZE, MAX_STRENGTH
+from alexnet_pipe_cli.common import BATCH, FiniteFloat, data_option, device_option, run_and_report
 
 
 @click.command()
@@ -19,22 +20,22 @@ from alexnet_pipe_cli.common import FiniteFloat, data_option, device_option, run
                    "in DALI's operators (the slower former default, kept to compare).")
 @click.option("--fancy-upsampling/--no-fancy-upsampling", default=True, show_default=True,
               help="GPU: decode chroma as libjpeg-turbo does (same pixels as the CPU), or nvJPEG's default.")
-@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--batch-size", type=BATCH, default=128, show_default=True)
 @click.option("--batches", type=click.IntRange(1), default=20, show_default=True, help="Timed batches.")
 @click.option("--warmup", type=click.IntRange(1), default=3, show_default=True, help="Untimed batches first.")
-@click.option("--crop", type=click.IntRange(1), default=224, show_default=True)
-@click.option("--threads", type=click.IntRange(1), default=2, show_default=True,
+@click.option("--crop", type=click.IntRange(1, MAX_SIZE), default=224, show_default=True)
+@click.option("--threads", type=click.IntRange(1, MAX_PROCESSES), default=2, show_default=True,
               help="DALI threads / torch workers (the baseline always has 2 workers).")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Also time the plain torch DataLoader + PIL/numpy baseline.")
 @click.option("--crops", type=click.Choice(["translate", "random-resized"]), default="translate", show_default=True,
               help="Training crops: the paper's, or random-resized windows (train --crops).")
-@click.option("--color-jitter", type=FiniteFloat(0), default=0.0, show_default=True,
+@click.option("--color-jitter", type=FiniteFloat(0, MAX_STRENGTH), default=0.0, show_default=True,
               help="Colour jitter strength (train --color-jitter).")
 @click.option("--hue", type=FiniteFloat(0, 0.5), default=0.0, show_default=True, help="Hue jitter.")
 @click.option("--normalize", type=click.Choice(["mean-image", "channel"]), default=None,
               help="Normalisation.  [default: channel with random-resized crops, else mean-image]")
-@click.option("--lighting", type=FiniteFloat(0), default=0.1, show_default=True, help="PCA lighting sigma.")
+@click.option("--lighting", type=FiniteFloat(0, MAX_STRENGTH), default=0.1, show_default=True, help="PCA lighting sigma.")
 @click.option("--repeats", type=click.IntRange(1), default=1, show_default=True,
               help="Rounds of every contender in turn; medians and each ratio's spread are reported.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")

@@ -5,15 +5,16 @@ from pathlib import Path
 
 import click
 
-from alexnet_pipe_cli.common import run_and_report
+from alexnet_pipe.core.limits import MAX_PROCESSES
+from alexnet_pipe_cli.common import SIZE, run_and_report
 
 
 @click.command("prepare")
 @click.option("--source", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="A folder tree (train/<class>/...) to measure on [default: generate --images JPEGs].")
 @click.option("--images", type=click.IntRange(min=8), default=1500, show_default=True)
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--size", type=click.IntRange(16, 4096), default=256, show_default=True)
+@click.option("--workers", type=click.IntRange(1, MAX_PROCESSES), default=2, show_default=True)
+@click.option("--size", type=SIZE, default=256, show_default=True)
 @click.option("--resize", type=click.Choice(["area", "linear", "cubic", "lanczos"]), default="area", show_default=True)
 @click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True, help="Best of N per contender.")
 @click.option("--model", is_flag=True,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
+from alexnet_pipe.core.limits import MAX_SIZE, MAX_WIDTH
 from alexnet_pipe.train.config import ARCHS, CONV_IMPLS, LRN_IMPLS, MOMENTUM_FORMS
-from alexnet_pipe_cli.common import FiniteFloat, run_and_report
+from alexnet_pipe_cli.common import BATCH, FiniteFloat, run_and_report
 
 
 @click.command("train")
@@ -16,10 +17,10 @@ from alexnet_pipe_cli.common import FiniteFloat, run_and_report
               help="Grouped layers as one grouped convolution or two dense ones.")
 @click.option("--momentum-form", type=click.Choice(MOMENTUM_FORMS), default=MOMENTUM_FORMS[0], show_default=True)
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (train() and the bare loop).")
-@click.option("--width", type=FiniteFloat(min=0, min_open=True), default=None,
+@click.option("--width", type=FiniteFloat(min=0, min_open=True, max=MAX_WIDTH), default=None,
               help="[default: 1 on GPU, 0.25 on CPU]")
-@click.option("--crop", type=click.IntRange(min=63), default=None, help="[default: 224 on GPU, 112 on CPU]")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: 128 on GPU, 32 on CPU]")
+@click.option("--crop", type=click.IntRange(63, MAX_SIZE), default=None, help="[default: 224 on GPU, 112 on CPU]")
+@click.option("--batch-size", type=BATCH, default=None, help="[default: 128 on GPU, 32 on CPU]")
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Timed steps per run.")
 @click.option("--warmup", type=click.IntRange(min=1), default=5, show_default=True, help="Untimed steps first.")
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,

@@ -12,19 +12,37 @@ import click
 
 from alexnet_pipe.shards.datadir import DEFAULT, ENV_VAR
 from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.core.limits import FLOAT32_MAX, MAX_BATCH, MAX_SEED, MAX_SIZE
 
 
 class FiniteFloat(click.FloatRange):
-    """A FloatRange that also refuses nan and inf (FloatRange lets nan through: every comparison is False)."""
+    """A FloatRange that also refuses nan and inf (FloatRange lets nan through: every comparison is False), and
+    numbers beyond float32, which every float option ends up in (1e308 overflowed a tensor with a traceback)."""
+
+    def __init__(self, min=None, max=None, min_open=False, max_open=False, clamp=False):
+        super().__init__(-FLOAT32_MAX if min is None else min, FLOAT32_MAX if max is None else max,
+                         min_open, max_open, clamp)
 
     def convert(self, value, param, ctx):
-        number = super().convert(value, param, ctx)
+        number = click.types.FloatParamType.convert(self, value, param, ctx)
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
-        return number
+        if abs(number) > FLOAT32_MAX:
+            self.fail(f"{value!r} is beyond float32's range (+-{FLOAT32_MAX:.3g}).", param, ctx)
+        return super().convert(number, param, ctx)
 
     def _describe_range(self) -> str:
-        return "" if self.min is None and self.max is None else super()._describe_range()
+        if abs(self.min) == FLOAT32_MAX and abs(self.max) == FLOAT32_MAX:
+            return ""
+        if abs(self.max) == FLOAT32_MAX:  # the float32 bound is no range a user means to choose within
+            return f"x{'>' if self.min_open else '>='}{self.min}"
+        return super()._describe_range()
+
+
+# one range for every --seed, every --batch-size and every image size (core.limits says why)
+SEED = click.IntRange(0, MAX_SEED)
+BATCH = click.IntRange(1, MAX_BATCH)
+SIZE = click.IntRange(16, MAX_SIZE)
 
 
 def _place_callback(check, what: str):

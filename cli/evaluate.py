@@ -7,7 +7,7 @@ import click
 
 from alexnet_pipe.loaders import LOADERS
 
-from alexnet_pipe_cli.common import data_option, require_gpu, run_and_report
+from alexnet_pipe_cli.common import BATCH, data_option, require_gpu, run_and_report
 
 
 @click.command("evaluate")
@@ -15,7 +15,7 @@ from alexnet_pipe_cli.common import data_option, require_gpu, run_and_report
 @data_option
 @click.option("--split", default="val", show_default=True, help="Split of the data dir to evaluate on.")
 @click.option("--ten-crop", is_flag=True, help="Average the softmax over the paper's 10 views (corners, centre, flips).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--batch-size", type=BATCH, default=128, show_default=True)
 @click.option("--loader", type=click.Choice(LOADERS), default="auto", show_default=True,
               help="auto: DALI where it is installed, else the torch DataLoader.")
 @click.option("--gpu", is_flag=True, help="Run on CUDA device 0.")

@@ -1,7 +1,9 @@
-"""A click group whose subcommands are imported only when they run, and whose UserErrors become one line.
+"""A click group whose subcommands are imported only when they run, and that is the tool's one error boundary.
 
 The command modules are named as strings (importlib), so `alexnet-pipe --help` pays for no subcommand's imports;
-the groups (main, bench, viz) import this module, never each other.
+the groups (main, bench, viz) import this module, never each other. Every command runs inside the boundary
+(core.boundary): SIGTERM and SIGHUP stop it as Ctrl-C does, and whatever escapes it is one sentence and a
+non-zero exit; ALEXNET_PIPE_DEBUG=1 shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -9,11 +11,11 @@ import importlib
 
 import click
 
-from alexnet_pipe.core.errors import UserError
+COMMAND_KEY = "alexnet_pipe.command"  # ctx.meta (shared by nested contexts): the words of the command run
 
 
 class LazyGroup(click.Group):
-    """A group whose subcommands are loaded on first use, and whose UserErrors become one line.
+    """A group whose subcommands are loaded on first use, and which says any error of theirs in one sentence.
 
     `lazy_commands` maps name -> ("module:attribute", short help).
     """
@@ -31,6 +33,11 @@ class LazyGroup(click.Group):
         module, attr = self.lazy_commands[name][0].split(":")
         return getattr(importlib.import_module(module), attr)
 
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        ctx.meta.setdefault(COMMAND_KEY, []).append(name)
+        return name, command, rest
+
     def format_commands(self, ctx, formatter):
         # short help from the table: listing must not import every command module
         rows = [(name, self.lazy_commands[name][1]) for name in self.list_commands(ctx)]
@@ -38,9 +45,17 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
     def invoke(self, ctx):
+        from alexnet_pipe.core import boundary, stopping
+        boundary.printable_output()
         try:
-            return super().invoke(ctx)
-        except UserError as exc:
-            error = click.ClickException(str(exc))
-            error.exit_code = getattr(exc, "exit_code", 1)
+            with stopping.stop_on_signals():
+                return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit):
+            raise
+        except (Exception, KeyboardInterrupt) as exc:
+            if boundary.debugging():
+                raise
+            message, code = boundary.explain(exc, " ".join(ctx.meta.get(COMMAND_KEY, [])))
+            error = click.ClickException(message)
+            error.exit_code = code
             raise error from None

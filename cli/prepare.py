@@ -7,14 +7,16 @@ from pathlib import Path
 
 import click
 
-from alexnet_pipe_cli.common import data_option, print_settings
+from alexnet_pipe.core.limits import MAX_PROCESSES
+from alexnet_pipe_cli.common import SEED, SIZE, data_option, print_settings
 
 RESIZES = ["area", "linear", "cubic", "lanczos"]
 MAX_PIXELS = 100_000_000  # shards.pixels.MAX_PIXELS (a test holds them equal): OpenCV stays out of --help
 
 
 def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    found = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(found, MAX_PROCESSES)
 
 
 def _shard_range(ctx, param, value):
@@ -32,7 +34,7 @@ def _shard_range(ctx, param, value):
 @click.command()
 @click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @data_option
-@click.option("--size", type=click.IntRange(16, 4096), default=256, show_default=True,
+@click.option("--size", type=SIZE, default=256, show_default=True,
               help="Shorter side after rescaling; the central size x size square is kept.")
 @click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True, help="JPEG quality.")
 @click.option("--encoding", type=click.Choice(["jpeg", "raw"]), default="jpeg", show_default=True,
@@ -45,10 +47,10 @@ def _shard_range(ctx, param, value):
 @click.option("--max-pixels", type=click.IntRange(min=0), default=MAX_PIXELS, show_default=True,
               help="Refuse (list in rejects.jsonl) an image of more pixels, from its header before decoding: a "
                    "small file can hold a huge image that takes GBs to decode. 0: no limit.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the global shuffle.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the global shuffle.")
 @click.option("--shards", type=click.IntRange(min=1), default=None, help="Shards per split [default: records / shard-size].")
 @click.option("--shard-size", type=click.IntRange(min=1), default=10000, show_default=True)
-@click.option("--workers", type=click.IntRange(min=1), default=_cores, show_default="all cores")
+@click.option("--workers", type=click.IntRange(1, MAX_PROCESSES), default=_cores, show_default="all cores")
 @click.option("--val-labels", type=click.Path(exists=True, path_type=Path), default=None,
               help="LOC_val_solution.csv, the devkit (.tar.gz or dir) or its ground-truth .txt.")
 @click.option("--only-shards", callback=_shard_range, default=None, metavar="A:B|auto",
@@ -142,7 +144,7 @@ def info(data, as_json):
 
 @click.command()
 @data_option
-@click.option("--workers", type=click.IntRange(min=1), default=_cores, show_default="all cores")
+@click.option("--workers", type=click.IntRange(1, MAX_PROCESSES), default=_cores, show_default="all cores")
 def verify(data, workers):
     """Decode every record; check counts and checksums against the manifest.
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from alexnet_pipe_cli.common import print_settings
+from alexnet_pipe_cli.common import SEED, print_settings
 
 
 @click.command("sample-data")
@@ -16,7 +16,7 @@ from alexnet_pipe_cli.common import print_settings
               help="Train files per class (the deliberately odd files included).")
 @click.option("--val-per-class", type=click.IntRange(1, 100_000), default=20, show_default=True,
               help="Val images per class (flat val/, labels in LOC_val_solution.csv).")
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Same seed and counts give a byte-identical tree.")
 @click.option("--pathologies/--no-pathologies", default=True, show_default=True,
               help="Include grayscale/CMYK/PNG-named-.JPEG files and a few broken ones.")

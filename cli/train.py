@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from alexnet_pipe.train.config import RECIPES, TrainSettings, default_text, opt_of
+from alexnet_pipe.core.limits import MAX_PROCESSES
 from alexnet_pipe_cli.common import FiniteFloat, data_option, print_settings, run_dir_callback
 
 
@@ -154,9 +155,9 @@ def _base(config: Path | None, recipe: str | None, resume: str | None, run: Path
                    "jitter and label smoothing (docs/training.md, docs/reproducing.md). Explicit options override it.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Start from a saved run's settings.json (explicit options still win).")
-@click.option("--gpus", type=click.IntRange(min=1), default=None, help="Start one process per GPU (NCCL).")
+@click.option("--gpus", type=click.IntRange(1, MAX_PROCESSES), default=None, help="Start one process per GPU (NCCL).")
 @click.option("--cpu", is_flag=True, help="Train on CPU (gloo), e.g. for tests and CI.")
-@click.option("--nproc", type=click.IntRange(min=1), default=None, help="CPU processes with --cpu.  [default: 1]")
+@click.option("--nproc", type=click.IntRange(1, MAX_PROCESSES), default=None, help="CPU processes with --cpu.  [default: 1]")
 @settings_options
 @click.option("--no-lighting", is_flag=True, help="No PCA lighting noise (the same as --lighting 0).")
 @click.option("--resume", is_flag=False, flag_value="latest", default=None, metavar="[CKPT]",

@@ -3,27 +3,28 @@ from __future__ import annotations
 
 import click
 
+from alexnet_pipe.core.limits import MAX_SIZE, MAX_STRENGTH
 from alexnet_pipe.train.config import RECIPES
 from alexnet_pipe.loaders import LOADERS
 
-from alexnet_pipe_cli.common import FiniteFloat, data_option, output_option, print_settings
+from alexnet_pipe_cli.common import SEED, FiniteFloat, data_option, output_option, print_settings
 
 
 @click.command()
 @data_option
 @output_option("augment.png")
 @click.option("--n", type=click.IntRange(1, 1024), default=16, show_default=True, help="Views in the grid.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--crop", type=click.IntRange(1), default=224, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--crop", type=click.IntRange(1, MAX_SIZE), default=224, show_default=True)
 @click.option("--recipe", type=click.Choice(list(RECIPES)), default="paper", show_default=True,
               help="Whose training augmentation: the paper's crops and lighting, or the modern recipe's "
                    "random-resized crops and colour jitter (train --recipe modern). Explicit options win.")
-@click.option("--lighting", type=FiniteFloat(0), default=None,
+@click.option("--lighting", type=FiniteFloat(0, MAX_STRENGTH), default=None,
               help="Sigma of the PCA lighting alphas (exaggerate it to see the effect).  [default: the recipe's: "
                    "paper 0.1, modern 0]")
 @click.option("--crops", type=click.Choice(["translate", "random-resized"]), default=None,
               help="The paper's translations or random-resized windows.  [default: the recipe's]")
-@click.option("--color-jitter", type=FiniteFloat(0), default=None,
+@click.option("--color-jitter", type=FiniteFloat(0, MAX_STRENGTH), default=None,
               help="Colour jitter strength (brightness, contrast, saturation).  [default: the recipe's: paper 0, "
                    "modern 0.4]")
 @click.option("--hue", type=FiniteFloat(0, 0.5), default=None, help="Hue jitter.  [default: the recipe's]")

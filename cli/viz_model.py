@@ -5,9 +5,10 @@ from pathlib import Path
 
 import click
 
+from alexnet_pipe.core.limits import MAX_PROCESSES
 from alexnet_pipe.loaders import LOADERS
 
-from alexnet_pipe_cli.common import data_option, output_option, print_settings, require_gpu
+from alexnet_pipe_cli.common import BATCH, data_option, output_option, print_settings, require_gpu
 
 _CKPT = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -45,10 +46,10 @@ def viz_filters(checkpoint: Path, output: Path | None, scale: int):
 @click.option("--split", default="val", show_default=True, help="Split the queries come from.")
 @click.option("--limit", type=click.IntRange(0), default=0, show_default=True,
               help="Training images searched (the first N in record order); 0: all of them.")
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--batch-size", type=BATCH, default=64, show_default=True)
 @click.option("--loader", type=click.Choice(LOADERS), default="auto", show_default=True,
               help="auto: DALI where it is installed, else the torch DataLoader.")
-@click.option("--num-threads", type=click.IntRange(0), default=2, show_default=True,
+@click.option("--num-threads", type=click.IntRange(0, MAX_PROCESSES), default=2, show_default=True,
               help="DALI threads / torch DataLoader workers.")
 @click.option("--gpu", is_flag=True, help="Run on CUDA device 0.")
 @output_option(None, "neighbors.png beside CKPT")

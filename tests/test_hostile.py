@@ -16,6 +16,7 @@ from hypothesis import given, settings, strategies as st
 
 from alexnet_pipe_cli.main import cli
 from helpers.shardgen import make_data_dir, random_images
+from helpers.commands import leaf_commands as _commands
 
 S, CROP = 64, 64
 
@@ -197,20 +198,6 @@ def test_gpu_without_cuda_names_the_commands_own_options(words, ckpt3, data3, mo
 
 # ---------------------------------------------------------------- non-finite numbers
 
-def _commands():
-    """(name, click command) of every leaf command."""
-    ctx = click.Context(cli)
-
-    def walk(group, prefix):
-        for name in group.list_commands(ctx):
-            cmd = group.get_command(ctx, name)
-            if isinstance(cmd, click.Group):
-                yield from walk(cmd, prefix + [name])
-            else:
-                yield " ".join(prefix + [name]), cmd
-    return dict(walk(cli, []))
-
-
 def _float_options():
     return [(name, p) for name, cmd in _commands().items() for p in cmd.params
             if isinstance(p.type, click.types.FloatParamType)]
@@ -270,11 +257,13 @@ REACHED_BY = {
     "train.checkpoint": {"train", "evaluate", "viz filters", "viz neighbors"},
     "train.checkpoint.check_resumable": {"train"},
     "stats.ready": {"train", "evaluate", "viz neighbors"},
+    "train.checkpoint.diverged": {"train"},
     "shards.decode": {"stats", "bench loader"},  # the decode-only pass
     "shards.decode.check_dali_can_open": {"train", "evaluate", "viz augment", "viz neighbors", "bench loader"},
     "report.demo": {"demo"},
     "train.evaluation": {"evaluate", "viz neighbors"},
     "train.launch": {"train"},
+    "train.config._check_applied_rates": {"train"},
     "loaders": {"train", "evaluate", "viz augment", "viz neighbors", "bench loader"},
     "loaders.base.cuda_device_id": {"bench loader"},  # the others check for CUDA before any loader
     "loaders.base.BaseLoader.__init__": {"train", "viz augment", "bench loader"},  # evaluate checks the crop first

@@ -26,8 +26,8 @@ class UnreadableFile(UserError):
         self.path, self.reason = Path(path), reason
 
 
-def read_regular_bytes(path: Path, limit: int | None = None) -> bytes:
-    """The bytes of a regular file (at most `limit`); FileNotFoundError where it is absent,
+def open_regular(path: Path):
+    """A regular file opened for reading in binary ('rb'); FileNotFoundError where it is absent,
     UnreadableFile where it is something else (a FIFO, a device, a directory) or unreadable."""
     path = Path(path)
     try:
@@ -40,12 +40,21 @@ def read_regular_bytes(path: Path, limit: int | None = None) -> bytes:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise UnreadableFile(path, "not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read() if limit is None else f.read(limit)
-    except OSError as exc:
-        raise UnreadableFile(path, exc.strerror or str(exc)) from None
-    finally:
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
         os.close(fd)
+        raise
+
+
+def read_regular_bytes(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of a regular file (at most `limit`); FileNotFoundError where it is absent,
+    UnreadableFile where it is something else (a FIFO, a device, a directory) or unreadable."""
+    with open_regular(path) as f:
+        try:
+            return f.read() if limit is None else f.read(limit)
+        except OSError as exc:
+            raise UnreadableFile(path, exc.strerror or str(exc)) from None
 
 
 @contextlib.contextmanager

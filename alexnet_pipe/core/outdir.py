@@ -6,6 +6,7 @@ and `overlap` keeps an output directory from being, containing or lying inside t
 """
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -19,8 +20,23 @@ def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def _real(path: Path | str) -> Path:
+    """The path with symlinks resolved as far as they go: Path.resolve raises RuntimeError on a symlink loop
+    (Python < 3.13), os.path.realpath leaves the loop's name in place."""
+    return Path(os.path.realpath(path))
+
+
+def _refuse_loop(path: Path, what: str) -> None:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"{path} is a loop of symbolic links: choose another {what}") from None
+
+
 def _refuse_pseudo(path: Path, what: str) -> None:
-    resolved = path.resolve()
+    _refuse_loop(path, what)
+    resolved = _real(path)
     for pseudo in PSEUDO_FILESYSTEMS:
         if _is_within(resolved, pseudo):
             raise UserError(f"{path} is under {pseudo}, a kernel pseudo-filesystem, not storage: choose another {what}")
@@ -71,7 +87,7 @@ def writable_dir(path: Path | str, what: str = "output directory") -> Path:
 
 def overlap(output: Path | str, source: Path | str) -> str | None:
     """How `output` overlaps `source` ("is", "lies inside", "contains"), or None where they are apart."""
-    out, src = Path(output).resolve(), Path(source).resolve()
+    out, src = _real(output), _real(source)
     if out == src:
         return "is"
     if src in out.parents:

@@ -1,5 +1,40 @@
-"""The one kind of worker pool the CPU stages (prepare, verify) use."""
+"""The one kind of worker pool the CPU stages (prepare, verify) use, and how its processes end.
+
+Workers never outlive the command: when the parent stops (Ctrl-C, SIGTERM, SIGHUP: core.stopping) or fails, the
+pool kills them instead of waiting; their tasks only compute what the parent writes, so nothing is lost that a
+later run does not redo. Should the parent die without a clean-up (SIGKILL, the OOM killer), each worker notices
+that its parent changed and exits, instead of waiting on the task queue forever.
+"""
 from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+
+PARENT_CHECK_SECONDS = 1.0
+
+
+@functools.cache
+def _pool_class():
+    """The pool class, made on first use: the CLI reads MAX_PROCESSES from here, and `--help` should not pay for
+    importing multiprocessing."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    class WorkerPool(ProcessPoolExecutor):
+        def __exit__(self, exc_type, exc, tb):
+            if exc_type is not None:  # stopped or failed: the tasks in flight are of no use any more
+                self.kill_workers()
+            return super().__exit__(exc_type, exc, tb)
+
+        def kill_workers(self) -> None:
+            """Kill every worker and drop the queued tasks (Python 3.14 has this as kill_workers; earlier ones
+            keep the processes in _processes)."""
+            for process in list((getattr(self, "_processes", None) or {}).values()):
+                process.kill()
+            self.shutdown(wait=True, cancel_futures=True)
+
+    return WorkerPool
 
 
 def worker_pool(workers: int, initializer=None):
@@ -7,5 +42,19 @@ def worker_pool(workers: int, initializer=None):
     this process (a demo or notebook has used them already) and hang the workers. An executor,
     unlike multiprocessing.Pool, reports a worker that died instead of replacing it forever."""
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=initializer)
+    return _pool_class()(workers, mp_context=mp.get_context("spawn"), initializer=_start_worker,
+                         initargs=(os.getpid(), initializer))
+
+
+def _start_worker(parent: int, initializer) -> None:
+    from alexnet_pipe.core.stopping import ignore_in_worker
+    ignore_in_worker()
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="parent-watch").start()
+    if initializer is not None:
+        initializer()
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(1)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from alexnet_pipe.model.choices import (ARCHS, CAFFE_CROP, CONV_IMPLS, INITS, LRN_CONVENTIONS,  # noqa: F401 (API)
                                         LRN_IMPLS, LRN_SPANS, MIN_CROP, lrn_convention)
+from alexnet_pipe.core.memory import check_fits
 from alexnet_pipe.model.lrn import lrn, lrn_reference
 
 LRN_DEFAULT = LRN_CONVENTIONS[0]
@@ -172,9 +173,17 @@ def build_model(arch: str = "alexnet", num_classes: int = 1000, width: float = 1
     `crop` sets conv1's padding only (conv1_padding): no parameter depends on it.
     `lrn_impl` and `conv` choose kernels only: the parameters and the function computed stay the same."""
     _choice("arch", arch, ARCHS)
-    features, channels = _features(arch, width, lrn_alpha, lrn_impl, _choice("conv", conv, CONV_IMPLS),
-                                   _choice("LRN span", lrn_span, LRN_SPANS), crop)
-    model = AlexNet(features, _classifier(arch, channels * 36, scaled(4096, width), num_classes, dropout))
+    _choice("conv", conv, CONV_IMPLS)
+    _choice("LRN span", lrn_span, LRN_SPANS)
+
+    def network() -> AlexNet:
+        features, channels = _features(arch, width, lrn_alpha, lrn_impl, conv, lrn_span, crop)
+        return AlexNet(features, _classifier(arch, channels * 36, scaled(4096, width), num_classes, dropout))
+
+    with torch.device("meta"):  # the shapes alone, no memory: a width far too large is a sentence, not "Killed"
+        weights = count_parameters(network()) * 4
+    check_fits(weights, f"an {arch} of width {width:g} with {weights // 4:,} weights", "choose a smaller width")
+    model = network()
     init_weights(model, init, bias_init)
     return model
 

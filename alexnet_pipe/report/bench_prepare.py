@@ -44,15 +44,28 @@ def make_tree(root: Path, n: int, seed: int = 0) -> Path:
     return root
 
 
-def pil_baseline(files: list[Path], out: Path, size: int, quality: int) -> None:
-    """The script a user would write: one process, PIL, one LMDB."""
+def inputs(src: Path) -> list:
+    """The items prepare takes from `src` (every split, every layout it reads; files it refuses before decoding
+    left out): all contenders work on exactly these."""
+    from alexnet_pipe.ingest.sources import discover
+    inventory = discover(Path(src))
+    return [item for items in inventory.splits.values() for item in items]
+
+
+def pil_baseline(items: list, out: Path, size: int, quality: int) -> None:
+    """The script a user would write: one process, PIL, one LMDB; an input PIL cannot read is skipped, as prepare
+    rejects it."""
     import lmdb
     from PIL import Image
+    from alexnet_pipe.ingest.items import read_bytes
     from alexnet_pipe.shards.codec import Datum
-    env = lmdb.open(str(out), map_size=1 << 36)
+    env = lmdb.open(os.fsencode(out), map_size=1 << 36)
     with env.begin(write=True) as txn:
-        for i, path in enumerate(files):
-            img = Image.open(path).convert("RGB")
+        for i, item in enumerate(items):
+            try:
+                img = Image.open(io.BytesIO(read_bytes(item))).convert("RGB")
+            except (OSError, ValueError, Image.DecompressionBombError):  # PIL's "cannot identify", truncated data
+                continue
             w, h = img.size
             s = size / min(w, h)
             img = img.resize((max(size, round(w * s)), max(size, round(h * s))))
@@ -64,11 +77,15 @@ def pil_baseline(files: list[Path], out: Path, size: int, quality: int) -> None:
     env.close()
 
 
-def bare_decode(files: list[Path]) -> None:
+def bare_decode(items: list) -> None:
+    """OpenCV's decode of each input's bytes; one that does not decode costs its attempt, as in prepare."""
     import cv2
+    from alexnet_pipe.ingest.sources import read_bytes
     cv2.setNumThreads(1)
-    for path in files:
-        cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
+    for item in items:
+        data = np.frombuffer(read_bytes(item), np.uint8)
+        if data.size:  # imdecode asserts on an empty buffer
+            cv2.imdecode(data, cv2.IMREAD_COLOR)
 
 
 def _best_rate(n: int, repeats: int, fn) -> float:
@@ -83,13 +100,14 @@ def _best_rate(n: int, repeats: int, fn) -> float:
 def run(settings: BenchPrepareSettings) -> dict:
     from alexnet_pipe.ingest.plan import PrepareSettings
     from alexnet_pipe.ingest.prepare import run as prepare_run
+    from alexnet_pipe.ingest.items import read_bytes
     work = Path(tempfile.mkdtemp(prefix="bench-prepare-"))
     try:
         src = settings.source or make_tree(work / "src", settings.images)
-        files = sorted(p for p in (Path(src) / "train").rglob("*") if p.is_file())
-        n = len(files)
-        for p in files:  # page cache warm for every contender alike
-            p.read_bytes()
+        items = inputs(src)
+        n = len(items)
+        for item in items:  # page cache warm for every contender alike
+            read_bytes(item)
 
         def prepare_once():
             shutil.rmtree(work / "data", ignore_errors=True)
@@ -99,9 +117,9 @@ def run(settings: BenchPrepareSettings) -> dict:
 
         def pil_once():
             shutil.rmtree(work / "pil", ignore_errors=True)
-            pil_baseline(files, work / "pil", settings.size, settings.quality)
+            pil_baseline(items, work / "pil", settings.size, settings.quality)
 
-        decode = _best_rate(n, settings.repeats, lambda: bare_decode(files))
+        decode = _best_rate(n, settings.repeats, lambda: bare_decode(items))
         pil = _best_rate(n, settings.repeats, pil_once)
         prep = _best_rate(n, settings.repeats, prepare_once)
     finally:

@@ -20,7 +20,7 @@ from alexnet_pipe.loaders import augment
 from alexnet_pipe.loaders.base import LoaderSettings
 from alexnet_pipe.loaders.dali import (DaliLoader, built_pipeline, decoded_image, decoded_window, flipped,
                                        host_constant, mirror_in_place, resized, to_torch, window_of)
-from alexnet_pipe.shards.decode import check_dali_can_open
+from alexnet_pipe.shards.decode import dali_paths, check_dali_can_open
 
 READERS = ("external", "caffe")
 NORMALIZE_IN = ("torch", "dali")
@@ -191,7 +191,7 @@ class CaffeReaderLoader(BenchDaliLoader):
                       device_id=self.device_id, prefetch_queue_depth=self.PREFETCH)
         def graph():
             data, labels = fn.readers.caffe(
-                path=[str(d) for d in self.index.dirs], shard_id=shard, num_shards=s.world_size,
+                path=dali_paths(self.index.dirs), shard_id=shard, num_shards=s.world_size,
                 random_shuffle=True, initial_fill=self.SHUFFLE_BUFFER, seed=reader_seed,
                 pad_last_batch=True, stick_to_shard=True, name="Reader")
             if not self.index.encoded:

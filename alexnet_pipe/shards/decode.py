@@ -137,6 +137,20 @@ def dali_error_cause(exc: BaseException) -> str:
 
 
 
+def dali_paths(shard_dirs: Sequence[Path]) -> list[str]:
+    """The shard paths as DALI takes them: it passes paths to C++ as UTF-8, so a folder whose name is not UTF-8
+    (bytes a Latin-1 system wrote) is one sentence instead of DALI's "Unsupported argument type"."""
+    paths = [str(s) for s in shard_dirs]
+    for path in paths:
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+            raise UserError(f"{shown} is not a UTF-8 name, and NVIDIA DALI opens only UTF-8 paths: rename the "
+                            "folder to a UTF-8 name") from None
+    return paths
+
+
 def dali_reader(shard_dirs: Sequence[Path]):
     """The reader half: encoded bytes (or flat raw pixels) and labels, in key order, no shuffle.
 
@@ -144,7 +158,7 @@ def dali_reader(shard_dirs: Sequence[Path]):
     repeats using the reader's epoch size, so nothing is doubled.
     """
     from nvidia.dali import fn
-    return fn.readers.caffe(path=[str(s) for s in shard_dirs], random_shuffle=False,
+    return fn.readers.caffe(path=dali_paths(shard_dirs), random_shuffle=False,
                             pad_last_batch=True, name=READER_NAME)
 
 

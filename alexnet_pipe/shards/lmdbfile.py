@@ -102,7 +102,8 @@ def open_reader(path: Path | str):
     import lmdb
     check_lmdb(path)
     try:
-        return lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True,
+        # bytes: LMDB encodes a str path as strict UTF-8, and a name that is not UTF-8 raised UnicodeEncodeError
+        return lmdb.open(os.fsencode(path), readonly=True, lock=False, readahead=False, subdir=True,
                          max_readers=512)
     except lmdb.Error as exc:  # every lmdb failure type derives from lmdb.Error
         raise _unreadable(path, exc) from None

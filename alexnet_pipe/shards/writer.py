@@ -40,7 +40,7 @@ class ShardWriter:
         self.tmp_dir.mkdir(parents=True)
         try:
             _allocate(self.tmp_dir / LOCK_MDB, self.LOCK_BYTES)
-            self.env = lmdb.open(str(self.tmp_dir), map_size=self.INITIAL_MAP_SIZE, subdir=True, sync=False,
+            self.env = lmdb.open(os.fsencode(self.tmp_dir), map_size=self.INITIAL_MAP_SIZE, subdir=True, sync=False,
                                  metasync=False, lock=True)
         except BaseException:  # a full disk, most likely: leave no temp dir behind
             import shutil

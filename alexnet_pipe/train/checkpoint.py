@@ -24,7 +24,7 @@ from alexnet_pipe.core.metadata import Strict, check_model
 from alexnet_pipe.train.config import TrainSettings, settings_from_dict
 from alexnet_pipe.train.runlog import checked_settings, settings_model
 from alexnet_pipe.core.errors import UserError
-from alexnet_pipe.core.files import atomic_write
+from alexnet_pipe.core.files import UnreadableFile, atomic_write, open_regular
 
 CKPT_PREFIX = "ckpt-"
 BEST = "best.pt"
@@ -52,9 +52,69 @@ def best_checkpoint(run: Path) -> Path:
     return Path(run) / BEST
 
 
+def nonfinite(state) -> list[str]:
+    """The names of the floating tensors in a (nested) state that hold a NaN or an infinity."""
+    import torch
+    found = []
+
+    def walk(value, name):
+        if torch.is_tensor(value):
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                found.append(name)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{name}.{key}" if name else str(key))
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(item, f"{name}.{i}")
+    walk(state, "")
+    return found
+
+
+def last_good_checkpoint(run: Path) -> Path | None:
+    """The newest checkpoint of a run whose weights are finite (those written before that rule, or damaged
+    since, are passed over): the one the divergence advice names."""
+    for path in reversed(checkpoints(run)):
+        try:
+            state = load_checkpoint(path)
+        except UserError:
+            continue
+        if not nonfinite(state["model"]):
+            return path
+    return None
+
+
+def finite_outputs(model, crop: int) -> bool:
+    """Whether the model's outputs on a fixed probe image are finite: weights can be finite yet so large that
+    every activation overflows, which is as diverged as NaN."""
+    import torch
+    generator = torch.Generator().manual_seed(0)  # a fixed image, and the run's own RNG untouched
+    probe = torch.randn(1, 3, crop, crop, generator=generator) * 64  # mean-subtracted pixels span about +-128
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(probe.to(next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+    return bool(torch.isfinite(out).all())
+
+
+def diverged(what: str, run: Path) -> UserError:
+    """The refusal to save numbers that cannot be trusted: every later resume, evaluation or picture of them
+    would be NaN."""
+    last = last_good_checkpoint(run)
+    return UserError(f"{what}: the run diverged and no checkpoint was written; the last good checkpoint is "
+                     f"{last or 'none'}; start a new --run with a lower --lr")
+
+
 def write_checkpoint(state: dict, run: Path, keep: int, best: bool) -> Path:
-    """ckpt-<step>.pt; the newest `keep` are kept, plus best.pt (a hard link to the best one)."""
+    """ckpt-<step>.pt; the newest `keep` are kept, plus best.pt (a hard link to the best one); never one whose
+    weights are not finite."""
     path = Path(run) / f"{CKPT_PREFIX}{state['step']:08d}.pt"
+    bad = nonfinite({"model": state["model"], "optimizer": state.get("optimizer", {})})
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise diverged(f"the weights at step {state['step']} are not finite ({bad[0]}{more})", run)
     save_atomic(state, path)
     if best:
         tmp = path.with_name(f".{BEST}.tmp-{os.getpid()}")
@@ -72,7 +132,11 @@ def load_checkpoint(path: Path | str) -> dict:
     """A checkpoint's state dict; a file that is not one raises UserError (train --resume, evaluate, viz)."""
     import torch
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path) as f:  # torch.load(path) on a FIFO waited forever for a writer
+            state = torch.load(f, map_location="cpu", weights_only=True)
+    except (UnreadableFile, FileNotFoundError) as exc:
+        raise UserError(f"{path} is not a checkpoint written by `alexnet-pipe train` (it cannot be read: "
+                        f"{getattr(exc, 'reason', None) or 'it does not exist'})") from None
     except Exception as exc:  # torch.load on a junk, empty or truncated file raises pickle, zip, EOF, Key,
         # Runtime, Value... errors (no common type): all mean "not a checkpoint", said with torch's own text
         text = "" if isinstance(exc, (KeyError, EOFError)) else " ".join(str(exc).split())[:200]

@@ -15,6 +15,8 @@ from alexnet_pipe import loaders
 from alexnet_pipe.loaders.augment import CROP_MODES, LIGHTING_SCALES, NORMALIZE, RRC_RATIO, RRC_SCALE
 from alexnet_pipe.core.devices import DEVICES
 from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.core.limits import (FLOAT32_MAX, MAX_BATCH, MAX_PROCESSES, MAX_SEED, MAX_SIZE, MAX_STRENGTH,
+                                      MAX_WIDTH)
 from alexnet_pipe.model.choices import (ARCHS, CONV_IMPLS, INITS, LRN_CONVENTIONS, LRN_IMPLS,  # noqa: F401 (API)
                                         LRN_SPANS, MIN_CROP, lrn_convention)
 from alexnet_pipe.train.precision import PRECISIONS, resolved as resolved_precision
@@ -50,10 +52,10 @@ class TrainSettings:
     arch: str = setting("alexnet", "alexnet: the paper's grouped net; alexnet-owt: torchvision's one-weird-trick "
                                    "layout.", choices=ARCHS)
     width: float = setting(1.0, "Scale every channel count and fc width (quick CPU experiments).",
-                           min=0, min_open=True)
+                           min=0, min_open=True, max=MAX_WIDTH)
     num_classes: int = setting(0, "0: from the data (synthetic loader: 10).", min=0, hidden=True)
     epochs: int = setting(90, "Epochs to train.", min=1)
-    batch_size: int = setting(128, "GLOBAL batch, split evenly over the processes.", min=1)
+    batch_size: int = setting(128, "GLOBAL batch, split evenly over the processes.", min=1, max=MAX_BATCH)
     lr: float = setting(0.01, "Base learning rate.", min=0, min_open=True)
     momentum: float = setting(0.9, "SGD momentum.", min=0, max=1)
     weight_decay: float = setting(5e-4, "L2 weight decay.", min=0)
@@ -86,11 +88,12 @@ class TrainSettings:
     dropout: float = setting(0.5, "Dropout probability of the fully-connected layers.", min=0, max=1,
                              max_open=True)
     crop: int = setting(0, "Training crop; 0: 7/8 of the stored size, 224 from 256 as in the paper; 227: Caffe's "
-                        "geometry (conv1 unpadded, 55x55 as at 224).", min=0)
+                        "geometry (conv1 unpadded, 55x55 as at 224).", min=0,
+                        max=MAX_SIZE)
     loader: str = setting("auto", "auto: DALI where it is installed, else the torch DataLoader; synthetic: fixed "
                                   "random tensors, no data dir (benchmarks, tests).",
                           choices=LOADERS)
-    lighting: float = setting(0.1, "PCA lighting sigma; 0 turns it off.", min=0)
+    lighting: float = setting(0.1, "PCA lighting sigma; 0 turns it off.", min=0, max=MAX_STRENGTH)
     lighting_scale: str = setting("convnet2", "PCA noise scale: cuda-convnet2's sqrt(eigenvalue) on 0..255, or "
                                               "fb.resnet's eigenvalue on [0,1] (~2x weaker).", choices=LIGHTING_SCALES)
     normalize: str = setting("mean-image", "Subtract the mean image (the paper) or per-channel mean/std.",
@@ -104,7 +107,8 @@ class TrainSettings:
     crop_ratio: tuple[float, float] = setting(RRC_RATIO, "Random-resized crops: the window's aspect ratio w/h, "
                                               "low,high (drawn log-uniform).", min=0, min_open=True)
     color_jitter: float = setting(0.0, "Colour jitter strength j: brightness, contrast and saturation factors in "
-                                  "[1-j, 1+j], as torchvision's ColorJitter(j, j, j); 0 turns it off.", min=0)
+                                  "[1-j, 1+j], as torchvision's ColorJitter(j, j, j); 0 turns it off.", min=0,
+                                  max=MAX_STRENGTH)
     hue: float = setting(0.0, "Hue jitter: rotate the hue by up to this fraction of the colour circle.", min=0,
                          max=0.5)
     label_smoothing: float = setting(0.0, "Label smoothing epsilon of the training loss (evaluation unchanged).",
@@ -112,13 +116,13 @@ class TrainSettings:
     tensorboard: bool = setting(False, "Also write a TensorBoard log to RUN/tensorboard (rank 0; the scalars of "
                                 "metrics.jsonl).")
     device: str = setting("cpu", choices=DEVICES, cli=False)
-    nproc: int = setting(1, min=1, cli=False)
+    nproc: int = setting(1, min=1, max=MAX_PROCESSES, cli=False)
     compile: bool = setting(False, "torch.compile the model.")
     precision: str = setting("auto", "Arithmetic of the training steps and of the evaluations during training: fp32, "
                              "or bf16 or fp16 autocast (fp16 with loss scaling); auto: bf16 on CUDA, fp32 on the CPU. "
                              "Recorded resolved; a resume keeps the run's own.", choices=PRECISIONS)
     max_steps: int = setting(0, "Stop after this many optimizer steps; 0: no limit.", min=0)
-    seed: int = setting(0, "Seed of the initial weights, the epoch plans and dropout.")
+    seed: int = setting(0, "Seed of the initial weights, the epoch plans and dropout.", min=0, max=MAX_SEED)
     eval_every: int = setting(1, "Evaluate on val every N epochs; 0 never.", min=0)
     ckpt_every: int = setting(0, "Also checkpoint every N steps (always at each epoch end); 0: epoch ends only.",
                               min=0)
@@ -128,7 +132,7 @@ class TrainSettings:
                                    "checkpoint).", min=0)
     resume: str = setting("", cli=False)  # "" | "latest" | "auto" (latest if any, else start) | a checkpoint path
     num_threads: int = setting(2, "Loader threads per process (DALI threads, or torch DataLoader workers: 0 reads "
-                                  "in the training process).", min=0)
+                                  "in the training process).", min=0, max=MAX_PROCESSES)
     synthetic_steps: int = setting(8, "Steps per epoch of the synthetic loader.", min=1, hidden=True)
 
 
@@ -173,6 +177,8 @@ def check_value(name: str, value) -> str | None:
             return f"must be one of {', '.join(map(str, o.choices))}, not {v!r}"
         if isinstance(v, float) and not math.isfinite(v):
             return f"must be a finite number, not {v}"
+        if isinstance(v, float) and abs(v) > FLOAT32_MAX:  # every float setting ends up in float32 tensors
+            return f"must lie within float32's range (+-{FLOAT32_MAX:.3g}), not {v:g}"
         if o.min is not None and (v < o.min or (o.min_open and v == o.min)):
             return f"must be {'>' if o.min_open else '>='} {o.min:g}, not {v}"
         if o.max is not None and (v > o.max or (o.max_open and v == o.max)):
@@ -192,7 +198,19 @@ def check(s: TrainSettings) -> TrainSettings:
         problem = check_value(f.name, value)
         if problem:
             raise UserError(f"--{f.name.replace('_', '-')} {problem}")
+    _check_applied_rates(s)
     return s
+
+
+def _check_applied_rates(s: TrainSettings) -> None:
+    """The optimiser scales float32 tensors by lr x bias_lr_mult and lr x weight_decay: where such a product is
+    beyond float32, torch cannot even apply it (a RuntimeError at the first step)."""
+    mult = max(1.0, s.bias_lr_mult)
+    for what, value in ((f"--lr {s.lr:g} x --bias-lr-mult {s.bias_lr_mult:g}", s.lr * mult),
+                        (f"--lr {s.lr:g} x --weight-decay {s.weight_decay:g}", s.lr * s.weight_decay * mult)):
+        if value > FLOAT32_MAX:
+            raise UserError(f"{what} is {value:.3g}, beyond the largest float32 ({FLOAT32_MAX:.3g}) the weights are "
+                            "updated in: lower --lr")
 
 
 def settings_from_dict(values: dict) -> TrainSettings:

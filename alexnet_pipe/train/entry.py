@@ -150,20 +150,15 @@ def _nothing_left(s: TrainSettings, say: bool) -> dict | None:
 
 def _where(s: TrainSettings) -> str:
     last = latest_checkpoint(Path(s.run))
-    where = f"the last checkpoint is {last}" if last else "no checkpoint was written yet"
-    return f"{where}; continue with `alexnet-pipe train --run {s.run} --resume`"
+    if last is None:  # --resume would find nothing to continue; auto starts the run again from its settings
+        return f"no checkpoint was written yet; start it again with `alexnet-pipe train --run {s.run} --resume auto`"
+    return f"the last checkpoint is {last}; continue with `alexnet-pipe train --run {s.run} --resume`"
 
 
 def train_process(s: TrainSettings) -> dict:
-    """What each launched process runs: train(), with a UserError said once (by rank 0) and turned into the
-    process's exit status, so the launcher shows no traceback; a preemption leaves quietly with PREEMPTED_EXIT
-    and the launcher's side says what happened."""
+    """What each launched process runs: train(); a UserError (a preemption too) goes to the launcher's side,
+    which says it once (launch.reporting)."""
     try:
         return loop.train(s)
-    except UserError as exc:
-        code = getattr(exc, "exit_code", 1)
-        if int(os.environ.get("RANK", 0)) == 0 and code != PREEMPTED_EXIT:
-            print(f"Error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(code)
     except KeyboardInterrupt:  # Ctrl-C reaches every process; the launcher's side says what happened
         sys.exit(Interrupted.exit_code)

@@ -31,16 +31,23 @@ def topk_correct(scores, labels, ks=(1, 5)) -> list[int]:
     return [int(hits[:, :k].any(dim=1).sum()) for k in ks]
 
 
-def average_softmax(models, images):
-    """Mean softmax over models and, for (B, V, 3, H, W) input, over the V views: (B, classes)."""
+def average_softmax(models, images, names=None):
+    """Mean softmax over models and, for (B, V, 3, H, W) input, over the V views: (B, classes). Given the models'
+    `names` (their checkpoints), outputs that are not finite are refused, naming the model: a softmax of them is
+    NaN, and NaN scores rank as chance without a word."""
     import torch
     views = images.shape[1] if images.dim() == 5 else 1
     flat = images.flatten(0, 1) if images.dim() == 5 else images
-    probs = torch.stack([torch.softmax(m(flat).float(), dim=1) for m in models]).mean(0)
+    outputs = [m(flat).float() for m in models]
+    for name, out in zip(names or (), outputs):
+        if not bool(torch.isfinite(out).all()):
+            raise UserError(f"{name} gives outputs that are not finite numbers: its weights come from a run that "
+                            "diverged (or were damaged); evaluate a checkpoint of a run that did not")
+    probs = torch.stack([torch.softmax(out, dim=1) for out in outputs]).mean(0)
     return probs.view(images.shape[0], views, -1).mean(1)
 
 
-def error_rates(models, loader, device, precision: str, world: int = 1, progress=None) -> dict:
+def error_rates(models, loader, device, precision: str, world: int = 1, progress=None, names=None) -> dict:
     """The one evaluation loop, of the trainer and of `evaluate`: every batch of the loader (centre crops, or ten
     views) through the models in eval mode under `precision`'s autocast, their softmax averaged (one model: its
     own), top-1/top-5 counted and summed over ranks; `progress` (evaluate's display) ticks once a batch. -> {"top1_error", "top5_error", "images"}."""
@@ -52,7 +59,7 @@ def error_rates(models, loader, device, precision: str, world: int = 1, progress
     counts = torch.zeros(3, dtype=torch.float64, device=device)
     with torch.no_grad(), autocast(precision, device):
         for images, labels in loader.epoch(0):
-            c1, c5 = topk_correct(average_softmax(models, images), labels.to(device))
+            c1, c5 = topk_correct(average_softmax(models, images, names), labels.to(device))
             counts += torch.tensor([c1, c5, len(labels)], dtype=torch.float64, device=device)
             if progress is not None:
                 progress.update(1)
@@ -140,7 +147,7 @@ def evaluate(es: EvalSettings) -> dict:
     try:
         from alexnet_pipe.core.progress import Progress
         progress = Progress(loader.steps_per_epoch, f"evaluate {es.split}", unit="batch")  # on stderr
-        rates = error_rates(models, loader, device, precision, progress=progress)
+        rates = error_rates(models, loader, device, precision, progress=progress, names=es.checkpoints)
         progress.close()
     finally:
         loader.close()

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from alexnet_pipe.core.errors import Preempted, UserError
-from alexnet_pipe.train.checkpoint import (data_fingerprint, gather_rng, latest_checkpoint, load_checkpoint,
+from alexnet_pipe.train.checkpoint import (data_fingerprint, diverged, finite_outputs, gather_rng,
+                                           last_good_checkpoint, latest_checkpoint, load_checkpoint,
                                            resume_changes, resume_path, set_rng_state, settings_from_dict,
                                            write_checkpoint)
 from alexnet_pipe.train.config import TrainSettings, model_for
@@ -219,16 +220,22 @@ def write_row(run: Run) -> None:
     pos, steps_in_row = run.pos, run.meter.steps
     run.summary = summary = run.meter.flush(run.world, run.s.batch_size)
     if not math.isfinite(summary["loss"]):
-        last = latest_checkpoint(run.log.run)
+        last = last_good_checkpoint(run.log.run)
         raise UserError(f"the training loss is {summary['loss']} at step {pos.step}: the run diverged; the last good "
-                        f"checkpoint is {last or 'none (none was written yet)'}; lower --lr, or check the data and "
-                        "the stats, then resume or start a new --run")
+                        f"checkpoint is {last or 'none (none was written yet)'}; start a new --run with a lower --lr, "
+                        "or check the data and the stats")
     run.log.row(step=pos.step, epoch=round(pos.step / run.spe, 6), lr=run.lr, **summary)
     run.log.advance(steps_in_row, f"loss {summary['loss']:.4f} lr {run.lr:.3g}")
 
 
 def save(run: Run, is_best: bool = False) -> None:
-    """Every rank contributes its RNG state; rank 0 writes the checkpoint."""
+    """Every rank contributes its RNG state; rank 0 writes the checkpoint. A model whose outputs are no longer
+    finite is not saved (every rank alike: their weights are the same)."""
+    s, pos = run.s, run.pos
+    if not finite_outputs(run.model, s.crop):
+        if pos.step >= run.stop or pos.epoch >= s.epochs:  # no later loss will say so
+            raise diverged(f"the model's outputs at step {pos.step} are not finite", Path(s.run))
+        return  # the next metrics row's loss says the run diverged, naming the last good checkpoint
     state = {"model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
              "schedule": run.plateau.state_dict(), **asdict(run.pos), "rng": gather_rng(run.device, run.world),
              "settings": asdict(run.s), "num_classes": run.train_loader.num_classes,
