@@ -80,7 +80,7 @@ def pil_baseline(items: list, out: Path, size: int, quality: int) -> None:
 def bare_decode(items: list) -> None:
     """OpenCV's decode of each input's bytes; one that does not decode costs its attempt, as in prepare."""
     import cv2
-    from alexnet_pipe.ingest.sources import read_bytes
+    from alexnet_pipe.ingest.items import read_bytes
     cv2.setNumThreads(1)
     for item in items:
         data = np.frombuffer(read_bytes(item), np.uint8)

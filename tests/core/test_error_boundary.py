@@ -169,7 +169,7 @@ def test_bench_prepare_on_the_built_in_sample_tree(tmp_path):
     result = run("bench", "prepare", "--source", tmp_path / "s", "--repeats", "1", "--workers", "1", "--size", "32",
                  "--json")
     assert result.exit_code == 0, result.output
-    out = json.loads(result.output)
+    out = json.loads(result.stdout)  # --json: the object alone on stdout, progress on stderr
     assert 0 < out["images"] <= len(files)
     assert all(np.isfinite(v) and v > 0 for k, v in out.items() if k.endswith(("_per_sec", "_one_core")))
 

@@ -190,7 +190,7 @@ def tree(tmp_path_factory) -> Path:
 def test_sigterm_to_prepare_with_two_workers_stops_them_keeps_whole_shards_and_resumes(tree, tmp_path):
     """The issue's case: SIGTERM left both workers blocked forever and the parent gone."""
     args = ["prepare", tree, "--data", tmp_path / "d", "--size", "32", "--shard-size", "5", "--workers", "2"]
-    code, out, children = signalled(tmp_path, signal.SIGTERM, "alexnet_pipe.shards.format:ShardWriter.commit",
+    code, out, children = signalled(tmp_path, signal.SIGTERM, "alexnet_pipe.shards.writer:ShardWriter.commit",
                                     30, args, workers=2)
     line = one_sentence_on_stop(code, out, signal.SIGTERM, children)
     assert "interrupted by SIGTERM" in line and "run the same command again" in line, line

@@ -102,7 +102,7 @@ def test_evaluate_refuses_a_model_whose_outputs_are_not_finite(scale, why, data,
     torch.save(_state(1), good)
     torch.save(_state(1, scale), bad)
     result = run("evaluate", good, "--data", data, "--loader", "torch", "--json")
-    assert result.exit_code == 0 and math.isfinite(json.loads(result.output)["top1_error"]), result.output
+    assert result.exit_code == 0 and math.isfinite(json.loads(result.stdout)["top1_error"]), result.output
     for words in (["evaluate", bad], ["evaluate", good, bad]):  # alone, or as an ensemble member
         line = error_line(run(*words, "--data", data, "--loader", "torch"))
         assert f"{bad} gives outputs that are not finite numbers" in line, (why, line)
