@@ -145,3 +145,11 @@ def test_every_import_of_the_library_resolves():
                         except ImportError:
                             stale.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.module}.{alias.name}")
     assert stale == []
+
+
+def test_no_undefined_name_in_the_library():
+    """pyflakes' undefined names over alexnet_pipe/ and cli/: a merge of two branches that moved code left a
+    module using `os` it no longer imported, found only when `prepare --only-shards auto` ran."""
+    result = subprocess.run([sys.executable, "-m", "pyflakes", str(ROOT / "alexnet_pipe"), str(ROOT / "cli")],
+                            capture_output=True, text=True, timeout=120)
+    assert [line for line in result.stdout.splitlines() if "undefined name" in line] == []

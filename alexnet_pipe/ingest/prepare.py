@@ -6,6 +6,7 @@ shards that are left (writing.py, workers in chunks.py), then the rejects and, l
 from __future__ import annotations
 
 import collections
+import os
 import shutil
 import time
 from pathlib import Path

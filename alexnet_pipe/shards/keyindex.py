@@ -9,10 +9,13 @@ from __future__ import annotations
 import hashlib
 import struct
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from alexnet_pipe.core.files import UnreadableFile, atomic_write, read_regular_bytes
 from alexnet_pipe.shards.manifest import SHARD_META
+
+if TYPE_CHECKING:  # annotations only: the module imports it where it is used
+    import numpy as np
 
 KEY_INDEX = "keys.bin"
 _KEYS_MAGIC = b"APKEYS1\n"

@@ -5,12 +5,17 @@ the loaders and the viz commands refuse the same records with the same sentence 
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import hashlib
 import os
 from pathlib import Path
 
 from alexnet_pipe.core.errors import ShardFormatError
 from alexnet_pipe.shards.codec import Datum
+
+if TYPE_CHECKING:  # annotations only: the module imports it where it is used
+    import numpy as np
 
 
 def record_key(index: int, relpath: str) -> bytes:

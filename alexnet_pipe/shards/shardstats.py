@@ -1,11 +1,16 @@
 """A shard's pixel statistics (stats.npz): exact integer sums that `stats` merges into the mean and the PCA."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dataclasses
 from pathlib import Path
 
 from alexnet_pipe.core.errors import ShardFormatError
 from alexnet_pipe.core.files import UnreadableFile, atomic_write, read_regular_bytes
+
+if TYPE_CHECKING:  # annotations only: the module imports it where it is used
+    import numpy as np
 
 SHARD_STATS = "stats.npz"  # inside the shard dir
 

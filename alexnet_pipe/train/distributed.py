@@ -1,10 +1,15 @@
 """Process-group set-up from the environment torchrun / the elastic launcher provide (RANK, WORLD_SIZE, ...)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import os
 import signal
 
 from alexnet_pipe.core.errors import UserError
+
+if TYPE_CHECKING:  # annotations only: the module imports it where it is used
+    import torch
 
 
 def init(device: str = "cpu") -> tuple[int, int, int, "torch.device"]:
