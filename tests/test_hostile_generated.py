@@ -35,6 +35,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from alexnet_pipe_cli.main import cli
 from helpers.shardgen import make_data_dir, random_images
+from helpers.commands import leaf_commands
 
 DEEP = int(os.environ.get("ALEXNET_PIPE_HOSTILE_EXAMPLES", "0"))
 # numpy's overflow and invalid-value warnings are non-finite numbers in the making (NaN pixels cast into a
@@ -90,20 +91,7 @@ NOT_DRAWN = {("train", "--compile"), ("bench train", "--compile"), ("train", "--
 MANY = 2 ** 63  # no machine has this many of anything
 
 
-def _commands() -> dict[str, click.Command]:
-    ctx = click.Context(cli)
-
-    def walk(group, prefix):
-        for name in group.list_commands(ctx):
-            command = group.get_command(ctx, name)
-            if isinstance(command, click.Group):
-                yield from walk(command, prefix + [name])
-            else:
-                yield " ".join(prefix + [name]), command
-    return dict(walk(cli, []))
-
-
-COMMANDS = _commands()
+COMMANDS = leaf_commands()
 
 
 def test_every_command_has_a_tiny_run():
