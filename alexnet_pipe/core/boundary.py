@@ -83,8 +83,7 @@ def explain(exc: BaseException, command: str) -> tuple[str, int]:
     if isinstance(exc, UserError):
         return _user_error(exc)
     if isinstance(exc, KeyboardInterrupt):
-        name = stopping.received() and stopping.Stopped(stopping.received()).args[0]
-        return (f"{where} was interrupted by {name or 'Ctrl-C'}; run it again to finish (the files it writes are "
+        return (f"{where} was interrupted by {stopping.received_name() or 'Ctrl-C'}; run it again to finish (the files it writes are "
                 "replaced whole or not at all)"), stopping.exit_code(Interrupted.exit_code)
     if _out_of_memory(exc):
         return (f"{where} ran out of memory ({_text(exc)}): use a smaller batch, width or crop, fewer workers, or "
@@ -130,8 +129,7 @@ def _user_error(exc: UserError) -> tuple[str, int]:
     code = getattr(exc, "exit_code", 1)
     message = str(exc)
     if isinstance(exc, Interrupted) and stopping.received() is not None:  # a signal, not Ctrl-C, stopped it
-        name = stopping.Stopped(stopping.received()).args[0]
-        message = re.sub(r"^interrupted\b", f"interrupted by {name}", message)
+        message = re.sub(r"^interrupted\b", f"interrupted by {stopping.received_name()}", message)
         code = stopping.exit_code(code)
     return message, code
 

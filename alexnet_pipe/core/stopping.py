@@ -36,6 +36,11 @@ def received() -> int | None:
     return _received[0] if _received else None
 
 
+def received_name() -> str | None:
+    """'SIGTERM' or 'SIGHUP' where one stopped this command, else None."""
+    return signal.Signals(_received[0]).name if _received else None
+
+
 def exit_code(default: int) -> int:
     """128 + the stopping signal, as a shell reports a process a signal ended; `default` where none did."""
     return 128 + _received[0] if _received else default

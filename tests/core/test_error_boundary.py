@@ -86,6 +86,34 @@ def test_an_unforeseen_error_is_said_as_a_bug_and_its_hint_shows_the_traceback(d
     assert isinstance(result.exception, ValueError) and result.exc_info[2] is not None
 
 
+def _read_settings(path: Path):
+    import json
+    return json.loads(path.read_text())
+
+
+def _replace(src: Path, dst: Path):
+    os.replace(src, dst)
+
+
+def test_what_the_boundary_says_of_reader_errors_renames_and_memory(tmp_path):
+    """Reference: the exceptions Python and torch raise themselves, caught from real calls."""
+    import torch
+    from alexnet_pipe.core.boundary import explain
+    (tmp_path / "settings.json").write_text("{not json")
+    with pytest.raises(ValueError) as caught:
+        _read_settings(tmp_path / "settings.json")
+    line, code = explain(caught.value, "train")
+    assert code == 1 and f"`alexnet-pipe train` could not read {tmp_path / 'settings.json'}" in line, line
+    with pytest.raises(OSError) as caught:
+        _replace(tmp_path / "absent", tmp_path / "elsewhere")
+    line, _ = explain(caught.value, "prepare")
+    assert f"could not rename {tmp_path / 'absent'} to {tmp_path / 'elsewhere'}: it does not exist" in line, line
+    with pytest.raises(RuntimeError) as caught:
+        torch.empty(1 << 62, dtype=torch.uint8)  # more than any allocator grants
+    line, code = explain(caught.value, "bench train")
+    assert code == 1 and "`alexnet-pipe bench train` ran out of memory" in line, line
+
+
 # ---------------------------------------------------------------- errors from worker processes
 
 class TwoPartError(UserError):
