@@ -58,3 +58,25 @@ def dirs(tmp_path_factory):
     from helpers.loaders import build_data  # cv2, lmdb and the loaders wing only where a test asks for them
     root = tmp_path_factory.mktemp("pipe")
     return {enc: build_data(root / enc, enc) for enc in ("raw", "jpeg")}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One local S3 server (moto) for the session; tests take a fresh bucket each through `s3`."""
+    pytest.importorskip("moto.server", reason="needs moto[server] (the test extra)")
+    from helpers.s3server import S3Server
+    server = S3Server().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def s3(s3_server, monkeypatch):
+    """(the server, a new empty bucket's s3:// URL), with this process's AWS variables pointing at the server
+    (subprocesses started by the test inherit them)."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_CONFIG_FILE",
+                 "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    return s3_server, f"s3://{s3_server.new_bucket()}"
