@@ -32,7 +32,10 @@ def _pool_class():
             keep the processes in _processes)."""
             for process in list((getattr(self, "_processes", None) or {}).values()):
                 process.kill()
-            self.shutdown(wait=True, cancel_futures=True)
+            try:
+                self.shutdown(wait=True, cancel_futures=True)
+            except OSError:  # its pipes already closed (a stop during interpreter exit): the workers are dead
+                pass
 
     return WorkerPool
 

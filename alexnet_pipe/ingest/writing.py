@@ -117,8 +117,9 @@ def write_shards(dd: DataDir, todo: list[ShardPlan], job: ImageJob, workers: int
     Returns (shards written, shards left to another writer that had claimed them)."""
     taken, skipped = [], []
     writer, rejects = None, []
+    results = _results(_tasks(dd, job, todo, taken, skipped), workers)
     try:
-        for plan, last, result in _results(_tasks(dd, job, todo, taken, skipped), workers):
+        for plan, last, result in results:
             if writer is None:
                 writer = ShardWriter(dd.split(plan.split) / plan.name, job.size)
             for key, value in result.records:
@@ -137,7 +138,8 @@ def write_shards(dd: DataDir, todo: list[ShardPlan], job: ImageJob, workers: int
         if no_space(exc, writer):
             raise NoSpace(writer.tmp_dir.parent if writer else dd.root) from None
         raise
-    finally:
+    finally:  # the pool ends where the stop is met, not at exit when its pipes are gone (verify's test)
+        results.close()
         if writer is not None:
             _abort(writer)
         for p in taken:

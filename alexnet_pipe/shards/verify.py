@@ -79,13 +79,14 @@ def verify(data: Path, workers: int = 1, stream=None, show: bool = True) -> list
     jobs = [(split, entry) for split, info in manifest["splits"].items() for entry in info["shards"]]
     args = [(dd.split(split) / e["name"], e, size, ncls) for split, e in jobs]
     progress = Progress(len(args), "verify", unit="shard", stream=stream, every=VERIFY_EVERY, enabled=show)
+    checked = _in_workers(args, workers) if workers > 1 and len(args) > 1 else (check_shard(*a) for a in args)
     try:
-        checked = _in_workers(args, workers) if workers > 1 and len(args) > 1 else (check_shard(*a) for a in args)
         found = []
         for (split, e), problems in zip(jobs, checked):
             found.append(ShardReport(split, e["name"], e["records"], problems))
             progress.update(1, f"{split}/{e['name']}")
-    finally:
+    finally:  # a stop between two shards: the pool's generator ends here, not at exit when its pipes are gone
+        checked.close()
         progress.close()
     return found
 

@@ -295,3 +295,36 @@ def test_launcher_variables_in_a_plain_shell_are_named_and_the_hint_works(env, n
     left = {k: v for k, v in env.items() if k not in unset}
     assert not set(left) & {"RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RESTART_COUNT"}, (unset, left)
     assert _invoke([*TRAIN, "--run", tmp_path / "second"], {**{k: None for k in unset}, **left}).exit_code == 0
+
+
+def test_a_stop_between_two_verified_shards_ends_the_pool_at_once(data, monkeypatch):
+    """The pool's generator is closed where the stop is met, not at interpreter exit (where its pipes are gone and
+    its clean-up printed a traceback after the one sentence: seen once under SIGHUP with two workers)."""
+    import multiprocessing
+
+    from alexnet_pipe.core import progress
+    from alexnet_pipe.shards.verify import verify
+
+    def stop(self, *args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(progress.Progress, "update", stop)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        verify(data, workers=2, show=False)
+    # the traceback held here keeps verify's frame alive, as an exit path would: only a close ends the pool
+    assert stopped.tb is not None and not multiprocessing.active_children()
+
+
+def test_a_stop_between_two_written_chunks_ends_the_pool_at_once(tree, tmp_path, monkeypatch):
+    import multiprocessing
+
+    from alexnet_pipe.core import progress
+    from alexnet_pipe.ingest.plan import PrepareSettings
+    from alexnet_pipe.ingest.prepare import run
+
+    def stop(self, *args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(progress.Progress, "update", stop)
+    settings = PrepareSettings(source=tree, data=tmp_path / "d", workers=2, shard_size=10)
+    with pytest.raises(BaseException) as stopped:
+        run(settings, echo=lambda *a: None)
+    assert stopped.tb is not None and not multiprocessing.active_children()
