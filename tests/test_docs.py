@@ -9,6 +9,8 @@ The one substitution (`<!-- test: sub -->` blocks; `run` blocks get neither part
   * paths: absolute paths under /data, /fast, /shared and /tmp are taken under the scratch dir, where /data/imagenet
     (the official tars), /data/kaggle (Kaggle's tree) and /data/folders (extracted folders, flat val/) with
     /data/LOC_val_solution.csv hold a tiny generated ImageNet (`sample-data`: 4 classes, 40 train images);
+  * buckets: s3:// URLs name buckets on a local S3 server (moto, in its own process) whose AWS_* variables the
+    block gets; s3://my-bucket/imagenet holds the official tars of the same tiny ImageNet;
   * run length: the environment variables of SUBSTITUTION (every option can come from the environment, a given
     option wins): 2 training steps of a 1/16-width network, a short demo, one benchmark step, and `make test`
     collecting one test file (the suite cannot run itself from inside itself).
@@ -126,10 +128,22 @@ def shell_script(block: Block, text: str, state: Path) -> str:
             f"unset {keep}\n{{ export -p; printf 'cd %q\\n' \"$PWD\"; }} > {shlex.quote(str(state))}\n")
 
 
-def run_block(block: Block, site: Path, state: Path) -> None:
+DOC_BUCKET = "my-bucket"
+
+
+@pytest.fixture(scope="session")
+def doc_bucket(s3_server, inputs) -> dict:
+    """The docs' bucket on the local S3 server, holding the official tars at imagenet/; the variables that
+    point a client at the server."""
+    s3_server.client().create_bucket(Bucket=DOC_BUCKET)
+    s3_server.upload_tree(inputs / "site" / "data" / "imagenet", f"s3://{DOC_BUCKET}/imagenet")
+    return s3_server.env
+
+
+def run_block(block: Block, site: Path, state: Path, bucket_env: dict | None = None) -> None:
     sub = block.verdict.kind == "sub"
     text = SITE_PATHS.sub(lambda m: f"{site}/{m[1]}", block.body) if sub else block.body
-    env = dict(base_env(), **(SUBSTITUTION if sub else {}))
+    env = dict(base_env(), **(dict(SUBSTITUTION, **(bucket_env or {})) if sub else {}))
     script = shell_script(block, text, state)
     done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT)
     assert done.returncode == 0, (f"{block.where} ({block.verdict.kind}) exited {done.returncode}:\n{text}\n"
@@ -159,9 +173,14 @@ def _params():
             yield pytest.param(path, id=path.name, marks=[pytest.mark.slow] if slow else [])
 
 
+def uses_a_bucket(todo: list[Block]) -> bool:
+    return any(b.verdict and b.verdict.kind == "sub" and "s3://" in b.body for b in todo)
+
+
 @pytest.mark.parametrize("path", list(_params()))
-def test_the_docs_run(path, inputs, tmp_path):
+def test_the_docs_run(path, inputs, tmp_path, request):
     todo = runnable(path)
+    bucket_env = request.getfixturevalue("doc_bucket") if uses_a_bucket(todo) else None
     name = str(path.relative_to(ROOT))
     with_data = any(b.verdict and "data" in b.verdict.flags for b in todo)
     clone, site, state = scratch_clone(tmp_path, inputs, name in FRESH_SHELL, with_data)
@@ -169,4 +188,4 @@ def test_the_docs_run(path, inputs, tmp_path):
         if block.printed_by:
             check_printed(block, state)
         else:
-            run_block(block, site, state)
+            run_block(block, site, state, bucket_env)

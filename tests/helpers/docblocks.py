@@ -97,6 +97,15 @@ def problem(block: Block) -> str | None:
     return None
 
 
+def named_block(name: str, path: Path | None = None) -> str:
+    """The body of the code block marked `<!-- test: cluster (NAME): ... -->` (docs/getting-started.md by default),
+    for the tests that run a cluster's command on one machine."""
+    path = path or ROOT / "docs" / "getting-started.md"
+    found = [b for b in blocks(path) if b.verdict and b.verdict.name == name]
+    assert len(found) == 1, f"{path.name} has {len(found)} code blocks marked <!-- test: cluster ({name}): ... -->"
+    return found[0].body
+
+
 def tally() -> dict[str, int]:
     """How many code blocks run as written, through the substitution, or only on a GPU / a cluster."""
     counts = dict.fromkeys(KINDS, 0)

@@ -28,9 +28,9 @@ from click.testing import CliRunner
 from alexnet_pipe.train.checkpoint import latest_checkpoint, load_checkpoint
 from alexnet_pipe.train.runlog import read_metrics
 from alexnet_pipe_cli.main import cli
+from helpers.docblocks import named_block
 
 ROOT = Path(__file__).resolve().parents[2]
-GETTING_STARTED = ROOT / "docs" / "getting-started.md"
 SHARED = "/shared/alexnet-data"  # the docs' shared file system, a tmp dir here
 TINY = ["--cpu", "--loader", "synthetic", "--arch", "alexnet", "--width", "0.0625", "--crop", "64",
         "--batch-size", "8", "--num-classes", "5", "--eval-every", "0", "--log-every", "1", "--schedule", "step",
@@ -136,14 +136,6 @@ def test_under_torchrun_the_device_is_chosen_as_a_plain_run_chooses_it(tmp_path)
 
 # ---------------------------------------------------------------- the doc's commands, run on one machine
 
-def doc_block(name: str) -> str:
-    """The code block after `<!-- test: cluster (NAME): ... -->` in docs/getting-started.md."""
-    match = re.search(rf"<!-- test: cluster \({name}\)[^>]*-->\s*```[\w-]*\n(.*?)```", GETTING_STARTED.read_text(),
-                      re.S)
-    assert match, f"docs/getting-started.md has no code block marked <!-- test: cluster ({name}): ... -->"
-    return match.group(1)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -247,7 +239,7 @@ def assert_reaches(run: Path, one_node) -> None:
 def test_two_torchrun_nodes_reach_the_one_node_weights(tmp_path, one_node):
     """getting-started.md's torchrun command, once per "node", with a c10d rendezvous on 127.0.0.1."""
     port, data = free_port(), tmp_path / "shared"
-    command = site(doc_block("torchrun"), data, port).replace("HOST0", "127.0.0.1").strip()
+    command = site(named_block("torchrun"), data, port).replace("HOST0", "127.0.0.1").strip()
     assert command.startswith("torchrun ") and "--nnodes 2" in command
     node = ["bash", "-c", f"{command} {shlex.join(_doc_tiny())}"]
     env = environment(tools(tmp_path))
@@ -284,7 +276,7 @@ print("\\n".join(sys.argv[3].split(",")))
 def slurm_job(tmp_path: Path, data: Path, extra: list[str]) -> tuple[list[str], dict]:
     """getting-started.md's sbatch script with this machine's values and `extra` train options, and the environment
     of a 2-node allocation on localhost (job 4242)."""
-    script = site(doc_block("slurm"), data, free_port())
+    script = site(named_block("slurm"), data, free_port())
     nodes = int(re.search(r"^#SBATCH --nodes[= ](\d+)", script, re.M).group(1))
     assert nodes == 2 and re.search(r"^#SBATCH --ntasks-per-node[= ]1$", script, re.M)
     assert "srun torchrun" in script and "$SLURM_JOB_NODELIST" in script and "$SLURM_JOB_ID" in script
@@ -313,7 +305,7 @@ def test_kubernetes_indexed_job_container_command(tmp_path, one_node):
     once per completion index with the Job's environment, trains as the one-node run does."""
     import yaml  # PyYAML, a test dependency
     port, data = free_port(), tmp_path / "shared"
-    docs = {d["kind"]: d for d in yaml.safe_load_all(doc_block("kubernetes"))}
+    docs = {d["kind"]: d for d in yaml.safe_load_all(named_block("kubernetes"))}
     service, job = docs["Service"], docs["Job"]
     spec, pod = job["spec"], job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
