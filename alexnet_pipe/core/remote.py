@@ -147,6 +147,8 @@ def retried(call, url: str, doing: str, retries: int | None = None, wait: float 
 
 def read_range(url: str, offset: int = 0, size: int = -1) -> bytes:
     """An object's bytes, all (size < 0) or [offset, offset + size), retried."""
+    if size == 0:  # an empty range: the stores answer "bytes=n-(n-1)" with the whole object
+        return b""
     fs, path = filesystem(url)
     end = None if size < 0 else offset + size
     return retried(lambda: fs.cat_file(path, start=offset or None, end=end), url, "read")
@@ -168,3 +170,42 @@ def listing(url: str) -> dict[str, dict]:
     found = retried(lambda: fs.find(path, detail=True), url, "list")
     prefix = path.rstrip("/") + "/"
     return {name[len(prefix):]: info for name, info in found.items() if name.startswith(prefix)}
+
+
+def listing_pages(url: str):
+    """Every object under url, recursively, a page at a time (lists of (path relative to url, size)): a caller
+    can show progress and keeps no store's info dicts (~1 KB each: 1.3 GB for ImageNet's 1.28 M objects). S3 is
+    listed with ListObjectsV2 pages of 1000 keys, each page retried; other stores through fsspec's find. Folder
+    markers (keys ending in '/', as consoles make) are not objects of the tree."""
+    fs, path = filesystem(url)
+    if scheme(url) not in ("s3", "s3a"):
+        found = retried(lambda: fs.find(path, detail=True), url, "list")
+        prefix = path.rstrip("/") + "/"
+        yield [(name[len(prefix):], info.get("size") or 0) for name, info in found.items()
+               if name.startswith(prefix) and not name.endswith("/")]
+        return
+    from fsspec.asyn import sync
+    bucket, _, key = path.partition("/")
+    prefix = key.strip("/") + "/" if key.strip("/") else ""
+    ask = {"Bucket": bucket, "Prefix": prefix, **getattr(fs, "req_kw", {})}
+    while True:
+        page = retried(lambda: sync(fs.loop, fs._call_s3, "list_objects_v2", **ask), url, "list")
+        yield [(c["Key"][len(prefix):], c["Size"]) for c in page.get("Contents", []) if not c["Key"].endswith("/")]
+        if not page.get("IsTruncated"):
+            return
+        ask["ContinuationToken"] = page["NextContinuationToken"]
+
+
+def info(url: str) -> dict:
+    """fsspec's info of one object or prefix ('type': 'file' or 'directory', 'size')."""
+    fs, path = filesystem(url)
+    return retried(lambda: fs.info(path), url, "find")
+
+
+def open_file(url: str, size: int | None = None, block_size: int = 1 << 16):
+    """A seekable read-only file object over the object, reading ahead block_size bytes per request (what tarfile
+    needs to read an archive's headers in place). size, where known from a listing, saves a request."""
+    fs, path = filesystem(url)
+    extra = {} if size is None else {"size": size}
+    return retried(lambda: fs.open(path, "rb", block_size=block_size, cache_type="readahead", **extra),
+                   url, "open")
