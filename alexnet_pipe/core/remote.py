@@ -151,7 +151,21 @@ def read_range(url: str, offset: int = 0, size: int = -1) -> bytes:
         return b""
     fs, path = filesystem(url)
     end = None if size < 0 else offset + size
-    return retried(lambda: fs.cat_file(path, start=offset or None, end=end), url, "read")
+
+    def read() -> bytes:
+        try:
+            return fs.cat_file(path, start=offset or None, end=end)
+        except OSError as exc:
+            if offset and _past_the_end(exc):  # as a local read past a file's end: no bytes, not an error
+                return b""
+            raise
+    return retried(read, url, "read")
+
+
+def _past_the_end(exc: OSError) -> bool:
+    """The store's answer to a range that starts past the object's end (HTTP 416, S3's InvalidRange)."""
+    text = str(exc).lower()
+    return "range is not satisfiable" in text or "invalidrange" in text or "416" in text
 
 
 def put_file(local: str, url: str) -> None:
