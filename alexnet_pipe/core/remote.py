@@ -186,10 +186,10 @@ def listing(url: str) -> dict[str, dict]:
     return {name[len(prefix):]: info for name, info in found.items() if name.startswith(prefix)}
 
 
-def listing_pages(url: str):
+def listing_pages(url: str, page: int = 1000):
     """Every object under url, recursively, a page at a time (lists of (path relative to url, size)): a caller
     can show progress and keeps no store's info dicts (~1 KB each: 1.3 GB for ImageNet's 1.28 M objects). S3 is
-    listed with ListObjectsV2 pages of 1000 keys, each page retried; other stores through fsspec's find. Folder
+    listed with ListObjectsV2 pages of `page` keys (1000 at most), each page retried; other stores through fsspec's find. Folder
     markers (keys ending in '/', as consoles make) are not objects of the tree."""
     fs, path = filesystem(url)
     if scheme(url) not in ("s3", "s3a"):
@@ -201,7 +201,7 @@ def listing_pages(url: str):
     from fsspec.asyn import sync
     bucket, _, key = path.partition("/")
     prefix = key.strip("/") + "/" if key.strip("/") else ""
-    ask = {"Bucket": bucket, "Prefix": prefix, **getattr(fs, "req_kw", {})}
+    ask = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page, **getattr(fs, "req_kw", {})}
     while True:
         page = retried(lambda: sync(fs.loop, fs._call_s3, "list_objects_v2", **ask), url, "list")
         yield [(c["Key"][len(prefix):], c["Size"]) for c in page.get("Contents", []) if not c["Key"].endswith("/")]
