@@ -240,3 +240,17 @@ def test_a_local_prepare_imports_no_object_store_library(trees, tmp_path):
             "print('STORES', [m for m in ('fsspec', 's3fs', 'botocore', 'gcsfs') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "STORES []" in out.stdout, out.stdout + out.stderr
+
+
+def test_val_labels_given_as_a_url_are_read_from_the_bucket(trees, s3, tmp_path):
+    server, bucket = s3
+    src, local = trees["folders"]
+    server.upload_tree(src / "train", f"{bucket}/in/train")
+    server.upload_tree(src / "val", f"{bucket}/in/val")  # no label file beside them: it is elsewhere
+    server.client().upload_file(str(src / "LOC_val_solution.csv"), bucket[5:], "labels/solution.csv")
+    result = CliRunner().invoke(cli, ["prepare", f"{bucket}/in", "--data", str(tmp_path / "d"), "--size", str(SIZE),
+                                      "--shards", "2", "--workers", "1",
+                                      "--val-labels", f"{bucket}/labels/solution.csv"])
+    assert result.exit_code == 0, result.output
+    assert _records(tmp_path / "d") == _records(local)
+    assert shards.read_manifest(tmp_path / "d")["source"]["val_labels"] == f"{bucket}/labels/solution.csv"
