@@ -5,7 +5,7 @@ What a member costs (docs/performance.md has the measured figures): tarfile seek
 each seek lands in a new ranged GET, so a tar whose members are larger than a request is ONE request per member.
 - ILSVRC2012_img_train.tar: its 1,000 per-class tars are listed from the outer headers (one request each), then
   the 1.28 M headers inside them with small requests (~12 KB: tarfile's 8 KB buffer plus HEADER_BLOCK), the
-  per-class tars THREADS at a time: the latency of 1.28 M requests is paid THREADS-fold in parallel, and ~10 GB
+  per-class tars THREADS at a time: the latency of 1.28 M requests is paid THREADS-fold in parallel, and ~15 GB
   of the 147 GB are transferred.
 - ILSVRC2012_img_val.tar (50,000 members, 6.4 GB): one tar, so no parallelism; it is read in sequence with
   STREAM_BLOCK requests (~800 of them) instead of 50,000 latencies in a row.

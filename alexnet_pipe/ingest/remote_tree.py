@@ -34,17 +34,13 @@ class Snapshot:
                 node = parent
 
 
-def _sort_key(key: str) -> tuple[str, ...]:
-    return tuple(key.split("/"))  # pathlib orders by parts: 'a/x' before 'a-b/x'
-
-
 class RemotePath:
     """A key of a Snapshot (key '' is the listed prefix, None the place above it) with pathlib's answers."""
 
-    __slots__ = ("snap", "key")
+    __slots__ = ("snap", "key", "_parts")
 
     def __init__(self, snap: Snapshot, key: str | None):
-        self.snap, self.key = snap, key
+        self.snap, self.key, self._parts = snap, key, None
 
     def __str__(self) -> str:
         if self.key is None:
@@ -71,8 +67,13 @@ class RemotePath:
     def __hash__(self) -> int:
         return hash((id(self.snap), self.key))
 
+    def _order(self) -> tuple[str, ...]:
+        if self._parts is None:  # made once: sorted() compares each path ~log2(n) times
+            self._parts = tuple((self.key or "").split("/"))
+        return self._parts
+
     def __lt__(self, other: RemotePath) -> bool:
-        return _sort_key(self.key or "") < _sort_key(other.key or "")
+        return self._order() < other._order()  # pathlib orders by parts too: 'a/x' before 'a-b/x'
 
     @property
     def name(self) -> str:
