@@ -218,8 +218,8 @@ def info(url: str) -> dict:
 
 def open_file(url: str, size: int | None = None, block_size: int = 1 << 16):
     """A seekable read-only file object over the object, reading ahead block_size bytes per request (what tarfile
-    needs to read an archive's headers in place). size, where known from a listing, saves a request."""
+    needs to read an archive's headers in place). size, where known from a listing, saves a request. Not retried
+    here: its requests are made as it is read, so the caller retries the whole reading (remote_tars does)."""
     fs, path = filesystem(url)
     extra = {} if size is None else {"size": size}
-    return retried(lambda: fs.open(path, "rb", block_size=block_size, cache_type="readahead", **extra),
-                   url, "open")
+    return fs.open(path, "rb", block_size=block_size, cache_type="readahead", **extra)
