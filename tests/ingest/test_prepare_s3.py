@@ -254,3 +254,28 @@ def test_val_labels_given_as_a_url_are_read_from_the_bucket(trees, s3, tmp_path)
     assert result.exit_code == 0, result.output
     assert _records(tmp_path / "d") == _records(local)
     assert shards.read_manifest(tmp_path / "d")["source"]["val_labels"] == f"{bucket}/labels/solution.csv"
+
+
+def test_a_dropped_connection_while_reading_tar_headers_is_retried(trees, s3, monkeypatch):
+    from alexnet_pipe.core import remote
+    from alexnet_pipe.ingest import archives, remote_tars
+    from alexnet_pipe.ingest.remote_tree import open_tree
+    server, bucket = s3
+    src, _ = trees["archives"]
+    server.upload_tree(src, f"{bucket}/in")
+    monkeypatch.setenv("ALEXNET_PIPE_REMOTE_WAIT", "0.01")
+    real, drops = remote.open_file, []
+
+    def open_file(url, size=None, block_size=1 << 16):
+        f = real(url, size, block_size)
+        if len(drops) < 2:  # the first two files opened (the outer listing, a per-class tar) fail once
+            drops.append(url)
+
+            def dropped(*_):
+                raise ConnectionResetError(104, "Connection reset by peer")
+            f.read = dropped
+        return f
+    monkeypatch.setattr(remote_tars.remote, "open_file", open_file)
+    found = archives.list_train_archive(open_tree(f"{bucket}/in") / archives.TRAIN_TAR, rejects := [])
+    assert len(drops) == 2 and rejects == []
+    assert found == archives.list_train_archive(src / archives.TRAIN_TAR, [])
