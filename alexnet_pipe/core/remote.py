@@ -153,10 +153,12 @@ def read_range(url: str, offset: int = 0, size: int = -1) -> bytes:
     end = None if size < 0 else offset + size
 
     def read() -> bytes:
+        # always a ranged GET ("bytes=0-" for a whole object): one request, where s3fs would first ask a whole
+        # object's size (HEAD) to decide whether to fetch it in parallel parts
         try:
-            return fs.cat_file(path, start=offset or None, end=end)
+            return fs.cat_file(path, start=offset, end=end)
         except OSError as exc:
-            if offset and _past_the_end(exc):  # as a local read past a file's end: no bytes, not an error
+            if _past_the_end(exc):  # as a local read at or past a file's end (an empty object too): no bytes
                 return b""
             raise
     return retried(read, url, "read")
