@@ -21,6 +21,7 @@ from alexnet_pipe.core.errors import UserError
 RETRIES_VAR, WAIT_VAR = "ALEXNET_PIPE_REMOTE_RETRIES", "ALEXNET_PIPE_REMOTE_WAIT"
 RETRIES = 6            # attempts after the first, for errors a later attempt may not meet
 FIRST_WAIT_S = 0.5     # doubled at each retry, with jitter: 0.5, 1, 2, 4, 8, 16 s (~30 s in all)
+POOL = 64              # connections per process (botocore's default is 10): ingest.remote_tars reads 32 tars at once
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}  # scheme -> the pip extra that brings its back end
 
 
@@ -53,7 +54,8 @@ _HANDLES: dict = {}
 def _options(url: str, fresh: bool) -> dict:
     options = {"skip_instance_cache": True} if fresh else {}
     if scheme(url) in ("s3", "s3a"):  # botocore's retries off (ours are below), and a refused host said soon
-        options["config_kwargs"] = {"retries": {"max_attempts": 1}, "connect_timeout": 10, "read_timeout": 60}
+        options["config_kwargs"] = {"retries": {"max_attempts": 1}, "connect_timeout": 10, "read_timeout": 60,
+                                    "max_pool_connections": POOL}
     return options
 
 

@@ -58,15 +58,17 @@ def _manifest(data: Path, prefix: str) -> dict:
     return manifest
 
 
-def _sums(data: Path) -> list[np.ndarray]:
-    return [np.load(f)["pixel_sum"] for f in sorted(data.glob("*/*/stats.npz"))]
+def _sums(data: Path) -> list[list]:
+    """Every shard's stats.npz, the sums `stats` merges into the mean and the PCA."""
+    return [[np.load(f)[k].tolist() for k in ("pixel_sum", "rgb_outer", "count")]
+            for f in sorted(data.glob("*/*/stats.npz"))]
 
 
 def _same_as_local(local_src: Path, local: Path, url: str, data: Path) -> None:
     assert _records(data) == _records(local)  # keys and value bytes, shard by shard
     assert _manifest(data, url) == _manifest(local, str(local_src))  # counts, checksums, classes, labels' file
     assert _rejects(data, url) == _rejects(local, str(local_src))
-    assert [a.tolist() for a in _sums(data)] == [a.tolist() for a in _sums(local)]  # what `stats` adds up
+    assert _sums(data) == _sums(local) and _sums(local)
 
 
 @pytest.mark.parametrize("layout", ["folders", "kaggle", "archives"])
