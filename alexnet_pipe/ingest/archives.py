@@ -6,8 +6,8 @@ import tarfile
 from pathlib import Path
 
 from alexnet_pipe.core.errors import UserError
-from alexnet_pipe.ingest.items import Inventory, ItemList, counted, no_tick, reject
 from alexnet_pipe.ingest import remote_tars
+from alexnet_pipe.ingest.items import Inventory, ItemList, counted, no_tick, reject
 from alexnet_pipe.ingest.labels import class_list, find_class_names, labels_for
 from alexnet_pipe.ingest.remote_tree import RemotePath
 
