@@ -148,9 +148,21 @@ def open_tree(url: str, tick=no_tick) -> RemotePath:
         if page:
             tick(len(page))
     if sizes:
-        return RemotePath(Snapshot(url, sizes), "")
+        snap = Snapshot(url, sizes)
+        _refuse_clashes(snap)
+        return RemotePath(snap, "")
     found = remote.info(url)
     if found.get("type") == "file":
         parent, _, name = url.rstrip("/").rpartition("/")
         return RemotePath(Snapshot(parent, {name: int(found.get("size") or 0)}), name)
     raise UserError(f"found no objects under {url}")
+
+
+def _refuse_clashes(snap: Snapshot) -> None:
+    """A key that is an object and also the folder of other keys (a store allows `a` beside `a/b`, a disk does
+    not): walked as a folder, the object would be skipped unseen, so it is refused by name."""
+    clash = sorted(set(snap.sizes).intersection(snap.children))
+    if clash:
+        more = f" (and {len(clash) - 1} more)" if len(clash) > 1 else ""
+        raise UserError(f"{snap.url}/{clash[0]} is both an object and the folder of other objects{more}: a file "
+                        "system cannot hold both; rename or remove the object")

@@ -281,3 +281,13 @@ def test_a_dropped_connection_while_reading_tar_headers_is_retried(trees, s3, mo
     found = archives.list_train_archive(open_tree(f"{bucket}/in") / archives.TRAIN_TAR, rejects := [])
     assert len(drops) == 2 and rejects == []
     assert found == archives.list_train_archive(src / archives.TRAIN_TAR, [])
+
+
+def test_an_object_that_is_also_a_folder_is_refused_by_name(s3):
+    from alexnet_pipe.core.errors import UserError
+    server, bucket = s3
+    client = server.client()
+    for key in ("in/train/n01/a.JPEG", "in/train/n01", "in/val/b.JPEG"):
+        client.put_object(Bucket=bucket[5:], Key=key, Body=b"x")
+    with pytest.raises(UserError, match=rf"{bucket}/in/train/n01 is both an object and the folder of other objects"):
+        sources.discover(f"{bucket}/in")
