@@ -4,8 +4,9 @@ The rules of folders.py, archives.py and labels.py are written once, against the
 use (/, name, suffix, parent, parts through relative_to, is_dir, is_file, iterdir, rglob('*'), read_bytes). A
 local source is a pathlib.Path itself, so local listing is unchanged. A URL is a RemotePath: the same operations
 answered from a snapshot of ONE recursive listing of the prefix (ListObjectsV2 pages), so that walking 1.28 M
-images costs ~1,300 list requests, not a request per is_dir() or stat() as universal_pathlib's UPath would make
-(its is_dir/is_file/stat call the store's info() per path). An object store has no FIFOs, devices or symlinks:
+images costs ~1,300 list requests, not a request per is_dir() or stat() as universal_pathlib's UPath can make
+(its is_dir/is_file/stat call fsspec's isdir/isfile/info per path, answered without a request only where
+fsspec's directory cache happens to hold the folder). An object store has no FIFOs, devices or symlinks:
 every object is a regular file. Each file keeps its listed size, which the reader checks (items.read_bytes).
 """
 from __future__ import annotations
