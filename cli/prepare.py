@@ -9,6 +9,7 @@ import click
 
 from alexnet_pipe.core.limits import MAX_PROCESSES
 from alexnet_pipe_cli.common import SEED, SIZE, data_option, print_settings
+from alexnet_pipe_cli.locations import PathOrURL
 
 RESIZES = ["area", "linear", "cubic", "lanczos"]
 MAX_PIXELS = 100_000_000  # shards.pixels.MAX_PIXELS (a test holds them equal): OpenCV stays out of --help
@@ -32,7 +33,7 @@ def _shard_range(ctx, param, value):
 
 
 @click.command()
-@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("source", type=PathOrURL(exists=True, file_okay=False, path_type=Path))
 @data_option
 @click.option("--size", type=SIZE, default=256, show_default=True,
               help="Shorter side after rescaling; the central size x size square is kept.")
@@ -51,7 +52,7 @@ def _shard_range(ctx, param, value):
 @click.option("--shards", type=click.IntRange(min=1), default=None, help="Shards per split [default: records / shard-size].")
 @click.option("--shard-size", type=click.IntRange(min=1), default=10000, show_default=True)
 @click.option("--workers", type=click.IntRange(1, MAX_PROCESSES), default=_cores, show_default="all cores")
-@click.option("--val-labels", type=click.Path(exists=True, path_type=Path), default=None,
+@click.option("--val-labels", type=PathOrURL(exists=True, path_type=Path), default=None,
               help="LOC_val_solution.csv, the devkit (.tar.gz or dir) or its ground-truth .txt.")
 @click.option("--only-shards", callback=_shard_range, default=None, metavar="A:B|auto",
               help="Write only shards A..B-1 of each split (cluster use); a last plain run finalises. auto: this "
@@ -67,6 +68,7 @@ def prepare(source, data, dry_run, **options):
     \b
     alexnet-pipe prepare /data/imagenet --data /fast/alexnet-data
     alexnet-pipe prepare ./sample --size 128 --workers 2
+    alexnet-pipe prepare s3://bucket/imagenet --data /fast/alexnet-data
     """
     from alexnet_pipe.ingest.plan import PrepareSettings, make_plan
     from alexnet_pipe.ingest.prepare import run

@@ -21,6 +21,7 @@ from alexnet_pipe.core.errors import UserError
 RETRIES_VAR, WAIT_VAR = "ALEXNET_PIPE_REMOTE_RETRIES", "ALEXNET_PIPE_REMOTE_WAIT"
 RETRIES = 6            # attempts after the first, for errors a later attempt may not meet
 FIRST_WAIT_S = 0.5     # doubled at each retry, with jitter: 0.5, 1, 2, 4, 8, 16 s (~30 s in all)
+POOL = 64              # connections per process (botocore's default is 10): ingest.remote_tars reads 32 tars at once
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}  # scheme -> the pip extra that brings its back end
 
 
@@ -53,7 +54,8 @@ _HANDLES: dict = {}
 def _options(url: str, fresh: bool) -> dict:
     options = {"skip_instance_cache": True} if fresh else {}
     if scheme(url) in ("s3", "s3a"):  # botocore's retries off (ours are below), and a refused host said soon
-        options["config_kwargs"] = {"retries": {"max_attempts": 1}, "connect_timeout": 10, "read_timeout": 60}
+        options["config_kwargs"] = {"retries": {"max_attempts": 1}, "connect_timeout": 10, "read_timeout": 60,
+                                    "max_pool_connections": POOL}
     return options
 
 
@@ -147,9 +149,27 @@ def retried(call, url: str, doing: str, retries: int | None = None, wait: float 
 
 def read_range(url: str, offset: int = 0, size: int = -1) -> bytes:
     """An object's bytes, all (size < 0) or [offset, offset + size), retried."""
+    if size == 0:  # an empty range: the stores answer "bytes=n-(n-1)" with the whole object
+        return b""
     fs, path = filesystem(url)
     end = None if size < 0 else offset + size
-    return retried(lambda: fs.cat_file(path, start=offset or None, end=end), url, "read")
+
+    def read() -> bytes:
+        # always a ranged GET ("bytes=0-" for a whole object): one request, where s3fs would first ask a whole
+        # object's size (HEAD) to decide whether to fetch it in parallel parts
+        try:
+            return fs.cat_file(path, start=offset, end=end)
+        except OSError as exc:
+            if _past_the_end(exc):  # as a local read at or past a file's end (an empty object too): no bytes
+                return b""
+            raise
+    return retried(read, url, "read")
+
+
+def _past_the_end(exc: OSError) -> bool:
+    """The store's answer to a range that starts past the object's end (HTTP 416, S3's InvalidRange)."""
+    text = str(exc).lower()
+    return "range is not satisfiable" in text or "invalidrange" in text or "416" in text
 
 
 def put_file(local: str, url: str) -> None:
@@ -168,3 +188,42 @@ def listing(url: str) -> dict[str, dict]:
     found = retried(lambda: fs.find(path, detail=True), url, "list")
     prefix = path.rstrip("/") + "/"
     return {name[len(prefix):]: info for name, info in found.items() if name.startswith(prefix)}
+
+
+def listing_pages(url: str, page: int = 1000):
+    """Every object under url, recursively, a page at a time (lists of (path relative to url, size)): a caller
+    can show progress and keeps no store's info dicts (~1 KB each: 1.3 GB for ImageNet's 1.28 M objects). S3 is
+    listed with ListObjectsV2 pages of `page` keys (1000 at most), each page retried; other stores through fsspec's find. Folder
+    markers (keys ending in '/', as consoles make) are not objects of the tree."""
+    fs, path = filesystem(url)
+    if scheme(url) not in ("s3", "s3a"):
+        found = retried(lambda: fs.find(path, detail=True), url, "list")
+        prefix = path.rstrip("/") + "/"
+        yield [(name[len(prefix):], info.get("size") or 0) for name, info in found.items()
+               if name.startswith(prefix) and not name.endswith("/")]
+        return
+    from fsspec.asyn import sync
+    bucket, _, key = path.partition("/")
+    prefix = key.strip("/") + "/" if key.strip("/") else ""
+    ask = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page, **getattr(fs, "req_kw", {})}
+    while True:
+        page = retried(lambda: sync(fs.loop, fs._call_s3, "list_objects_v2", **ask), url, "list")
+        yield [(c["Key"][len(prefix):], c["Size"]) for c in page.get("Contents", []) if not c["Key"].endswith("/")]
+        if not page.get("IsTruncated"):
+            return
+        ask["ContinuationToken"] = page["NextContinuationToken"]
+
+
+def info(url: str) -> dict:
+    """fsspec's info of one object or prefix ('type': 'file' or 'directory', 'size')."""
+    fs, path = filesystem(url)
+    return retried(lambda: fs.info(path), url, "find")
+
+
+def open_file(url: str, size: int | None = None, block_size: int = 1 << 16):
+    """A seekable read-only file object over the object, reading ahead block_size bytes per request (what tarfile
+    needs to read an archive's headers in place). size, where known from a listing, saves a request. Not retried
+    here: its requests are made as it is read, so the caller retries the whole reading (remote_tars does)."""
+    fs, path = filesystem(url)
+    extra = {} if size is None else {"size": size}
+    return fs.open(path, "rb", block_size=block_size, cache_type="readahead", **extra)

@@ -8,8 +8,10 @@ import stat
 from pathlib import Path
 
 from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.core.remote import is_url, read_range
 from alexnet_pipe.ingest.items import Inventory, ItemList, counted, no_tick, reject
 from alexnet_pipe.ingest.labels import ValLabels, class_list, find_class_names, labels_for
+from alexnet_pipe.ingest.remote_tree import RemotePath, listed_size
 
 NESTINGS = (".", "ILSVRC/Data/CLS-LOC", "Data/CLS-LOC", "CLS-LOC")
 # names that say "image"; a split none of whose files has one is sniffed before it is called empty
@@ -33,6 +35,8 @@ def _files_under(folder: Path, tick=no_tick) -> list[Path]:
 
 def _not_regular(path: Path) -> bool:
     """A FIFO, socket or device (opening a FIFO blocks forever); a dangling link is left to the reader."""
+    if isinstance(path, RemotePath):  # a store's objects are all regular files
+        return False
     try:
         return not stat.S_ISREG(os.stat(path).st_mode)
     except OSError:
@@ -138,7 +142,7 @@ def _val_folder_items(val: Path, index: dict[str, int], labels: ValLabels | None
         if wnid is None or wnid not in index:
             reject(rejects, path, "val", why)
             continue
-        items.add(f"val/{path.name}", index[wnid], f"val/{rel.as_posix()}")
+        items.add(f"val/{path.name}", index[wnid], f"val/{rel.as_posix()}", listed=listed_size(path))
     return items
 
 
@@ -153,7 +157,7 @@ def discover_folders(src: Path, root: Path, val_labels: Path | None, tick=no_tic
     index = {w: i for i, w in enumerate(wnids)}
     train = ItemList(str(root))
     for w, f in train_files:
-        train.add(f"train/{w}/{f.relative_to(train_dir / w).as_posix()}", index[w])
+        train.add(f"train/{w}/{f.relative_to(train_dir / w).as_posix()}", index[w], listed=listed_size(f))
     val = _val_folder_items(val_dir, index, labels, rejects, tick) if val_dir.is_dir() else ItemList(str(root))
     for split, folder, items in (("train", train_dir, train), ("val", val_dir, val)):
         if folder.is_dir():
@@ -165,6 +169,8 @@ def discover_folders(src: Path, root: Path, val_labels: Path | None, tick=no_tic
 
 def _sniffs_as_image(path: str) -> bool:
     from alexnet_pipe.ingest.images import sniff
+    if is_url(path):
+        return sniff(read_range(path, 0, 64)) is not None
     try:
         with open(path, "rb") as f:
             return sniff(f.read(64)) is not None

@@ -11,6 +11,8 @@ import dataclasses
 
 import numpy as np
 
+from alexnet_pipe.core.remote import is_url
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Item:
@@ -19,6 +21,7 @@ class Item:
     path: str         # the file, or the archive holding it
     offset: int = 0   # start of the member's bytes inside the archive
     size: int = -1    # -1: the whole file
+    listed: int = -1  # a remote file's size when it was listed (-1: local, not checked)
 
 
 def _encode(text: str) -> tuple[bytes, bool]:
@@ -42,8 +45,14 @@ class ItemList:
         self._labels = array.array("i")
         self._pos = array.array("q") if archive else None  # (offset, size) pairs
         self._order = None                             # an index array: this list is a selection of another
+        self._listed = None                            # array of remote files' listed sizes, where given
 
-    def add(self, relpath: str, label: int, src: str | None = None, offset: int = 0, size: int = -1) -> None:
+    def add(self, relpath: str, label: int, src: str | None = None, offset: int = 0, size: int = -1,
+            listed: int = -1) -> None:
+        if listed >= 0 and self._listed is None:
+            self._listed = array.array("q", [-1] * len(self._labels))
+        if self._listed is not None:
+            self._listed.append(listed)
         data, valid = _encode(relpath)
         self.utf8 &= valid
         self._rel += data
@@ -84,7 +93,9 @@ class ItemList:
         if self.archive:
             return Item(rel, self._labels[j], self.base, self._pos[2 * j], self._pos[2 * j + 1])
         src = self._src[self._src_at[j]:self._src_at[j + 1]] if self._src is not None else b""
-        return Item(rel, self._labels[j], f"{self.base}/{src.decode('utf-8', 'surrogateescape') if src else rel}")
+        listed = self._listed[j] if self._listed is not None else -1
+        return Item(rel, self._labels[j], f"{self.base}/{src.decode('utf-8', 'surrogateescape') if src else rel}",
+                    listed=listed)
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
@@ -109,11 +120,27 @@ class ItemList:
 
 
 def read_bytes(item: Item) -> bytes:
+    if is_url(item.path):
+        return _read_remote(item)
     with open(item.path, "rb") as f:
         if item.size < 0:
             return f.read()
         f.seek(item.offset)
         return f.read(item.size)
+
+
+def _read_remote(item: Item) -> bytes:
+    """The object's bytes, or a member's byte range of an archive object; bytes of another length than listed
+    mean the object was replaced since the listing: the image is rejected with that reason, naming the object
+    (the listing's images and labels no longer describe it), and a new prepare lists it anew."""
+    from alexnet_pipe.core.remote import read_range
+    from alexnet_pipe.shards.pixels import Reject
+    data = read_range(item.path, item.offset, item.size)
+    expected = item.size if item.size >= 0 else item.listed
+    if 0 <= expected != len(data):
+        raise Reject(f"changed since it was listed ({len(data)} bytes read where the listing said {expected}): "
+                     "run prepare again to list it anew")
+    return data
 
 
 @dataclasses.dataclass

@@ -9,6 +9,8 @@ import tarfile
 from pathlib import Path
 
 from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.core.remote import is_url
+from alexnet_pipe.ingest.remote_tree import RemotePath, open_tree
 
 DEVKIT_TAR = "ILSVRC2012_devkit_t12.tar.gz"
 DEVKIT_DIR = "ILSVRC2012_devkit_t12"
@@ -23,9 +25,16 @@ class ValLabels:
     source: str
 
 
+def _as_path(path) -> Path | RemotePath:
+    """A path, or a label file or devkit dir in a store (a URL, or a key of a listed tree)."""
+    if isinstance(path, RemotePath):
+        return path
+    return open_tree(str(path)) if is_url(path) else Path(path)
+
+
 def read_text(path: Path) -> str:
     """A label file's text: only a regular file is opened (a FIFO would block forever), and it must be UTF-8."""
-    path = Path(path)
+    path = _as_path(path)
     if not path.is_file():
         raise UserError(f"{path} is not a regular file; give the label file itself")
     try:
@@ -86,7 +95,8 @@ def _labels_from_devkit(meta_bytes: bytes, truth_text: str, meta_where: str, whe
 
 def read_devkit_archive(path: Path) -> ValLabels:
     try:
-        with tarfile.open(path, "r:*") as tar:
+        opened = {"fileobj": io.BytesIO(path.read_bytes())} if isinstance(path, RemotePath) else {"name": path}
+        with tarfile.open(mode="r:*", **opened) as tar:
             members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
             meta_member, truth_member = members["meta.mat"], members["ILSVRC2012_validation_ground_truth.txt"]
             meta = tar.extractfile(meta_member).read()
@@ -110,7 +120,7 @@ def read_devkit_files(truth: Path) -> ValLabels:
 
 def read_val_labels(path: Path) -> ValLabels:
     """Any supported label file: Kaggle csv, devkit archive, devkit dir, or ground-truth txt."""
-    path = Path(path)
+    path = _as_path(path)
     if not path.is_dir() and not path.is_file():
         raise UserError(f"{path} is neither a regular file nor a directory; give the label file or the devkit dir")
     if path.is_dir():

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from alexnet_pipe.core.errors import Interrupted, UserError
 from alexnet_pipe.core.outdir import overlap, writable_dir
+from alexnet_pipe.core.remote import is_url
 from alexnet_pipe.ingest import claims
 from alexnet_pipe.ingest.binding import claim_data_dir, pending_shards, resolve_only_shards, shard_claim
 from alexnet_pipe.ingest.chunks import ImageJob
@@ -93,6 +94,8 @@ def _disk_full(dd: DataDir, path: Path, todo: list[ShardPlan], settings: Prepare
 def _refuse_overlap(settings: PrepareSettings) -> None:
     """A data dir may hold the source (the demo keeps DATA/demo/sample) but not where prepare writes and
     --overwrite removes: the source inside its train/, val/ or stats/, or the data dir inside the source."""
+    if is_url(settings.source):  # a bucket cannot hold a local data dir
+        return
     data, how = DataDir(Path(settings.data)), overlap(settings.data, settings.source)
     if how == "contains" and not any(overlap(place, settings.source) for place in
                                      (data.split("train"), data.split("val"), data.stats)):
