@@ -54,7 +54,7 @@ _HANDLES: dict = {}
 def _options(url: str, fresh: bool) -> dict:
     options = {"skip_instance_cache": True} if fresh else {}
     if scheme(url) in ("s3", "s3a"):  # botocore's retries off (ours are below), and a refused host said soon
-        options["config_kwargs"] = {"retries": {"max_attempts": 1}, "connect_timeout": 10, "read_timeout": 60,
+        options["config_kwargs"] = {"retries": {"total_max_attempts": 1}, "connect_timeout": 10, "read_timeout": 60,
                                     "max_pool_connections": POOL}
     return options
 

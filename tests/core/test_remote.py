@@ -65,3 +65,11 @@ def test_a_stopped_server_is_one_sentence(tmp_path, monkeypatch):
     monkeypatch.setenv(remote.WAIT_VAR, "0.01")
     with pytest.raises(UserError, match=rf"cannot read s3://{bucket}/k after 3 attempts: Could not connect"):
         remote.read_range(f"s3://{bucket}/k")
+
+
+def test_botocore_makes_one_attempt_under_ours(s3):
+    """Ours is the one retry policy: botocore's own (a refused connection retried for ~10 s) is off."""
+    _, bucket = s3
+    fs, _ = remote.filesystem(f"{bucket}/k")
+    fs.ls(bucket)  # the client is made on first use
+    assert fs.s3.meta.config.retries["total_max_attempts"] == 1 and fs.retries == 1
