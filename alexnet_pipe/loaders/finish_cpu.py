@@ -20,6 +20,11 @@ from alexnet_pipe.loaders.jitter_cv import jitter_affine_
 _IDENTITY = IDENTITY.tolist()
 
 
+def _scalar(values) -> tuple:
+    """float32 value(s) as an OpenCV scalar (a 4-tuple of doubles, each exactly the float32)."""
+    return tuple(np.atleast_1d(values).astype(float).tolist()) + (0.0,) * (4 - np.size(values))
+
+
 class ViewFinisher:
     """(c, c, 3) uint8 window (already flipped; a strided view is fine) -> float32 written into `out`:
     (3, c, c), or (c, c, 3) when `channels_last` (the NHWC memory of a channels_last batch)."""
@@ -59,11 +64,16 @@ class ViewFinisher:
         return mean[y:y + c, x:x + c] if self.channels_last else mean[:, y:y + c, x:x + c]
 
     def _normalise(self, src, out, mean, light, ch):
-        """out = (src - mean) + light, or (src - (mean_rgb - light)) * inv_std; ch: a channel, or all of them."""
+        """out = (src - mean) + light, or (src - (mean_rgb - light)) * inv_std; ch: a channel, or all of them.
+        OpenCV's arithmetic, not numpy's: the same IEEE float32 operations (uint8 -> float32 is exact, a float32
+        scalar stays itself), without numpy's buffered mixed-type casting (~75 against ~120 us a 224 px view)."""
+        import cv2
         if mean is not None:
-            return np.add(np.subtract(src, mean, out=out), light[ch], out=out)
+            cv2.subtract(src, mean, dst=out, dtype=cv2.CV_32F)
+            return cv2.add(out, _scalar(light[ch]), dst=out)
         shifted = self.mean_rgb - light  # float32, as TorchNormalizer's
-        return np.multiply(np.subtract(src, shifted[ch], out=out), self.inv_std[ch], out=out)
+        cv2.subtract(src, _scalar(shifted[ch]), dst=out, dtype=cv2.CV_32F)
+        return cv2.multiply(out, _scalar(self.inv_std[ch]), dst=out)
 
     def _jittered(self, window, out, x, y, flip, light, jitter):
         import cv2
