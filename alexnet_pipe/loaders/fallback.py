@@ -11,9 +11,12 @@ On the CPU the worker also does the float work (colour jitter, mean window, ligh
 and OpenCV (finish_cpu.ViewFinisher: without jitter, the same float32 operations as the DALI loader's
 TorchNormalizer, so the two loaders give the same numbers) straight into a shared-memory batch
 buffer (slots.py), and the main process hands the buffer on: it does no per-image work, which is what
-lets the loader grow with the number of workers.  With device "cuda" the workers send uint8 crops (a
-quarter of the float size), pinned and copied to the rank's GPU, and TorchNormalizer does the float
-work there, batched.
+lets the loader grow with the number of workers.  On the CPU one DataLoader serves every epoch and its
+workers persist (forked once per loader: starting them at each epoch cost a stall of ~100 ms per epoch
+here, and spawn or forkserver workers take 5-9 s to start, each importing torch): an epoch left early has
+the batches already asked for drained before the next epoch lends their buffers again.  With device "cuda"
+the workers send uint8 crops (a quarter of the float size), pinned and copied to the rank's GPU, and
+TorchNormalizer does the float work there, batched (a DataLoader per epoch, as before).
 """
 from __future__ import annotations
 
