@@ -41,8 +41,6 @@ def test_bench_loader_rounds_give_medians_and_spreads(dirs):
     ratios = [a / b for a, b in zip(whole["runs"]["paper"], whole["runs"]["baseline"])]
     assert whole["paper_speedup_vs_baseline"] == pytest.approx(statistics.median(ratios))
     assert whole["paper_speedup_vs_baseline_spread"] == pytest.approx([min(ratios), max(ratios)])
-    # a call times 2 batches of 8 after its start: the start weighs on the whole call's rate
-    assert all(w < r for name in runs for w, r in zip(whole["runs"][name], runs[name]))
     text = _bench(["bench", "loader", "--data", str(dirs["jpeg"]), "--crop", "32", "--loader",
                                     "torch", "--batch-size", "8", "--batches", "1", "--warmup", "1",
                                     "--no-baseline", "--repeats", "2"])
