@@ -231,9 +231,9 @@ class TorchLoader(BaseLoader):
     def _cpu_batches(self, steps: list[dict]):
         """The epoch's batch iterator: the same workers as the last epoch's, once the tasks that epoch left behind
         have come back (they write into lent buffers that this epoch must not lend again before)."""
+        self._drain()
         if self._cpu is None:
             self._cpu = self._cpu_loader(self.settings.num_threads)
-        self._drain()
         loader, tasks = self._cpu
         tasks.start(steps)
         self._serial += 1
@@ -253,13 +253,12 @@ class TorchLoader(BaseLoader):
             self._stop_workers()
 
     def _stop_workers(self) -> None:
-        """Join the workers now (not at garbage collection); only then can buffers lent to their tasks be lent again."""
-        cpu, self._cpu, self._unfinished = self._cpu, None, None
+        """Shut the workers down now (not at garbage collection).  Their buffers go with them: a task lent one may
+        still be writing into it, and the next workers get new ones (a failure or close(): rare)."""
+        cpu, self._cpu, self._unfinished, self._slots = self._cpu, None, None, None
         iterator = getattr(cpu[0], "_iterator", None) if cpu else None  # the persistent workers' iterator
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
             iterator._shutdown_workers()
-        if self._slots is not None:
-            self._slots.forget_lent()
 
     def _cpu_loader(self, workers: int) -> tuple:
         from torch.utils.data import DataLoader

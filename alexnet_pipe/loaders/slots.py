@@ -41,10 +41,6 @@ class SharedBatches:
         self._lent.discard(slot)
         return self._buffers[slot].detach()
 
-    def forget_lent(self) -> None:
-        """An epoch ended (its workers are gone): batches lent to it will not come back."""
-        self._lent.clear()
-
     def array(self, slot: int | None, numel: int) -> np.ndarray:
         """The first `numel` elements of buffer `slot` as numpy (in a worker), or a fresh array for None."""
         if slot is None:

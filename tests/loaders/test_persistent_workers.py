@@ -127,3 +127,19 @@ def test_a_record_failing_in_a_worker_joins_the_workers_and_the_next_epoch_start
     _put(shard, key, good)
     _assert_same(_copies(loader.epoch(1)), _copies(_loader(data, workers=0).epoch(1)))
     loader.close()
+
+
+def test_a_record_failing_in_a_batch_left_in_flight_is_said_by_the_epoch_that_reads_it(tmp_path):
+    """Epoch 0 left after its first batch, its second (in flight, on a damaged record) failing while drained: the
+    next epoch starts new workers and stops at the record with its sentence."""
+    data = build_data(tmp_path / "jpeg", "jpeg")
+    loader = _loader(data)
+    i = int(loader.step_params(0, 0)[1]["index"][0])
+    _put(loader.index.dirs[loader.index.shard_of[i]], loader.index.keys[i], b"\x0f")
+    left = loader.epoch(0)
+    next(left)
+    left.close()
+    with pytest.raises(DamagedRecord):
+        for _ in loader.epoch(1):
+            pass
+    loader.close()
