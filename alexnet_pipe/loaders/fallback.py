@@ -11,9 +11,12 @@ On the CPU the worker also does the float work (colour jitter, mean window, ligh
 and OpenCV (finish_cpu.ViewFinisher: without jitter, the same float32 operations as the DALI loader's
 TorchNormalizer, so the two loaders give the same numbers) straight into a shared-memory batch
 buffer (slots.py), and the main process hands the buffer on: it does no per-image work, which is what
-lets the loader grow with the number of workers.  With device "cuda" the workers send uint8 crops (a
-quarter of the float size), pinned and copied to the rank's GPU, and TorchNormalizer does the float
-work there, batched.
+lets the loader grow with the number of workers.  On the CPU one DataLoader serves every epoch and its
+workers persist (forked once per loader: starting them at each epoch cost a stall of ~100 ms per epoch
+here, and spawn or forkserver workers take 5-9 s to start, each importing torch): an epoch left early has
+the batches already asked for drained before the next epoch lends their buffers again.  With device "cuda"
+the workers send uint8 crops (a quarter of the float size), pinned and copied to the rank's GPU, and
+TorchNormalizer does the float work there, batched (a DataLoader per epoch, as before).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
+from alexnet_pipe.core.errors import UserError
 from alexnet_pipe.loaders import augment
 from alexnet_pipe.loaders.base import BaseLoader, LoaderSettings, cuda_device_id
 from alexnet_pipe.loaders.finish_cpu import ViewFinisher
@@ -124,16 +128,26 @@ def _window(image: np.ndarray, x: int, y: int, crop: int, flip: bool) -> np.ndar
 
 class _Tasks:
     """The DataLoader's sampler (CPU): each step's task, made when the DataLoader asks for it, in the main
-    process, so that the buffer lent to it is one that is free at that moment."""
+    process, so that the buffer lent to it is one that is free at that moment.  One sampler serves every epoch
+    of a DataLoader whose workers persist: `start` gives it the epoch's steps, `stop` ends the tasks early (an
+    abandoned epoch: the DataLoader then returns the batches already asked for, and stops)."""
 
-    def __init__(self, steps: list[dict], slots: SharedBatches):
-        self.steps, self.slots = steps, slots
+    def __init__(self, slots: SharedBatches):
+        self.steps, self.slots, self.stopped = [], slots, False
+
+    def start(self, steps: list[dict]) -> None:
+        self.steps, self.stopped = steps, False
+
+    def stop(self) -> None:
+        self.stopped = True
 
     def __len__(self) -> int:
         return len(self.steps)
 
     def __iter__(self):
         for p in self.steps:
+            if self.stopped:
+                return
             yield self.slots.lend(), {k: p[k] for k in FinishedBatches.KEYS if k in p}
 
 
@@ -141,11 +155,13 @@ def _as_is(item):
     return item
 
 
-def _named_failures(loader, owner: "TorchLoader", steps: list[dict]):
+def _named_failures(batches, owner: "TorchLoader", steps: list[dict], current=lambda: True):
     """The DataLoader's batches; a worker's failure (re-raised by torch as a RuntimeError carrying a traceback)
-    becomes the damaged record's own sentence, found again here in the main process."""
-    batches = iter(loader)
+    becomes the damaged record's own sentence, found again here in the main process.  `current()` false: a
+    later epoch of the same workers began meanwhile, and the batches that come now are its own."""
     for k in range(len(steps)):
+        if not current():
+            raise UserError("a later epoch of this loader began while this one was still open; this one ended there")
         try:
             yield next(batches)
         except RuntimeError:
@@ -170,6 +186,9 @@ class TorchLoader(BaseLoader):
         self.device = "cpu" if device_id is None else f"cuda:{device_id}"
         self.dataset = ViewDataset(self.index, settings.crop, self.ten_crop)
         self._slots: SharedBatches | None = None  # made before the first CPU epoch's workers start
+        self._cpu: tuple | None = None  # (DataLoader, _Tasks) on the CPU, kept with its workers across epochs
+        self._unfinished = None  # the open epoch's batch iterator: drained before the next epoch's
+        self._serial = 0  # epochs begun on the CPU workers
 
     def _specs(self, params: dict) -> list[tuple]:
         if self.ten_crop:
@@ -181,33 +200,82 @@ class TorchLoader(BaseLoader):
         steps = self.step_params(epoch, start_step)
         if not steps:
             return
-        workers = self.settings.num_threads
-        if workers:
-            _quiet_opencv_pool()
-        on_cpu = self.device == "cpu"
-        loader = self._cpu_loader(steps, workers) if on_cpu else self._gpu_loader(steps, workers)
-        try:
-            for item, params in zip(_named_failures(loader, self, steps), steps):
-                yield self._cpu_batch(*item, params) if on_cpu else self._gpu_batch(*item, params)
-                del item
-        finally:
-            del loader  # shuts the workers down now, not at garbage collection
-            if self._slots is not None:
-                self._slots.forget_lent()
-            release_shards()  # only workers read; nothing is open here unless num_threads == 0
+        yield from self._cpu_epoch(steps) if self.device == "cpu" else self._gpu_epoch(steps)
 
-    def _cpu_loader(self, steps: list[dict], workers: int):
+    def close(self) -> None:
+        self._stop_workers()
+        super().close()
+
+    # --- the CPU: one DataLoader whose workers persist across epochs ---------------------------------------
+
+    def _cpu_epoch(self, steps: list[dict]) -> Iterator[tuple]:
+        batches = self._cpu_batches(steps)
+        serial = self._serial
+        current = lambda: serial == self._serial  # noqa: E731
+        try:
+            for item, params in zip(_named_failures(batches, self, steps, current), steps):
+                yield self._cpu_batch(*item, params)
+                del item
+        except GeneratorExit:  # left mid-epoch: the tasks in flight are drained when the next epoch starts
+            raise
+        except BaseException:
+            if current():
+                self._stop_workers()
+            raise
+        else:
+            if current():
+                self._unfinished = None
+        finally:
+            release_shards()  # only workers read; nothing is open here unless num_threads == 0 or a record failed
+
+    def _cpu_batches(self, steps: list[dict]):
+        """The epoch's batch iterator: the same workers as the last epoch's, once the tasks that epoch left behind
+        have come back (they write into lent buffers that this epoch must not lend again before)."""
+        self._drain()
+        if self._cpu is None:
+            self._cpu = self._cpu_loader(self.settings.num_threads)
+        loader, tasks = self._cpu
+        tasks.start(steps)
+        self._serial += 1
+        self._unfinished = iter(loader)  # until the epoch ends
+        return self._unfinished
+
+    def _drain(self) -> None:
+        batches, self._unfinished = self._unfinished, None
+        if batches is None:
+            return
+        self._cpu[1].stop()  # no task asked for since the epoch was left: ask for none now
+        try:
+            for images, _labels in batches:  # the sampler is stopped: these are the batches in flight, then the end
+                if isinstance(images, int):
+                    self._slots.take_back(images)
+        except RuntimeError:  # a damaged record in a batch nobody asked for: start afresh, the next epoch will say
+            self._stop_workers()
+
+    def _stop_workers(self) -> None:
+        """Shut the workers down now (not at garbage collection).  Their buffers go with them: a task lent one may
+        still be writing into it, and the next workers get new ones (a failure or close(): rare)."""
+        cpu, self._cpu, self._unfinished, self._slots = self._cpu, None, None, None
+        iterator = getattr(cpu[0], "_iterator", None) if cpu else None  # the persistent workers' iterator
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
+    def _cpu_loader(self, workers: int) -> tuple:
         from torch.utils.data import DataLoader
         s = self.settings
+        if workers:
+            _quiet_opencv_pool()
         if self._slots is None:
             views = 10 if self.ten_crop else 1
             self._slots = SharedBatches(workers * self.PREFETCH_CPU + 3, self.layout.max_batch * views * 3 * s.crop ** 2,
                                         shared=workers > 0)
         finisher = ViewFinisher(self.norm, self.index.size, s.crop, s.channels_last and not self.ten_crop)
         dataset = FinishedBatches(self.index, finisher, s.crop, self.ten_crop, self._slots)
-        return DataLoader(dataset, batch_size=None, sampler=_Tasks(steps, self._slots), num_workers=workers,
+        tasks = _Tasks(self._slots)
+        return DataLoader(dataset, batch_size=None, sampler=tasks, num_workers=workers,
                           collate_fn=_as_is, worker_init_fn=_init_worker if workers else None,
-                          prefetch_factor=self.PREFETCH_CPU if workers else None)
+                          prefetch_factor=self.PREFETCH_CPU if workers else None,
+                          persistent_workers=workers > 0), tasks
 
     def _cpu_batch(self, images, labels: np.ndarray, params: dict):
         import torch
@@ -223,8 +291,23 @@ class TorchLoader(BaseLoader):
             images = flat[:n * 3 * c * c].view(n, 3, c, c)
         return self.finish(images, torch.from_numpy(labels), params)
 
+    # --- the GPU: a DataLoader per epoch, uint8 crops pinned for the copy ------------------------------------
+
+    def _gpu_epoch(self, steps: list[dict]) -> Iterator[tuple]:
+        loader = self._gpu_loader(steps, self.settings.num_threads)
+        batches = iter(loader)
+        try:
+            for item, params in zip(_named_failures(batches, self, steps), steps):
+                yield self._gpu_batch(*item, params)
+                del item
+        finally:
+            del loader, batches  # shuts the workers down now, not at garbage collection
+            release_shards()
+
     def _gpu_loader(self, steps: list[dict], workers: int):
         from torch.utils.data import DataLoader
+        if workers:
+            _quiet_opencv_pool()
         return DataLoader(self.dataset, batch_sampler=[self._specs(p) for p in steps],
                           num_workers=workers, collate_fn=_collate,
                           worker_init_fn=_init_worker if workers else None,

@@ -42,12 +42,17 @@ class ViewFinisher:
         if jitter is not None and jitter[0].tolist() != _IDENTITY:
             return self._jittered(window, out, x, y, flip, light, jitter)
         mean = self._mean_window(x, y, flip)
+        # the per-channel constants as OpenCV scalars (doubles, each exactly its float32): added after the mean
+        # window, or subtracted (mean_rgb - light, float32 as TorchNormalizer's) and then multiplied
+        shift = (light if mean is not None else self.mean_rgb - light).tolist()
+        scale = None if mean is not None else self.inv_std.tolist()
         if self.channels_last:
-            return self._normalise(window, out, mean, light, slice(None))
+            return self._normalise(window, out, mean, (*shift, 0.0), scale and (*scale, 0.0))
         import cv2
         cv2.split(window, self._planes)
         for ch in range(3):
-            self._normalise(self._planes[ch], out[ch], None if mean is None else mean[ch], light, ch)
+            self._normalise(self._planes[ch], out[ch], None if mean is None else mean[ch], shift[ch],
+                            scale and scale[ch])
         return out
 
     def _mean_window(self, x: int, y: int, flip: bool):
@@ -58,12 +63,17 @@ class ViewFinisher:
         mean, x = (self.means[1], self.size - c - x) if flip else (self.means[0], x)
         return mean[y:y + c, x:x + c] if self.channels_last else mean[:, y:y + c, x:x + c]
 
-    def _normalise(self, src, out, mean, light, ch):
-        """out = (src - mean) + light, or (src - (mean_rgb - light)) * inv_std; ch: a channel, or all of them."""
+    @staticmethod
+    def _normalise(src, out, mean, shift, scale):
+        """out = (src - mean) + shift, or (src - shift) * scale: one channel (float shift and scale), or all three.
+        OpenCV's arithmetic, not numpy's: the same IEEE float32 operations (uint8 -> float32 is exact, a float32
+        scalar stays itself), without numpy's buffered mixed-type casting (~75 against ~120 us a 224 px view)."""
+        import cv2
         if mean is not None:
-            return np.add(np.subtract(src, mean, out=out), light[ch], out=out)
-        shifted = self.mean_rgb - light  # float32, as TorchNormalizer's
-        return np.multiply(np.subtract(src, shifted[ch], out=out), self.inv_std[ch], out=out)
+            cv2.subtract(src, mean, dst=out, dtype=cv2.CV_32F)
+            return cv2.add(out, shift, dst=out)
+        cv2.subtract(src, shift, dst=out, dtype=cv2.CV_32F)
+        return cv2.multiply(out, scale, dst=out)
 
     def _jittered(self, window, out, x, y, flip, light, jitter):
         import cv2

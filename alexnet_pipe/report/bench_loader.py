@@ -77,9 +77,12 @@ def make_bench_loader(s: BenchLoaderSettings):
 def _loader_batches(s: BenchLoaderSettings):
     loader = make_bench_loader(s)
     epoch = 0
-    while True:
-        yield from loader.epoch(epoch)
-        epoch += 1
+    try:
+        while True:
+            yield from loader.epoch(epoch)
+            epoch += 1
+    finally:
+        loader.close()  # workers that persist across epochs go now, inside the call that started them
 
 
 def _decode_batches(s: BenchLoaderSettings):
@@ -151,40 +154,59 @@ def _ratio(runs: dict, a: str, b: str) -> tuple[float, float, float]:
     return statistics.median(ratios), min(ratios), max(ratios)
 
 
+_RATIOS = {"fraction_of_decode_only": ("loader", "decode_only"), "ratio_to_paper": ("loader", "paper"),
+           "speedup_vs_baseline": ("loader", "baseline"), "paper_speedup_vs_baseline": ("paper", "baseline")}
+
+
+def _ratios(runs: dict) -> dict:
+    """Every ratio of _RATIOS whose two contenders ran, with its spread over the rounds."""
+    out = {}
+    for key, (a, b) in _RATIOS.items():
+        if a in runs and b in runs:
+            out[key], low, high = _ratio(runs, a, b)
+            out[key + "_spread"] = [low, high]
+    return out
+
+
 def _cpu_seconds() -> float:
     """CPU time of this process and of its children that have been waited for (DataLoader workers, once joined)."""
     import resource
     return sum(sum(resource.getrusage(who)[:2]) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
 
 
-def measure(s: BenchLoaderSettings) -> dict:
-    """Every contender once per round, `repeats` rounds in turn (a loaded machine's drift falls on all alike);
-    rates are medians, ratios the medians of each round's own ratio, with their spread (min, max).  Beside
-    them, each contender's CPU time per image over its whole call (start-up and warm-up included): on a
-    machine shared with other jobs the wall clock says how much of the cores a contender was given, the
-    CPU time what it cost."""
-    read_shards_once(s.data)
+def _rounds(s: BenchLoaderSettings) -> tuple[dict, dict, dict]:
+    """Every contender once per round, `repeats` rounds in turn: its timed rate (after the warm-up), its rate
+    over the whole call (start-up, warm-up and shutdown included) and its CPU us per image over the call."""
     contenders = _contenders(s)
-    runs = {name: [] for name in contenders}
-    cpu = {name: [] for name in contenders}
+    runs, calls, cpu = ({name: [] for name in contenders} for _ in range(3))
     images = (s.warmup + s.batches) * s.batch_size
     for _ in range(s.repeats):
         for name, once in contenders.items():
-            c0 = _cpu_seconds()
+            c0, t0 = _cpu_seconds(), time.perf_counter()
             runs[name].append(once())
+            calls[name].append(images / (time.perf_counter() - t0))
             cpu[name].append((_cpu_seconds() - c0) / images * 1e6)
+    return runs, calls, cpu
+
+
+def measure(s: BenchLoaderSettings) -> dict:
+    """Every contender once per round, `repeats` rounds in turn (a loaded machine's drift falls on all alike);
+    rates are medians, ratios the medians of each round's own ratio, with their spread (min, max).  The rates
+    are timed after `warmup` batches (the steady state) and, beside them, over each whole call (start-up
+    included: a loader that is quick to start is worth as much on short runs); and each contender's CPU time
+    per image over its whole call: on a machine shared with other jobs the wall clock says how much of the
+    cores a contender was given, the CPU time what it cost."""
+    read_shards_once(s.data)
+    runs, calls, cpu = _rounds(s)
     med = {name: statistics.median(rates) for name, rates in runs.items()}
     result = {"images_per_sec": med["loader"], "decode_only_images_per_sec": med["decode_only"]}
-    ratios = {"fraction_of_decode_only": ("loader", "decode_only"), "ratio_to_paper": ("loader", "paper"),
-              "speedup_vs_baseline": ("loader", "baseline"), "paper_speedup_vs_baseline": ("paper", "baseline")}
     if "paper" in runs:
         result["paper_images_per_sec"] = med["paper"]
     if "baseline" in runs:
         result["baseline_images_per_sec"] = med["baseline"]
-    for key, (a, b) in ratios.items():
-        if a in runs and b in runs:
-            result[key], low, high = _ratio(runs, a, b)
-            result[key + "_spread"] = [low, high]
+    result.update(_ratios(runs))
+    result["startup_included"] = {"images_per_sec": {name: statistics.median(v) for name, v in calls.items()},
+                                  **_ratios(calls), "runs": calls}
     result["cpu_us_per_image"] = {name: statistics.median(v) for name, v in cpu.items()}
     if "paper" in cpu:  # > 1: the loader costs less CPU than the paper's augmentation would
         result["cpu_ratio_to_paper"] = statistics.median(p / q for p, q in zip(cpu["paper"], cpu["loader"]))
@@ -208,5 +230,11 @@ def report_lines(r: dict) -> list[str]:
                      f"{spread('ratio_to_paper')})")
     if "paper_speedup_vs_baseline" in r:
         lines.append(f"paper's aug vs baseline: {spread('paper_speedup_vs_baseline')}")
+    whole = r["startup_included"]
+    lines.append("whole calls, start-up included: " + ", ".join(
+        f"{k} {v:.0f}" for k, v in whole["images_per_sec"].items()) + " img/s" + "".join(
+        f"; {label} {whole[key]:.2f}x ({whole[key + '_spread'][0]:.2f}-{whole[key + '_spread'][1]:.2f})"
+        for key, label in (("speedup_vs_baseline", "loader vs baseline"),
+                           ("paper_speedup_vs_baseline", "paper's vs baseline")) if key in whole))
     lines.append("CPU us/image: " + ", ".join(f"{k} {v:.0f}" for k, v in r["cpu_us_per_image"].items()))
     return lines
