@@ -76,13 +76,24 @@ run_dir_callback = _dir_callback("--run dir")  # train's --run
 output_callback = _place_callback(_check_picture, "-o/--output")
 
 
-def data_option(func):
+def _data_or_url(ctx, param, value):
+    """prepare's --data: a bucket URL as given (a Path would fold its '//'), else a path checked as above."""
+    from alexnet_pipe.core.remote import is_url
+    return str(value) if is_url(value) else data_callback(ctx, param, Path(value))
+
+
+def data_option(func=None, *, urls: bool = False):
     """--data DIR, falling back to $ALEXNET_PIPE_DATA, then ./alexnet-data; a place that cannot be a data dir
-    (a file, a device, /proc) is refused before the command starts."""
+    (a file, a device, /proc) is refused before the command starts. urls: a bucket URL too (prepare's)."""
+    if func is None:
+        return lambda f: data_option(f, urls=urls)
+    kind = click.STRING if urls else click.Path(file_okay=False, path_type=Path)
     return click.option(
         "--data", "data", envvar=ENV_VAR, default=str(DEFAULT), show_default=True, show_envvar=True,
-        type=click.Path(file_okay=False, path_type=Path), callback=data_callback,
-        help="Data dir that prepare writes and stats/train read.")(func)
+        type=kind, callback=_data_or_url if urls else data_callback, metavar="DIR|URL" if urls else None,
+        help="Data dir that prepare writes and stats/train read." + (
+            " prepare also writes into a bucket (s3://bucket/alexnet-data; nodes then `alexnet-pipe pull` it)."
+            if urls else ""))(func)
 
 
 def output_option(default: str | None, help_default: str | None = None):
