@@ -75,17 +75,18 @@ def test_a_partial_pull_resumes_with_what_is_missing(uploaded, tmp_path):
 
 
 @pytest.mark.parametrize("rel", ["train/shard-00000/data.mdb", "train/shard-00001/keys.bin", "manifest.json"])
-def test_pull_never_replaces_a_file_it_did_not_write(uploaded, tmp_path, rel):
+def test_pull_never_replaces_a_file_it_did_not_write(uploaded, prepared, tmp_path, rel):
     _, url = uploaded
     mine = tmp_path / "p" / rel
     mine.parent.mkdir(parents=True)
-    mine.write_bytes(b"the user's own file")
+    own = bytes(b ^ 0xFF for b in (prepared / rel).read_bytes())  # the same size as the bucket's, not its bytes
+    mine.write_bytes(own)
     result = _cli("pull", url, tmp_path / "p")
     assert result.exit_code == 1
     assert result.output.splitlines()[-1] == (f"Error: {mine} exists and differs from {url}/{rel}: pull never "
                                               "replaces or deletes a file it did not write; move it away, or pull "
                                               "into another dir")
-    assert mine.read_bytes() == b"the user's own file"
+    assert mine.read_bytes() == own
     assert not (tmp_path / "p" / "val").exists()  # refused before fetching anything
 
 
