@@ -79,7 +79,9 @@ output_callback = _place_callback(_check_picture, "-o/--output")
 def _data_or_url(ctx, param, value):
     """prepare's --data: a bucket URL as given (a Path would fold its '//'), else a path checked as above."""
     from alexnet_pipe.core.remote import is_url
-    return str(value) if is_url(value) else data_callback(ctx, param, Path(value))
+    if is_url(value):
+        return str(value)
+    return data_callback(ctx, param, click.Path(file_okay=False, path_type=Path).convert(value, param, ctx))
 
 
 def data_option(func=None, *, urls: bool = False):

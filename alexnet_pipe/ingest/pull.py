@@ -146,8 +146,8 @@ def pull(url: str, dest: Path, stream=None) -> dict:
     t0 = time.perf_counter()
     objects = remote.listing(url)
     if MANIFEST not in objects:
-        raise UserError(f"{url} holds no {MANIFEST}: it is no finished data dir (run prepare into it without "
-                        "--only-shards once every part is written)")
+        raise UserError(f"{url} holds no {MANIFEST}: it is no finished data dir (once every array task is done, "
+                        "the plain, finalising `alexnet-pipe prepare` into it writes the manifest)")
     dest = writable_dir(dest, "destination dir")
     manifest, staged = _manifest(url, dest)
     wanted = _wanted(objects, manifest)
