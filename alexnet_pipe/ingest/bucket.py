@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -105,8 +106,9 @@ class Bucket:
 def _said_here(exc: UserError, bucket: Bucket, scratch: Path) -> UserError:
     """A message naming the mirror names the bucket instead; a full disk is the scratch dir's."""
     text = str(exc)
-    place = str(scratch) if text.startswith("no space left") else bucket.url
-    return type(exc)(text.replace(str(bucket.mirror), place))
+    if text.startswith("no space left"):  # the device is the scratch dir's, wherever in the mirror it was met
+        return type(exc)(re.sub(re.escape(str(bucket.mirror)) + r"[^\s:]*", str(scratch), text))
+    return type(exc)(text.replace(str(bucket.mirror), bucket.url))
 
 
 def _refuse_overlap(url: str, source) -> None:

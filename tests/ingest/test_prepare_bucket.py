@@ -140,3 +140,19 @@ def test_overwrite_in_a_bucket_removes_only_what_prepare_wrote(tree, s3, tmp_pat
     assert {"notes.txt", "runs/r1/log.jsonl", "stats/my-plot.png"} <= set(keys)
     assert not any(k.startswith(("train/shard-00002", "val/shard-00002")) for k in keys)  # the 3-shard run's
     assert bucketdata.snapshot(bucketdata.download(server, url, tmp_path / "dl"))["manifest"]["settings"]["size"] == 24
+
+
+def test_a_full_scratch_dir_is_the_disk_full_sentence_and_the_rerun_completes(tree, local, s3, small_disk,
+                                                                                  tmp_path):
+    server, bucket = s3
+    url = f"{bucket}/d"
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    (small_disk / "ballast").write_bytes(b"\0" * (free - (48 << 10)))  # less than one shard's LMDB and sums
+    with pytest.raises(UserError, match=rf"^no space left on the device of {small_disk}: about \d+ MB more is "
+                                        r"needed .* no partial shard is left"):
+        _prep(tree, url, scratch=small_disk)
+    assert not any(k.endswith("meta.json") for k in bucketdata.keys(server, url))
+    assert list(small_disk.iterdir()) == [small_disk / "ballast"]  # the mirror is gone from the scratch dir
+    (small_disk / "ballast").unlink()
+    _prep(tree, url, scratch=small_disk)
+    assert _bucket_snapshot(server, url, tmp_path) == local
