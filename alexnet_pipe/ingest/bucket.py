@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import re
 import shutil
 import tempfile
@@ -117,12 +118,36 @@ def _refuse_overlap(url: str, source) -> None:
         raise UserError(f"the data dir {url} and the source {source} overlap: choose a --data outside the source")
 
 
+MIRROR = ".alexnet-pipe-mirror-{pid}-"
+STALE_MIRROR = re.compile(r"\.alexnet-pipe-mirror-(\d+)-\w+")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+def _remove_stale_mirrors(scratch: Path) -> None:
+    """Mirrors left by runs killed on this host (SIGKILL skips their clean-up), which may hold a whole shard:
+    ours by name, and their process is gone."""
+    for entry in scratch.iterdir():
+        m = STALE_MIRROR.fullmatch(entry.name)
+        if m and entry.is_dir() and not entry.is_symlink() and not _alive(int(m.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def run_into_bucket(settings, echo, stream, run) -> dict:
     """prepare's run(settings) on a fresh mirror in the scratch dir, the bucket updated at each step."""
     url = str(settings.data)
     _refuse_overlap(url, settings.source)
     scratch = writable_dir(settings.scratch or tempfile.gettempdir(), "--scratch dir")
-    bucket = Bucket(url, Path(tempfile.mkdtemp(prefix=".alexnet-pipe-mirror-", dir=scratch)))
+    _remove_stale_mirrors(scratch)
+    bucket = Bucket(url, Path(tempfile.mkdtemp(prefix=MIRROR.format(pid=os.getpid()), dir=scratch)))
     try:
         bucket.fetch()
         summary = run(dataclasses.replace(settings, data=bucket.mirror), echo, stream, store=bucket)

@@ -106,6 +106,23 @@ def test_the_server_gone_mid_upload_is_one_sentence_and_the_rerun_completes(tree
     assert list(tmp_path.glob(".alexnet-pipe-mirror-*")) == []
 
 
+def test_a_killed_runs_mirror_is_removed_a_live_ones_kept(tree, s3, tmp_path):
+    _, bucket = s3
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        mirrors = {pid: tmp_path / f".alexnet-pipe-mirror-{pid}-abc123" for pid in (int(gone.stdout), live.pid)}
+        for mirror in mirrors.values():
+            (mirror / "train" / "shard-00000").mkdir(parents=True)
+            (mirror / "train" / "shard-00000" / "data.mdb").write_bytes(b"a shard left by SIGKILL")
+        (tmp_path / "alexnet-pipe-mirror-1-x").mkdir()  # not our name (no leading dot): the user's
+        _prep(tree, f"{bucket}/d", scratch=tmp_path, only_shards=(0, 1))
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["alexnet-pipe-mirror-1-x", mirrors[live.pid].name])
+    finally:
+        live.kill()
+        live.wait()
+
+
 def test_a_bucket_that_denies_writing_is_one_sentence(tree, s3, tmp_path):
     server, bucket = s3
     name = bucket.removeprefix("s3://")
