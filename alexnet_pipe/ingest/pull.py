@@ -140,6 +140,19 @@ def _manifest(url: str, dest: Path) -> tuple[dict, Path]:
     return manifest, staged
 
 
+def _already_here(url: str, dest: Path, wanted: list[Wanted]) -> list[str]:
+    """The files already in dest that are the bucket's; every one checked before anything is fetched, so a
+    file that is not stops the pull before it changes anything."""
+    kept = []
+    for want in wanted:
+        local = dest / want.rel
+        if os.path.lexists(local):
+            if not _is_the_buckets(local, want, url, dest):
+                raise _foreign(local, remote.join(url, want.rel))
+            kept.append(want.rel)
+    return kept
+
+
 def pull(url: str, dest: Path, stream=None) -> dict:
     """Fetch the data dir at url into dest; returns {"fetched": [...], "kept": [...], "bytes", "seconds"}."""
     from alexnet_pipe.core.progress import Progress
@@ -151,13 +164,7 @@ def pull(url: str, dest: Path, stream=None) -> dict:
     dest = writable_dir(dest, "destination dir")
     manifest, staged = _manifest(url, dest)
     wanted = _wanted(objects, manifest)
-    kept = []
-    for want in wanted:  # every file here checked before anything is fetched
-        local = dest / want.rel
-        if os.path.lexists(local):
-            if not _is_the_buckets(local, want, url, dest):
-                raise _foreign(local, remote.join(url, want.rel))
-            kept.append(want.rel)
+    kept = _already_here(url, dest, wanted)
     todo = [w for w in wanted if w.rel not in set(kept)]
     progress = Progress(len(todo), "pull", unit=" files", stream=stream, every=5.0)
     try:
