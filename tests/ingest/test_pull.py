@@ -109,3 +109,12 @@ def test_pulling_an_unfinished_data_dir_is_one_sentence(uploaded, tmp_path):
     result = _cli("pull", url, tmp_path / "p")
     assert result.exit_code == 1
     assert result.output.splitlines()[-1].startswith(f"Error: {url} holds no manifest.json: it is no finished data dir")
+
+
+@pytest.mark.parametrize("words", [["stats"], ["verify"], ["train", "--cpu"]])
+def test_commands_that_read_a_data_dir_point_a_bucket_url_to_pull(words):
+    result = _cli(*words, "--data", "s3://my-bucket/alexnet-data")
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1].endswith("s3://my-bucket/alexnet-data is a bucket URL; this command reads "
+                                                   "a local data dir: copy it first with `alexnet-pipe pull "
+                                                   "s3://my-bucket/alexnet-data DIR` (docs/buckets.md)")
