@@ -330,8 +330,8 @@ def _words(name: str, param: click.Parameter, value, case: Case) -> list[str] | 
         if value is None:
             return None
     flag = _flag(param)
-    if isinstance(param, click.Argument):
-        position = next(i for i, w in enumerate(BASE[name]) if w.startswith("{"))
+    if isinstance(param, click.Argument):  # BASE lists a command's arguments first, in their order
+        position = [p for p in COMMANDS[name].params if isinstance(p, click.Argument)].index(param)
         words[position] = str(value)
     elif isinstance(param, click.Option) and param.is_flag:
         words.append(flag)
