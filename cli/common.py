@@ -76,13 +76,40 @@ run_dir_callback = _dir_callback("--run dir")  # train's --run
 output_callback = _place_callback(_check_picture, "-o/--output")
 
 
-def data_option(func):
+class DataPlace(click.Path):
+    """--data's type: a directory path as click.Path checks it; a bucket URL (s3://, gs://) kept as given where
+    the command writes one (prepare's, urls=True; a Path would fold its '//'), else refused with the way to a
+    local copy."""
+
+    def __init__(self, urls: bool):
+        super().__init__(file_okay=False, path_type=Path)
+        self.urls = urls
+
+    def convert(self, value, param, ctx):
+        from alexnet_pipe.core.remote import is_url
+        if isinstance(value, str) and is_url(value):
+            if self.urls:
+                return value
+            self.fail(f"{value} is a bucket URL; this command reads a local data dir: copy it first with "
+                      f"`alexnet-pipe pull {value} DIR` (docs/buckets.md)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+def _data_callback(ctx, param, value):
+    return value if isinstance(value, str) else data_callback(ctx, param, value)
+
+
+def data_option(func=None, *, urls: bool = False):
     """--data DIR, falling back to $ALEXNET_PIPE_DATA, then ./alexnet-data; a place that cannot be a data dir
-    (a file, a device, /proc) is refused before the command starts."""
+    (a file, a device, /proc) is refused before the command starts. urls: a bucket URL too (prepare's)."""
+    if func is None:
+        return lambda f: data_option(f, urls=urls)
     return click.option(
         "--data", "data", envvar=ENV_VAR, default=str(DEFAULT), show_default=True, show_envvar=True,
-        type=click.Path(file_okay=False, path_type=Path), callback=data_callback,
-        help="Data dir that prepare writes and stats/train read.")(func)
+        type=DataPlace(urls), callback=_data_callback, metavar="DIR|URL" if urls else None,
+        help="Data dir that prepare writes and stats/train read." + (
+            " prepare also writes into a bucket (s3://bucket/alexnet-data; nodes then `alexnet-pipe pull` it)."
+            if urls else ""))(func)
 
 
 def output_option(default: str | None, help_default: str | None = None):

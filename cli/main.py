@@ -14,6 +14,7 @@ from alexnet_pipe_cli.lazy import LazyGroup
 COMMANDS = {
     "sample-data": ("alexnet_pipe_cli.sample_data:sample_data", "Write the built-in synthetic ImageNet-layout tree."),
     "prepare": ("alexnet_pipe_cli.prepare:prepare", "Raw ImageNet -> sharded Caffe-compatible LMDB."),
+    "pull": ("alexnet_pipe_cli.pull:pull", "Copy a data dir from a bucket (s3://, gs://) to a local dir."),
     "info": ("alexnet_pipe_cli.prepare:info", "Print what a data dir holds."),
     "verify": ("alexnet_pipe_cli.prepare:verify", "Decode every record and check counts and checksums."),
     "stats": ("alexnet_pipe_cli.stats:stats", "Mean image and RGB PCA eigenpairs of the training set."),

@@ -34,7 +34,7 @@ def _shard_range(ctx, param, value):
 
 @click.command()
 @click.argument("source", type=PathOrURL(exists=True, file_okay=False, path_type=Path))
-@data_option
+@data_option(urls=True)
 @click.option("--size", type=SIZE, default=256, show_default=True,
               help="Shorter side after rescaling; the central size x size square is kept.")
 @click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True, help="JPEG quality.")
@@ -61,6 +61,8 @@ def _shard_range(ctx, param, value):
               help="With --only-shards auto under Kubernetes: the indexed Job's completions (Slurm says its own).")
 @click.option("--overwrite", is_flag=True,
               help="Replace the shards, manifest and stats prepare wrote in the data dir; other files stay.")
+@click.option("--scratch", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With --data in a bucket: where each shard is written before its upload  [default: $TMPDIR].")
 @click.option("--dry-run", is_flag=True, help="Find the inputs and print the plan; write nothing.")
 def prepare(source, data, dry_run, **options):
     """Turn an ImageNet download (folders, Kaggle, or the official tars) into shards.
@@ -102,10 +104,13 @@ def _print_summary(summary: dict, data: Path) -> None:
     for split, s in manifest["splits"].items():
         mb = sum(e["bytes"] for e in s["shards"]) / 1e6
         click.echo(f"{split:<6} {s['count']:>9} {s['rejects']:>9} {len(s['shards']):>7} {mb:>9.1f}")
-    reasons = _reasons(dd.rejects)
+    from alexnet_pipe.ingest.bucket import reasons_file
+    with reasons_file(data, None if isinstance(data, str) else dd.rejects) as path:
+        reasons = _reasons(path)
     if reasons:
         click.echo("rejected, by reason: " + "; ".join(f"{n} {why}" for why, n in reasons))
-    click.echo(f"manifest: {dd.manifest}; rejected inputs and reasons: {dd.rejects}")
+    where = data if isinstance(data, str) else dd.root  # a bucket URL, as given
+    click.echo(f"manifest: {where}/manifest.json; rejected inputs and reasons: {where}/rejects.jsonl")
 
 
 def _reasons(path: Path, most: int = 6) -> list[tuple[str, int]]:

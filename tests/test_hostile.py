@@ -268,6 +268,8 @@ REACHED_BY = {
     "loaders.base.cuda_device_id": {"bench loader"},  # the others check for CUDA before any loader
     "loaders.base.BaseLoader.__init__": {"train", "viz augment", "bench loader"},  # evaluate checks the crop first
     "ingest.owned": {"prepare"},
+    "ingest.bucket": {"prepare"},
+    "ingest.pull": {"pull"},
     "ingest.prepare": {"prepare"},
     "ingest.plan": {"prepare"},
     "ingest.binding": {"prepare"},

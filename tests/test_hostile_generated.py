@@ -59,6 +59,7 @@ BASE = {
     "prepare": ["{SRC}", "--data", "{NEW}", "--size", "32", "--workers", "1"],
     "info": ["--data", "{DATA}"],
     "verify": ["--data", "{DATA}", "--workers", "1"],
+    "pull": ["memory://hostile-world/data", "{NEW}"],  # the world's data dir, also in fsspec's in-process store
     "stats": ["--data", "{DATA}", "--pca"],
     "train": ["--cpu", "--loader", "synthetic", "--max-steps", "1", "--width", "0.0625", "--crop", "64",
               "--batch-size", "2", "--eval-every", "0", "--run", "{NEW}", "--recipe", "small",
@@ -177,6 +178,8 @@ def world(tmp_path_factory):
     (root / "run").mkdir()
     (root / "run" / "metrics.jsonl").write_text("".join(
         json.dumps({"step": i, "epoch": i / 4, "loss": 2.0 - i / 10, "lr": 0.01}) + "\n" for i in range(1, 6)))
+    import fsspec
+    fsspec.filesystem("memory").put(str(data), "/hostile-world/data", recursive=True)
     read_only = _read_only_place(root / "ro", data)
     yield {"root": root, "read_only": read_only}
     if read_only is not None:
@@ -327,8 +330,8 @@ def _words(name: str, param: click.Parameter, value, case: Case) -> list[str] | 
         if value is None:
             return None
     flag = _flag(param)
-    if isinstance(param, click.Argument):
-        position = next(i for i, w in enumerate(BASE[name]) if w.startswith("{"))
+    if isinstance(param, click.Argument):  # BASE lists a command's arguments first, in their order
+        position = [p for p in COMMANDS[name].params if isinstance(p, click.Argument)].index(param)
         words[position] = str(value)
     elif isinstance(param, click.Option) and param.is_flag:
         words.append(flag)

@@ -40,6 +40,7 @@ class PrepareSettings:
     only_shards: tuple[int, int] | str | None = None  # [A, B): this machine's part; "auto": from the array job
     array_count: int | None = None  # tasks of a Kubernetes indexed job (Slurm says its own count)
     overwrite: bool = False
+    scratch: Path | None = None     # --data in a bucket: where shards are written before upload (None: $TMPDIR)
 
     def output_settings(self) -> dict:
         """The settings that change what is written (workers and only_shards do not)."""

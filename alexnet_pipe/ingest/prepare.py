@@ -116,9 +116,13 @@ def _list(settings: PrepareSettings, echo, stream) -> Inventory:
         listing.close()
 
 
-def run(settings: PrepareSettings, echo=print, stream=None) -> dict:
+def run(settings: PrepareSettings, echo=print, stream=None, store=None) -> dict:
     """The whole command; returns a summary dict (also what the CLI prints). Progress goes to stream
-    (stderr by default). images_per_sec is over the whole run, listing included."""
+    (stderr by default). images_per_sec is over the whole run, listing included. A --data URL: the same run on
+    a local mirror, `store` (bucket.py) updating the bucket at each step."""
+    if is_url(settings.data):
+        from alexnet_pipe.ingest.bucket import run_into_bucket
+        return run_into_bucket(settings, echo, stream, run)
     t0 = time.perf_counter()
     _refuse_overlap(settings)
     dd = DataDir(Path(settings.data))
@@ -132,7 +136,7 @@ def run(settings: PrepareSettings, echo=print, stream=None) -> dict:
     writable_dir(dd.root, "--data dir")
     # a whole run may clear and finalises: it waits for every other writer; --only-shards workers share
     with claims.data_dir_lock(dd.root, exclusive=only is None or settings.overwrite, echo=echo):
-        summary = _run_locked(dd, inv, plan, only, settings, echo, stream)
+        summary = _run_locked(dd, inv, plan, only, settings, echo, stream, store)
     summary["seconds"] = time.perf_counter() - t0
     summary["listing_seconds"] = listed
     summary["images_per_sec"] = summary["written_now"] / max(summary["seconds"], 1e-9)
@@ -140,11 +144,13 @@ def run(settings: PrepareSettings, echo=print, stream=None) -> dict:
 
 
 def _run_locked(dd: DataDir, inv: Inventory, plan: dict[str, list[ShardPlan]], only, settings, echo,
-                stream=None) -> dict:
+                stream=None, store=None) -> dict:
     from alexnet_pipe.core.progress import Progress
     todo = []
     try:
         claim_data_dir(dd, plan_record(plan, settings), settings.overwrite, only)
+        if store:
+            store.bound(settings.overwrite, only)
         todo = pending_shards(dd, plan, only)
         total = sum(len(p.items) for p in todo)
         echo(f"{inv.layout} layout: " + ", ".join(f"{s} {len(v)} images" for s, v in inv.splits.items())
@@ -152,14 +158,18 @@ def _run_locked(dd: DataDir, inv: Inventory, plan: dict[str, list[ShardPlan]], o
         job = ImageJob(settings.size, settings.quality, settings.encoding, settings.resize, settings.reduce,
                    settings.max_pixels)
         progress = Progress(total, "prepare", stream=stream)
-        written, skipped = _write_all(dd, todo, job, settings.workers, progress)
+        written, skipped = _write_all(dd, todo, job, settings.workers, progress, store)
         rate = progress.close()
         summary = {"written_now": sum(len(p.items) for p in written), "writing_images_per_sec": rate,
                    "shards_written_now": len(written), "manifest": None,
                    "written_shards": [f"{p.split}/{p.name}" for p in written],
                    "left_to_others": [f"{p.split}/{p.name}" for p in skipped]}
         if only is None:
-            summary["manifest"] = finalize(dd, inv, plan, settings)
+            try:
+                summary["manifest"] = finalize(dd, inv, plan, settings)
+            finally:  # rejects.jsonl too where no image could be written: the sentence points at it
+                if store:
+                    store.finalized()
         return summary
     except NoSpace as exc:
         raise _disk_full(dd, exc.path, todo, settings) from None
@@ -169,9 +179,9 @@ def _run_locked(dd: DataDir, inv: Inventory, plan: dict[str, list[ShardPlan]], o
         raise
 
 
-def _write_all(dd: DataDir, todo: list[ShardPlan], job: ImageJob, workers: int, progress):
+def _write_all(dd: DataDir, todo: list[ShardPlan], job: ImageJob, workers: int, progress, store=None):
     try:
-        return write_shards(dd, todo, job, workers, progress)
+        return write_shards(dd, todo, job, workers, progress, store.shard_committed if store else None)
     except KeyboardInterrupt:  # write_shards has dropped the shard it was writing; committed ones stay
         progress.close()
         kept = sum(read_shard_meta(dd.split(p.split) / p.name) is not None for p in todo)

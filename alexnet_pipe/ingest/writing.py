@@ -112,9 +112,10 @@ def _abort(writer: ShardWriter) -> None:
 
 
 def write_shards(dd: DataDir, todo: list[ShardPlan], job: ImageJob, workers: int,
-                 progress) -> tuple[list[ShardPlan], list[ShardPlan]]:
-    """One writer (this process) per shard; workers decode/resize/encode in parallel.
-    Returns (shards written, shards left to another writer that had claimed them)."""
+                 progress, on_commit=None) -> tuple[list[ShardPlan], list[ShardPlan]]:
+    """One writer (this process) per shard; workers decode/resize/encode in parallel. on_commit(shard dir): after
+    each commit (a data dir in a bucket uploads the shard there). Returns (shards written, shards left to another
+    writer that had claimed them)."""
     taken, skipped = [], []
     writer, rejects = None, []
     results = _results(_tasks(dd, job, todo, taken, skipped), workers)
@@ -133,7 +134,9 @@ def write_shards(dd: DataDir, todo: list[ShardPlan], job: ImageJob, workers: int
                                "last_index": plan.start + len(plan.items) - 1, "rejects": len(rejects),
                                "fingerprint": plan.fingerprint})
                 claims.release(shard_claim(dd, plan))
-                writer, rejects = None, []
+                committed, writer, rejects = writer.final_dir, None, []
+                if on_commit:
+                    on_commit(committed)
     except Exception as exc:
         if no_space(exc, writer):
             raise NoSpace(writer.tmp_dir.parent if writer else dd.root) from None
