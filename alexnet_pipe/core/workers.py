@@ -7,6 +7,7 @@ that its parent changed and exits, instead of waiting on the task queue forever.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
@@ -61,3 +62,18 @@ def _exit_with_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(PARENT_CHECK_SECONDS)
     os._exit(1)
+
+
+@contextlib.contextmanager
+def forking():
+    """Around code that forks workers (torch's DataLoader): garbage is collected here first, and what exists is
+    frozen out of the children's collector. A forked child that collects an inherited DALI pipeline runs its
+    destructor, which waits on executor threads the child does not have: a worker hung that way in the suite
+    (gdb: dali::Executor2::~Executor2). The parent's collector is unfrozen once the workers are started."""
+    import gc
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()

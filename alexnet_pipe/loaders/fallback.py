@@ -25,6 +25,7 @@ from typing import Iterator
 import numpy as np
 
 from alexnet_pipe.core.errors import UserError
+from alexnet_pipe.core.workers import forking
 from alexnet_pipe.loaders import augment
 from alexnet_pipe.loaders.base import BaseLoader, LoaderSettings, cuda_device_id
 from alexnet_pipe.loaders.finish_cpu import ViewFinisher
@@ -237,7 +238,8 @@ class TorchLoader(BaseLoader):
         loader, tasks = self._cpu
         tasks.start(steps)
         self._serial += 1
-        self._unfinished = iter(loader)  # until the epoch ends
+        with forking():  # the first epoch forks the persistent workers
+            self._unfinished = iter(loader)  # until the epoch ends
         return self._unfinished
 
     def _drain(self) -> None:
@@ -295,7 +297,8 @@ class TorchLoader(BaseLoader):
 
     def _gpu_epoch(self, steps: list[dict]) -> Iterator[tuple]:
         loader = self._gpu_loader(steps, self.settings.num_threads)
-        batches = iter(loader)
+        with forking():
+            batches = iter(loader)
         try:
             for item, params in zip(_named_failures(batches, self, steps), steps):
                 yield self._gpu_batch(*item, params)
