@@ -78,12 +78,12 @@ class ViewFinisher:
     def _jittered(self, window, out, x, y, flip, light, jitter):
         import cv2
         np.copyto(self._float, window)
-        image, affine = jitter_affine_(self._float, *jitter, spare=self._spare,  # the rest of the jitter: `affine`
-                                       means=cv2.mean(window)[:3])
+        image, affine = jitter_affine_(self._float, *jitter, spare=self._spare, source=window)  # the rest: `affine`
         if self.mode == "mean-image":
             affine[:, 3] += light
         else:
-            affine = self.inv_std[:, None] * np.hstack([affine[:, :3], (affine[:, 3] - (self.mean_rgb - light))[:, None]])
+            affine[:, 3] -= self.mean_rgb - light
+            affine *= self.inv_std[:, None]
         fused = affine.astype(np.float32)
         mean = self._mean_window(x, y, flip)
         if self.channels_last:

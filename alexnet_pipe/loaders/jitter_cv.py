@@ -17,58 +17,61 @@ import numpy as np
 from alexnet_pipe.loaders.jitter import BRIGHTNESS, HUE, IDENTITY, LUMA, SATURATION
 
 IDENTITY_AFFINE = np.hstack([np.eye(3), np.zeros((3, 1))])
-_EYE = np.eye(3)
-_SATURATION_GREY = np.outer(np.ones(3), LUMA)  # gray(x) copied into each channel
+_LUMA = LUMA.tolist()
+_SIGMA = float(LUMA.sum())  # luma . (1, 1, 1): 0.9999 as torchvision rounds the weights, not 1
 
 
 def jitter_affine_(image: np.ndarray, factors, order, spare: np.ndarray | None = None,
-                   means=None) -> tuple[np.ndarray, np.ndarray]:
+                   source: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Jitter `image` ((H, W, 3) float32 in 0..255, contiguous) up to its last clip, in place, or between it and
     `spare` (same shape; OpenCV's transform is ~1.5x faster out of place): -> (the array holding the image now,
     the (3, 4) float64 affine map still to apply: x -> A[:, :3] x + A[:, 3]; the identity if none is pending).
-    means: the image's channel means where known (read from the uint8 pixels it was copied from: cheaper)."""
-    matrix, offset = _EYE, np.zeros(3)  # the pending map: x -> matrix @ x + offset
-    means = None if means is None else np.asarray(means, np.float64)  # channel means of the image as it now is
-    for op, f in ((op, float(factors[op])) for op in order):
+    source: the pixels `image` was copied from, if any (its channel means are cheaper to read from uint8).
+
+    Every map the three ops compose is x -> a x + b gray(x) (1, 1, 1) + c (1, 1, 1): brightness and contrast
+    scale it, saturation blends it with its grey, contrast's offset is the same in each channel.  So the
+    pending map is three Python floats (a, b, c), not 3x4 matrices (numpy's small-array calls cost more
+    than the arithmetic: ~30 us an image)."""
+    a, b, c = 1.0, 0.0, 0.0
+    means = None  # channel means of the image as it now is, read when contrast needs them
+    values = np.asarray(factors).tolist()  # Python floats (float32 values kept exactly)
+    for op, f in ((int(op), values[int(op)]) for op in order):
         if f == IDENTITY[op]:
             continue
         if op == HUE:
-            image, spare = _apply(image, spare, matrix, offset)
+            image, spare = _apply(image, spare, a, b, c)
             rotate_hue_(image, f)
-            matrix, offset, means = _EYE, np.zeros(3), None
+            a, b, c, means, source = 1.0, 0.0, 0.0, None, None
             continue
         if op == BRIGHTNESS:
-            matrix, offset = f * matrix, f * offset
-        elif op == SATURATION:
-            step = f * _EYE + (1.0 - f) * _SATURATION_GREY
-            matrix, offset = step @ matrix, step @ offset
+            a, b, c = f * a, f * b, f * c
+        elif op == SATURATION:  # y -> f y + (1 - f) gray(y), gray(y) = (a + b sigma) gray(x) + c sigma
+            a, b, c = f * a, f * b + (1.0 - f) * (a + b * _SIGMA), f * c + (1.0 - f) * c * _SIGMA
         else:  # contrast: blend with the mean grey of the image the pending map produces
-            means = np.array(cv2_mean(image)) if means is None else means
-            grey = float(LUMA @ (matrix @ means + offset))
-            matrix, offset = f * matrix, f * offset + (1.0 - f) * grey
+            means = cv2_mean(image if source is None else source) if means is None else means
+            grey = sum(w * m for w, m in zip(_LUMA, means))
+            a, b, c = f * a, f * b, f * c + (1.0 - f) * ((a + b * _SIGMA) * grey + c * _SIGMA)
         if f > 1.0:  # the only case where the clip can act
-            image, spare = _apply(image, spare, matrix, offset)
+            image, spare = _apply(image, spare, a, b, c)
             _clip_(image, lower=op != BRIGHTNESS)
-            matrix, offset, means = _EYE, np.zeros(3), None
-    return image, affine(matrix, offset)
+            a, b, c, means, source = 1.0, 0.0, 0.0, None, None
+    return image, _matrix(a, b, c)
 
 
-def affine(matrix: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    out = np.empty((3, 4))
-    out[:, :3], out[:, 3] = matrix, offset
-    return out
+def _matrix(a: float, b: float, c: float, dtype=np.float64) -> np.ndarray:
+    """The (3, 4) affine map of x -> a x + b gray(x) (1, 1, 1) + c (1, 1, 1)."""
+    r, g, bl = (b * w for w in _LUMA)
+    return np.array([[a + r, g, bl, c], [r, a + g, bl, c], [r, g, a + bl, c]], dtype)
 
 
-def _apply(image, spare, matrix, offset) -> tuple[np.ndarray, np.ndarray | None]:
+def _apply(image, spare, a, b, c) -> tuple[np.ndarray, np.ndarray | None]:
     """The pending map applied: (the array now holding the image, the spare one)."""
-    if matrix is _EYE and not offset.any():
+    if a == 1.0 and b == 0.0 and c == 0.0:
         return image, spare
     import cv2
-    if spare is None:
-        cv2.transform(image, affine(matrix, offset).astype(np.float32), dst=image)
-        return image, None
-    cv2.transform(image, affine(matrix, offset).astype(np.float32), dst=spare)
-    return spare, image
+    target = image if spare is None else spare
+    cv2.transform(image, _matrix(a, b, c, np.float32), dst=target)
+    return (image, None) if spare is None else (spare, image)
 
 
 def cv2_mean(image: np.ndarray) -> tuple:
