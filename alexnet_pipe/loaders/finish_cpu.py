@@ -77,7 +77,6 @@ class ViewFinisher:
 
     def _jittered(self, window, out, x, y, flip, light, jitter):
         import cv2
-        np.copyto(self._float, window)
         image, affine = jitter_affine_(self._float, *jitter, spare=self._spare, source=window)  # the rest: `affine`
         if self.mode == "mean-image":
             affine[:, 3] += light

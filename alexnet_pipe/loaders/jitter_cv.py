@@ -26,7 +26,9 @@ def jitter_affine_(image: np.ndarray, factors, order, spare: np.ndarray | None =
     """Jitter `image` ((H, W, 3) float32 in 0..255, contiguous) up to its last clip, in place, or between it and
     `spare` (same shape; OpenCV's transform is ~1.5x faster out of place): -> (the array holding the image now,
     the (3, 4) float64 affine map still to apply: x -> A[:, :3] x + A[:, 3]; the identity if none is pending).
-    source: the pixels `image` was copied from, if any (its channel means are cheaper to read from uint8).
+    source: (H, W, 3) uint8 pixels not yet copied into `image`, if any: the first map is then read from them,
+    in one ``cv2.addWeighted`` pass where it is per-channel (brightness and contrast alone: the uint8 -> float32
+    conversion folded in), else after a copy; they are copied in if no map is applied.
 
     Every map the three ops compose is x -> a x + b gray(x) (1, 1, 1) + c (1, 1, 1): brightness and contrast
     scale it, saturation blends it with its grey, contrast's offset is the same in each channel.  So the
@@ -39,7 +41,7 @@ def jitter_affine_(image: np.ndarray, factors, order, spare: np.ndarray | None =
         if f == IDENTITY[op]:
             continue
         if op == HUE:
-            image, spare = _apply(image, spare, a, b, c)
+            image, spare = _apply(image, spare, a, b, c, source)
             rotate_hue_(image, f)
             a, b, c, means, source = 1.0, 0.0, 0.0, None, None
             continue
@@ -52,9 +54,11 @@ def jitter_affine_(image: np.ndarray, factors, order, spare: np.ndarray | None =
             grey = sum(w * m for w, m in zip(_LUMA, means))
             a, b, c = f * a, f * b, f * c + (1.0 - f) * ((a + b * _SIGMA) * grey + c * _SIGMA)
         if f > 1.0:  # the only case where the clip can act
-            image, spare = _apply(image, spare, a, b, c)
+            image, spare = _apply(image, spare, a, b, c, source)
             _clip_(image, lower=op != BRIGHTNESS)
             a, b, c, means, source = 1.0, 0.0, 0.0, None, None
+    if source is not None:
+        np.copyto(image, source)
     return image, _matrix(a, b, c)
 
 
@@ -64,11 +68,16 @@ def _matrix(a: float, b: float, c: float, dtype=np.float64) -> np.ndarray:
     return np.array([[a + r, g, bl, c], [r, a + g, bl, c], [r, g, a + bl, c]], dtype)
 
 
-def _apply(image, spare, a, b, c) -> tuple[np.ndarray, np.ndarray | None]:
-    """The pending map applied: (the array now holding the image, the spare one)."""
+def _apply(image, spare, a, b, c, source=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The pending map applied (read from `source` where given): (the array now holding the image, the spare)."""
+    import cv2
+    if source is not None:
+        if b == 0.0:  # a x + c in each channel: converted and mapped in one pass
+            cv2.addWeighted(source, a, source, 0.0, c, dst=image, dtype=cv2.CV_32F)
+            return image, spare
+        np.copyto(image, source)
     if a == 1.0 and b == 0.0 and c == 0.0:
         return image, spare
-    import cv2
     target = image if spare is None else spare
     cv2.transform(image, _matrix(a, b, c, np.float32), dst=target)
     return (image, None) if spare is None else (spare, image)
