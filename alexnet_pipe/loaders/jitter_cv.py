@@ -34,12 +34,22 @@ def jitter_affine_(image: np.ndarray, factors, order, spare: np.ndarray | None =
     scale it, saturation blends it with its grey, contrast's offset is the same in each channel.  So the
     pending map is three Python floats (a, b, c), not 3x4 matrices (numpy's small-array calls cost more
     than the arithmetic: ~30 us an image)."""
+    image, affine, _ = jitter_deferred_(image, factors, order, spare, source, defer=False)
+    return image, affine
+
+
+def jitter_deferred_(image: np.ndarray, factors, order, spare: np.ndarray | None = None,
+                     source: np.ndarray | None = None, defer: bool = True) -> tuple:
+    """jitter_affine_, whose last clip, where only brightness follows it, is left to the caller (`defer`): ->
+    (image, affine, clip): clip None, or (lower, upper): the pending map's output is still to be clipped to
+    [0, upper] (lower True) or to [-inf, upper].  A caller whose next map is increasing in each channel (the
+    normalisation) clips after it, at the bounds it maps to: one pass fewer."""
     a, b, c = 1.0, 0.0, 0.0
     means = None  # channel means of the image as it now is, read when contrast needs them
     values = np.asarray(factors).tolist()  # Python floats (float32 values kept exactly)
-    for op, f in ((int(op), values[int(op)]) for op in order):
-        if f == IDENTITY[op]:
-            continue
+    steps = [(int(op), values[int(op)]) for op in order if values[int(op)] != IDENTITY[int(op)]]
+    last, clip = _deferrable(steps) if defer else None, None
+    for k, (op, f) in enumerate(steps):
         if op == HUE:
             image, spare = _apply(image, spare, a, b, c, source)
             rotate_hue_(image, f)
@@ -47,19 +57,30 @@ def jitter_affine_(image: np.ndarray, factors, order, spare: np.ndarray | None =
             continue
         if op == BRIGHTNESS:
             a, b, c = f * a, f * b, f * c
+            clip = clip and (clip[0], f * clip[1])
         elif op == SATURATION:  # y -> f y + (1 - f) gray(y), gray(y) = (a + b sigma) gray(x) + c sigma
             a, b, c = f * a, f * b + (1.0 - f) * (a + b * _SIGMA), f * c + (1.0 - f) * c * _SIGMA
         else:  # contrast: blend with the mean grey of the image the pending map produces
             means = cv2_mean(image if source is None else source) if means is None else means
             grey = sum(w * m for w, m in zip(_LUMA, means))
             a, b, c = f * a, f * b, f * c + (1.0 - f) * ((a + b * _SIGMA) * grey + c * _SIGMA)
-        if f > 1.0:  # the only case where the clip can act
+        if f > 1.0 and k == last:
+            clip = (op != BRIGHTNESS, 255.0)
+        elif f > 1.0:  # the only case where the clip can act
             image, spare = _apply(image, spare, a, b, c, source)
             _clip_(image, lower=op != BRIGHTNESS)
             a, b, c, means, source = 1.0, 0.0, 0.0, None, None
     if source is not None:
         np.copyto(image, source)
-    return image, _matrix(a, b, c)
+    return image, _matrix(a, b, c), clip
+
+
+def _deferrable(steps) -> int | None:
+    """The index of the last clipping step if only brightness follows it (a scale: the clip's bounds scale)."""
+    clipping = [k for k, (op, f) in enumerate(steps) if f > 1.0 and op != HUE]
+    if clipping and all(op == BRIGHTNESS for op, _ in steps[clipping[-1] + 1:]):
+        return clipping[-1]
+    return None
 
 
 def _matrix(a: float, b: float, c: float, dtype=np.float64) -> np.ndarray:
