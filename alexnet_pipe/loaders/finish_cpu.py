@@ -6,7 +6,9 @@ image here, one core), and colour jitter in it cost as much again.  Without jitt
 TorchNormalizer's per-sample ones, in its order, each one IEEE float32 operation (`(crop - mean window) +
 light`, or `(crop - (mean_rgb - light)) * (1 / std)`): the output equals the DALI loader's bit for bit.  With
 jitter (jitter_cv), the affine map left after the jitter's last clip and the normalisation's affine part
-are one ``cv2.transform`` pass per output plane: float32 rounding apart from separate ops (~1e-3 grey levels).
+are one ``cv2.transform`` pass per output plane: float32 rounding apart from separate ops (~1e-3 grey levels);
+and where only brightness follows that last clip, the clip itself waits until after the normalisation
+(increasing in each channel, so clipping commutes with it at the mapped bounds): one HWC pass fewer.
 """
 from __future__ import annotations
 

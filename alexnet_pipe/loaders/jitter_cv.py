@@ -8,7 +8,9 @@ between two clips fold into one 3x4 matrix applied in one ``cv2.transform`` pass
 is read through that matrix from the channel means of the last image actually written (the mean of an
 affine map is the map of the mean), and the matrix left after the last clip is handed back for the
 caller to fold into its normalisation.  Same maths as jitter.jitter_image, in float32: an image costs
-one pass per op whose factor is above 1 (about 1.5 of 3 at strength 0.4) instead of a dozen passes.
+one pass per op whose factor is above 1 (about 1.5 of 3 at strength 0.4) instead of a dozen passes, the
+uint8 -> float32 conversion folded into the first where it is per-channel, and the last clip left to a
+caller that can apply it after its own increasing map (``jitter_deferred_``).
 """
 from __future__ import annotations
 
