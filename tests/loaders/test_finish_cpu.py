@@ -67,6 +67,29 @@ def test_identity_leaves_the_image_alone():
     np.testing.assert_array_equal(x, img)
 
 
+@pytest.mark.parametrize("factors", [
+    [1.3, 0.8, 1.2, 0.0],  # brightness clips first, read from the uint8 pixels in the same pass
+    [0.7, 1.4, 0.9, 0.0],  # contrast (its mean grey from the uint8 pixels) clips first
+    [0.9, 0.8, 1.3, 0.0],  # saturation in the first map: copied, then transformed
+    [0.9, 0.8, 0.7, 0.0],  # no clip at all: the pixels copied in, the whole map pending
+    [1.0, 1.0, 1.0, 0.2],  # hue alone
+])
+def test_uint8_source_read_in_the_first_pass(factors):
+    """Pixels handed over as uint8 (contiguous, or a strided view) and an unwritten float buffer: the same
+    jitter as the reference, in every order, whichever pass reads them."""
+    rng = np.random.default_rng(9)
+    pixels = np.clip(rng.uniform(0, 255, (11, 13, 3)) * 1.3, 0, 255).astype(np.uint8)
+    strided = np.pad(pixels, ((2, 0), (1, 0), (0, 0)))[2:, 1:]
+    f = np.array(factors, np.float32)
+    for source in (pixels, strided):
+        for order in ([0, 1, 2, 3], [2, 0, 1, 3], [1, 2, 3, 0], [3, 2, 1, 0]):
+            unwritten = np.full(pixels.shape, np.nan, np.float32)
+            image, pending = jitter_cv.jitter_affine_(unwritten, f, order, spare=np.empty_like(unwritten),
+                                                      source=source)
+            got = jitter_cv.apply_affine_(image.copy(), pending)
+            np.testing.assert_allclose(got, jitter.jitter_image(pixels, f, order), atol=2e-3)
+
+
 def _finish(finisher, crops, xs, ys, flips, light, channels_last, jitter_draw=None):
     n, c = crops.shape[:2]
     out = np.full((n, c, c, 3) if channels_last else (n, 3, c, c), np.nan, np.float32)

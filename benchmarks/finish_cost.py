@@ -1,0 +1,79 @@
+"""Per-image cost of the torch loader's worker-side steps for the modern recipe, best of repeats.
+
+    python benchmarks/finish_cost.py DATA [--root ROOT] [--images 128] [--rounds 8] [--strength 0.4]
+
+Times, on DATA's first pictures decoded once: the random-resized window's resize (augment.resized_window, the
+reference), the jittered finisher (colour jitter 0.4 and per-channel normalisation into a CHW float32 view) and,
+for scale, the paper recipe's finisher (mean image, no jitter).  Each figure is the best of 5 passes over the
+images, per round; the median and best of the rounds are printed.  Best-of timings because on a shared
+machine a pass's time mostly says how much of a core it got.  --root: import alexnet_pipe from a `git archive`
+copy instead (run it alternately with and without to compare two commits in the same minutes).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import timeit
+from pathlib import Path
+
+
+def _import_from(root: str) -> None:
+    """alexnet_pipe from `root`, not from the editable install (its finder sits in sys.meta_path)."""
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()
+                        and "editable" not in type(f).__module__.lower()]
+    sys.path.insert(0, root)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("data", type=Path)
+    ap.add_argument("--root")
+    ap.add_argument("--images", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--strength", type=float, default=0.4)
+    args = ap.parse_args()
+    if args.root:
+        _import_from(args.root)
+    import cv2
+    import numpy as np
+    from alexnet_pipe.loaders import LoaderSettings, augment, make_loader
+    from alexnet_pipe.loaders.finish_cpu import ViewFinisher
+    from alexnet_pipe.loaders.jitter import JitterSpec
+    from alexnet_pipe.loaders.records import decode_rgb
+    cv2.setNumThreads(1)  # as in the DataLoader workers
+    loader = make_loader(LoaderSettings(args.data, batch_size=64, loader="torch", num_threads=0))
+    index, n, c = loader.index, min(args.images, len(loader.index)), 224
+    images = [decode_rgb(index.read(i), index, i) for i in range(n)]
+    loader.close()
+    plan = augment.train_plan(n, seed=0, epoch=0, size=index.size, crop=c, sigma=0.0, crops="random-resized",
+                              jitter=JitterSpec.strength(args.strength))
+    windows = [augment.resized_window(images[k], plan.window[k], c, bool(plan.flip[k])) for k in range(n)]
+    modern = ViewFinisher(augment.load_normalizer(args.data / "stats", "channel", index.size), index.size, c, False)
+    paper = ViewFinisher(augment.load_normalizer(args.data / "stats", "mean-image", index.size), index.size, c, False)
+    out, light = np.empty((3, c, c), np.float32), np.zeros(3, np.float32)
+
+    def resize():
+        for k in range(n):
+            augment.resized_window(images[k], plan.window[k], c, bool(plan.flip[k]))
+
+    def jittered():
+        for k in range(n):
+            modern(windows[k], out, 0, 0, False, light, (plan.jitter[k], plan.jitter_order[k]))
+
+    def plain():
+        for k in range(n):
+            x, y = (int(v) for v in plan.crop_xy[k] % (index.size - c + 1))
+            paper(images[k][y:y + c, x:x + c], out, x, y, False, light)
+
+    steps = {"resize": resize, "jittered finisher": jittered, "paper finisher": plain}
+    best = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            best[name].append(min(timeit.repeat(step, number=1, repeat=5)) / n * 1e6)
+    for name, times in best.items():
+        print(f"{name}: {float(np.median(times)):.1f} us an image (median of {args.rounds} rounds' bests; "
+              f"best {min(times):.1f})")
+
+
+if __name__ == "__main__":
+    main()
