@@ -23,11 +23,13 @@ from helpers.training import tiny
 @pytest.mark.slow
 def test_two_ranks_through_train_draw_their_own_masks_that_replay_on_resume(tmp_path):
     """Two gloo ranks, the same batch on both: three steps straight, then step 3 again from the step-2
-    checkpoint. Ranks must drop different units, every step anew, and the resumed step the same units again."""
+    checkpoint. Ranks must drop different units, every step anew, and the resumed step the same units again.
+    The evaluation at the end counts both ranks' images (2 steps of 4 each)."""
     from helpers import wiring
-    s = tiny(tmp_path / "a", max_steps=3, ckpt_every=2, keep=5, nproc=2, dropout=0.5)
+    s = tiny(tmp_path / "a", max_steps=3, ckpt_every=2, keep=5, nproc=2, dropout=0.5, eval_every=1)
     resumed = dataclasses.replace(s, run=str(tmp_path / "b"), resume=str(tmp_path / "a" / "ckpt-00000002.pt"))
-    wiring.run_ranks(2, [(s, str(tmp_path / "straight")), (resumed, str(tmp_path / "resumed"))])
+    results = wiring.run_ranks(2, [(s, str(tmp_path / "straight")), (resumed, str(tmp_path / "resumed"))])
+    assert [r["images"] for r in results] == [16, 16] and results[0]["top1_error"] == results[1]["top1_error"]
     straight = [torch.load(tmp_path / f"straight.{rank}.pt") for rank in (0, 1)]
     again = [torch.load(tmp_path / f"resumed.{rank}.pt") for rank in (0, 1)]
     assert [len(steps) for steps in straight] == [3, 3] and [len(steps) for steps in again] == [1, 1]
