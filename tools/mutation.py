@@ -5,6 +5,7 @@ each driven by its own tests (docs/testing.md has the groups' survivors and the 
     python tools/mutation.py loop optim      # some groups
     python tools/mutation.py --list          # the groups, their modules and tests
     python tools/mutation.py --max-children 1 optim   # one test process at a time (default 2)
+    python tools/mutation.py loop --only '*x_take_step__mutmut_7'   # one mutant again, after a new test
 
 Not in CI: a group takes minutes to an hour on 2 cores. mutmut reads its settings from the pyproject.toml
 of the directory it runs in and copies the sources it mutates there, so each group runs in .mutation/GROUP: links
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import fnmatch
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -28,7 +31,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+# absolute, not resolved: a clone whose files are links to the repository (the docs test's) keeps its own .mutation
+ROOT = Path(__file__).absolute().parents[1]
 WORK = ROOT / ".mutation"
 LINKED = ("alexnet_pipe", "tests", "docs")  # what the tests read besides the code (docs: the doc-driven tests)
 
@@ -153,9 +157,11 @@ def outcomes(where: Path, group: Group) -> dict[str, str]:
     return found
 
 
-def run(name: str, group: Group, children: int) -> dict[str, int]:
-    """Mutate and test one group; -> how many mutants got each verdict. Writes .mutation/GROUP/survivors.txt
-    (each survivor's diff) and counts.json."""
+def run(name: str, group: Group, children: int, only: str | None = None) -> dict[str, int]:
+    """Mutate and test one group (`only`: just its mutants of that name pattern); -> how many mutants got each
+    verdict. Writes .mutation/GROUP/survivors.txt (each survivor's diff) and counts.json."""
+    if only:
+        group = dataclasses.replace(group, functions=(only,))
     where = prepare(name, group)
     started = time.time()
     mutmut(where, "run", "--max-children", str(children), *group.functions)
@@ -176,9 +182,16 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="print the groups and exit")
     parser.add_argument("--max-children", type=int, default=2, metavar="N",
                         help="test processes at a time (default 2: the machines are shared)")
+    parser.add_argument("--only", metavar="PATTERN", default=os.environ.get("ALEXNET_PIPE_MUTATION_ONLY") or None,
+                        help="only the mutants whose names match (fnmatch, as mutmut names them: "
+                             "'*dropout_seed__mutmut_3'), e.g. to see a new test kill a survivor; "
+                             "default $ALEXNET_PIPE_MUTATION_ONLY")
     args = parser.parse_args()
     if unknown := [g for g in args.groups if g not in GROUPS]:
         parser.error(f"no group {', '.join(unknown)}; the groups are {', '.join(GROUPS)}")
+    if stale := [p for g in GROUPS.values() for p in (*g.modules, *g.tests, *g.deselect)
+                 if not (ROOT / p.split("::")[0]).is_file()]:  # the layout moved under a group
+        raise SystemExit(f"the groups name files that are not there: {', '.join(stale)}")
     if args.max_children < 1:
         parser.error("--max-children must be at least 1")
     if args.list:
@@ -187,7 +200,7 @@ def main() -> None:
                   + (f"\n  functions: {' '.join(g.functions)}" if g.functions else ""))
         return
     for name in args.groups or GROUPS:  # each group's line as soon as it is done: a group can take an hour
-        counts = run(name, GROUPS[name], args.max_children)
+        counts = run(name, GROUPS[name], args.max_children, args.only)
         print(f"{name}: {counts.get('survived', 0)} surviving of {counts['mutants']} mutants "
               f"({', '.join(f'{v} {k}' for k, v in sorted(counts.items()) if k != 'mutants')}); "
               f"diffs in {WORK / name / 'survivors.txt'}", flush=True)
