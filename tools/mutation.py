@@ -158,10 +158,10 @@ def outcomes(where: Path, group: Group) -> dict[str, str]:
 
 
 def run(name: str, group: Group, children: int, only: str | None = None) -> dict[str, int]:
-    """Mutate and test one group (`only`: just its mutants of that name pattern); -> how many mutants got each
+    """Mutate and test one group (`only`: just its mutants of these name patterns); -> how many mutants got each
     verdict. Writes .mutation/GROUP/survivors.txt (each survivor's diff) and counts.json."""
     if only:
-        group = dataclasses.replace(group, functions=(only,))
+        group = dataclasses.replace(group, functions=tuple(only.split(",")))
     where = prepare(name, group)
     started = time.time()
     mutmut(where, "run", "--max-children", str(children), *group.functions)
@@ -183,9 +183,9 @@ def main() -> None:
     parser.add_argument("--max-children", type=int, default=2, metavar="N",
                         help="test processes at a time (default 2: the machines are shared)")
     parser.add_argument("--only", metavar="PATTERN", default=os.environ.get("ALEXNET_PIPE_MUTATION_ONLY") or None,
-                        help="only the mutants whose names match (fnmatch, as mutmut names them: "
-                             "'*dropout_seed__mutmut_3'), e.g. to see a new test kill a survivor; "
-                             "default $ALEXNET_PIPE_MUTATION_ONLY")
+                        help="only the mutants whose names match one of these comma-separated patterns "
+                             "(fnmatch, as mutmut names them: '*dropout_seed__mutmut_3'), e.g. to see a new test "
+                             "kill a survivor; default $ALEXNET_PIPE_MUTATION_ONLY")
     args = parser.parse_args()
     if unknown := [g for g in args.groups if g not in GROUPS]:
         parser.error(f"no group {', '.join(unknown)}; the groups are {', '.join(GROUPS)}")
