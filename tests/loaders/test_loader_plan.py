@@ -45,3 +45,25 @@ def test_the_lighting_handed_to_the_backends_is_float32_rgb_offsets(data):
     np.testing.assert_allclose(lit, [[np.sqrt(300.0), 0, 0], [0, 0.5 * np.sqrt(40.0), -np.sqrt(5.0)]], rtol=1e-6)
     off = _loader(data, lighting=0.0).light(alpha)
     assert off.dtype == np.float32 and off.shape == (2, 3) and not off.any()
+
+
+def test_one_normalizer_serves_both_memory_layouts_and_passes_the_jitter_on():
+    """The normaliser caches its mean laid out as the output: a layout asked after another gets its own
+    (a cache keyed on nothing would hand NCHW means to a channels_last batch); the jitter it is given reaches
+    the batch, on the one call every device goes through."""
+    import torch
+    from alexnet_pipe.loaders.base import TorchNormalizer
+    from alexnet_pipe.loaders.jitter import JitterSpec
+    from helpers.loaders import normalizer_case, reference_normalize
+    n, size, c = 6, 20, 16
+    norm, crops, xs, ys, flips, light = normalizer_case(np.random.default_rng(3), "mean-image", n, size, c)
+    normalizer, want = TorchNormalizer(norm, size, c), reference_normalize(crops, xs, ys, flips, light, norm, size)
+    for channels_last in (False, True, False):
+        got = normalizer(torch.from_numpy(crops), xs, ys, flips, light, channels_last)
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-3)
+    jitter = JitterSpec.strength(0.4, hue=0.1).draw(np.random.default_rng(4), n)
+    plain = normalizer(torch.from_numpy(crops), xs, ys, flips, light).clone()
+    jittered = normalizer(torch.from_numpy(crops), xs, ys, flips, light, jitter=jitter)
+    assert not torch.allclose(jittered, plain)  # the jitter reached the batch
+    torch.testing.assert_close(jittered, normalizer._apply(torch.from_numpy(crops), xs, ys, flips, light, False,
+                                                           jitter=jitter).clone(), rtol=0, atol=0)
