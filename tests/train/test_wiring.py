@@ -90,3 +90,26 @@ def test_the_epoch_plan_s_resized_windows_touch_each_edge_as_often_as_the_other(
     for start, extent in ((x, w), (y, h)):
         low, high = np.sum(inside & (start == 0)), np.sum(inside & (start + extent == 64))
         assert low > 300 and high > 300 and abs(low - high) < 5 * np.sqrt(low + high), (low, high)
+
+
+# ---------------------------------------------------------------- what a resume restores, what a row measures
+
+def test_a_resumed_run_keeps_the_best_error_of_the_evaluations_before_it(tmp_path):
+    """Epoch 1 ends with an evaluation; a checkpoint in epoch 2 must hold its error as the best so far, whether
+    the run went straight on or was resumed from the end of epoch 1 (a resume that forgot it would mark the next
+    evaluation best, and best.pt with it, however bad)."""
+    from alexnet_pipe.train.checkpoint import load_checkpoint
+    common = dict(eval_every=1, ckpt_every=1, keep=20)
+    run_training(tiny(tmp_path / "straight", epochs=2, **common))
+    run_training(tiny(tmp_path / "resumed", epochs=1, **common))
+    run_training(tiny(tmp_path / "resumed", epochs=2, resume="latest", **common))
+    best = [load_checkpoint(tmp_path / run / "ckpt-00000005.pt")["best"] for run in ("straight", "resumed")]
+    assert 0 <= best[0] <= 1 and best[1] == best[0]
+
+
+def test_the_data_wait_is_a_part_of_each_row_s_time(tmp_path):
+    """The wait for the next batch is measured around the loader alone: a fraction of the row's time, below 1
+    (the step's own work takes the rest)."""
+    run_training(tiny(tmp_path / "r", max_steps=3))
+    rows = [r for r in read_metrics(tmp_path / "r") if "loss" in r]
+    assert len(rows) == 3 and all(0 <= r["data_wait_fraction"] < 1 for r in rows)
