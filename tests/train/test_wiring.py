@@ -113,3 +113,10 @@ def test_the_data_wait_is_a_part_of_each_row_s_time(tmp_path):
     run_training(tiny(tmp_path / "r", max_steps=3))
     rows = [r for r in read_metrics(tmp_path / "r") if "loss" in r]
     assert len(rows) == 3 and all(0 <= r["data_wait_fraction"] < 1 for r in rows)
+
+
+def test_the_step_schedule_drops_at_the_milestones_the_run_was_given(tmp_path):
+    """--step-epochs reaches the lr of every step: a milestone after epoch 1 of 4-step epochs drops the lr by 10
+    from step 5 on (a schedule that fell back to the paper's 30/60/80 would keep it)."""
+    run_training(tiny(tmp_path / "r", epochs=2, schedule="step", step_epochs=(1,), lr=0.01))
+    np.testing.assert_allclose([lr for _, lr in _lrs(tmp_path / "r")], [0.01] * 4 + [0.001] * 4, rtol=1e-9)
