@@ -81,6 +81,8 @@ GROUPS = {
                    "tests/train/test_resume.py::test_a_non_finite_loss_stops_the_run_and_never_becomes_a_checkpoint",
                    "tests/train/test_resume.py::test_allowed_changes_pass_and_are_written_as_an_event_row",
                    "tests/train/test_modern_recipe.py::test_make_loaders_passes_the_modern_settings",
+                   "tests/train/test_modern_recipe.py::test_train_step_smooths_the_loss",
+                   "tests/train/test_resume.py::test_dropout_seed_is_a_function_of_seed_rank_and_step",
                    # restore's loss-scaler lines: only an fp16 resume reaches them
                    "tests/train/test_precision.py::test_fp16_resume_replays_the_loss_scale"),
                   markers="not gpu and not dali",

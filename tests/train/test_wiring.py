@@ -120,3 +120,19 @@ def test_the_step_schedule_drops_at_the_milestones_the_run_was_given(tmp_path):
     from step 5 on (a schedule that fell back to the paper's 30/60/80 would keep it)."""
     run_training(tiny(tmp_path / "r", epochs=2, schedule="step", step_epochs=(1,), lr=0.01))
     np.testing.assert_allclose([lr for _, lr in _lrs(tmp_path / "r")], [0.01] * 4 + [0.001] * 4, rtol=1e-9)
+
+
+def test_the_warm_up_reaches_every_step_s_lr_one_step_at_a_time(tmp_path):
+    """--warmup-epochs 1 over 4-step epochs: the lr climbs by a quarter of the base each step, from the first
+    (never 0), then holds (no milestone)."""
+    run_training(tiny(tmp_path / "r", epochs=2, schedule="step", step_epochs=(), warmup_epochs=1.0, lr=0.04))
+    np.testing.assert_allclose([lr for _, lr in _lrs(tmp_path / "r")], [0.01, 0.02, 0.03] + [0.04] * 5, rtol=1e-9)
+
+
+def test_an_fp16_run_steps_through_its_loss_scaler(tmp_path):
+    """Each fp16 step goes through the GradScaler: after 3 steps without an overflow its growth tracker counts 3
+    (a step without it would leave the scaler as it was made: nothing counted, the scale untouched)."""
+    from alexnet_pipe.train.checkpoint import latest_checkpoint, load_checkpoint
+    run_training(tiny(tmp_path / "r", max_steps=3, precision="fp16"))
+    scaler = load_checkpoint(latest_checkpoint(tmp_path / "r"))["scaler"]
+    assert scaler["_growth_tracker"] == 3 or scaler["scale"] < 2.0 ** 16, scaler
