@@ -45,6 +45,28 @@ def test_two_ranks_through_train_draw_their_own_masks_that_replay_on_resume(tmp_
                 torch.testing.assert_close(again[rank][step - 2][layer], straight[rank][step][layer], rtol=0, atol=0)
 
 
+
+def test_dropout_on_a_gpu_is_seeded_on_that_gpu_s_generator(monkeypatch):
+    """Dropout on CUDA draws from the device's own generator: the step's seed must go there (seeding the CPU's
+    would leave every rank's GPU masks as torch.manual_seed made them, alike, and a resume unable to replay
+    them). Stand-ins for the CUDA generators: this runs without a GPU."""
+    from alexnet_pipe.train.loop import seed_dropout
+
+    class Generator:
+        def __init__(self):
+            self.seeds = []
+
+        def manual_seed(self, seed):
+            self.seeds.append(seed)
+
+    gpus = [Generator(), Generator()]
+    monkeypatch.setattr(torch.cuda, "default_generators", gpus, raising=False)
+    cpu = torch.default_generator.get_state()
+    seed_dropout(12345, torch.device("cuda", 1))
+    assert gpus[0].seeds == [] and gpus[1].seeds == [12345]
+    assert torch.equal(torch.default_generator.get_state(), cpu)
+
+
 # ---------------------------------------------------------------- the plateau schedule across a resume
 
 def _lrs(run) -> list[tuple[int, float]]:
