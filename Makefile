@@ -30,12 +30,12 @@ bench: install
 	$(BIN)/alexnet-pipe bench prepare
 	$(BIN)/alexnet-pipe bench loader
 
-# Not in CI: minutes to an hour per group on 2 cores (docs/testing.md). GROUPS="loop optim" for some;
-# MUTATION_CHILDREN test processes at a time (the machines are shared).
+# Not in CI: minutes to an hour per group on 2 cores (docs/testing.md). MUTATION_GROUPS="loop optim" for some
+# (not GROUPS: bash keeps that name for itself); MUTATION_CHILDREN test processes at a time (machines are shared).
 MUTATION_CHILDREN ?= 2
 mutation: install
 	$(BIN)/python -c "import mutmut" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[test,mutation]'
-	$(BIN)/python tools/mutation.py --max-children $(MUTATION_CHILDREN) $(GROUPS)
+	$(BIN)/python tools/mutation.py --max-children $(MUTATION_CHILDREN) $(MUTATION_GROUPS)
 
 clean:
 	rm -rf $(VENV) alexnet-data .mutation mutants

@@ -36,7 +36,7 @@ SUBSTITUTION = {
     "ALEXNET_PIPE_BENCH_TRAIN_REPEATS": "1", "ALEXNET_PIPE_BENCH_TRAIN_WIDTH": "0.0625",
     "ALEXNET_PIPE_BENCH_TRAIN_CROP": "64", "ALEXNET_PIPE_BENCH_TRAIN_BATCH_SIZE": "4",
     "PYTEST_ADDOPTS": "--collect-only -q tests/train/test_config.py",
-    "GROUPS": "optim", "ALEXNET_PIPE_MUTATION_ONLY": "alexnet_pipe.train.schedule.x_lr_at__mutmut_1",
+    "MUTATION_GROUPS": "optim", "ALEXNET_PIPE_MUTATION_ONLY": "alexnet_pipe.train.schedule.x_lr_at__mutmut_1",
 }
 SITE_PATHS = re.compile(r"(?<![\w.$/-])/(data|fast|shared|tmp)(?=/|\s|$)", re.M)
 FRESH_SHELL = {"README.md", "docs/getting-started.md"}  # the command is not on PATH yet
