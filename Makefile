@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench mutation clean
 
 install: $(VENV)/.installed
 
@@ -30,5 +30,12 @@ bench: install
 	$(BIN)/alexnet-pipe bench prepare
 	$(BIN)/alexnet-pipe bench loader
 
+# Not in CI: minutes to an hour per group on 2 cores (docs/testing.md). MUTATION_GROUPS="loop optim" for some
+# (not GROUPS: bash keeps that name for itself); MUTATION_CHILDREN test processes at a time (machines are shared).
+MUTATION_CHILDREN ?= 2
+mutation: install
+	$(BIN)/python -c "import mutmut" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[test,mutation]'
+	$(BIN)/python tools/mutation.py --max-children $(MUTATION_CHILDREN) $(MUTATION_GROUPS)
+
 clean:
-	rm -rf $(VENV) alexnet-data
+	rm -rf $(VENV) alexnet-data .mutation mutants

@@ -13,7 +13,8 @@ The one substitution (`<!-- test: sub -->` blocks; `run` blocks get neither part
     block gets; s3://my-bucket/imagenet holds the official tars of the same tiny ImageNet;
   * run length: the environment variables of SUBSTITUTION (every option can come from the environment, a given
     option wins): 2 training steps of a 1/16-width network, a short demo, one benchmark step, and `make test`
-    collecting one test file (the suite cannot run itself from inside itself).
+    collecting one test file (the suite cannot run itself from inside itself), and `make mutation` running one
+    mutant of the optim group (a whole run takes hours).
 """
 from __future__ import annotations
 
@@ -37,10 +38,11 @@ SUBSTITUTION = {
     "ALEXNET_PIPE_BENCH_TRAIN_REPEATS": "1", "ALEXNET_PIPE_BENCH_TRAIN_WIDTH": "0.0625",
     "ALEXNET_PIPE_BENCH_TRAIN_CROP": "64", "ALEXNET_PIPE_BENCH_TRAIN_BATCH_SIZE": "4",
     "PYTEST_ADDOPTS": "--collect-only -q tests/train/test_config.py",
+    "MUTATION_GROUPS": "optim", "ALEXNET_PIPE_MUTATION_ONLY": "alexnet_pipe.train.schedule.x_lr_at__mutmut_1",
 }
 SITE_PATHS = re.compile(r"(?<![\w.$/-])/(data|fast|shared|tmp)(?=/|\s|$)", re.M)
 FRESH_SHELL = {"README.md", "docs/getting-started.md"}  # the command is not on PATH yet
-CLONE = ["README.md", "Makefile", "pyproject.toml", "alexnet_pipe", "cli", "tests", "benchmarks", "docs"]
+CLONE = ["README.md", "Makefile", "pyproject.toml", "alexnet_pipe", "cli", "tests", "benchmarks", "docs", "tools"]
 BLOCK_TIMEOUT = 600
 
 

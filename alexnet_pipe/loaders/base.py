@@ -192,9 +192,8 @@ class TorchNormalizer:
         jitter: None, or ((N, 4) factors, (N, 4) op order) of jitter.py, applied to the float crop first.
 
         Returns float32 (N, 3, c, c), in channels_last memory format if asked."""
-        if crops.device.type != "cpu":
-            return self._apply(crops, xs, ys, flips, light, channels_last, jitter=jitter)
-        with _one_torch_thread():
+        # one call for every device, so the CPU tests check the arguments a GPU run gets too
+        with _one_torch_thread() if crops.device.type == "cpu" else contextlib.nullcontext():
             return self._apply(crops, xs, ys, flips, light, channels_last, jitter=jitter)
 
     def _apply(self, crops, xs, ys, flips, light, channels_last, batched: bool | None = None, jitter=None):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from alexnet_pipe.model.choices import LRN_IMPLS  # noqa: F401 (API: the choices, declared with the settings)
 
 
-def _window_sum(t: torch.Tensor, size: int, below: int, groups: int = 1) -> torch.Tensor:
+def _window_sum(t: torch.Tensor, size: int, below: int, groups: int) -> torch.Tensor:
     """out_i = sum of t_j for j in [i - below, i - below + size - 1] over the channels of i's group, zero beyond
     the group's edges; a new tensor in t's memory format, which the caller may overwrite. Shifted slices rather
     than a pooling op: exact, any memory format, and fusible by torch.compile; written into one output to spare
@@ -60,13 +60,13 @@ def _denominator(a: torch.Tensor, size: int, alpha: float, k: float, groups: int
     return _window_sum(a * a, size, size // 2, groups).mul_(alpha).add_(k)
 
 
-def _forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int = 1) -> torch.Tensor:
+def _forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
     a = x.to(_compute_dtype(x))
     return (a * _denominator(a, size, alpha, k, groups).pow_(-beta)).to(x.dtype)
 
 
 def _backward(x: torch.Tensor, g: torch.Tensor, size: int, alpha: float, beta: float, k: float,
-              groups: int = 1) -> torch.Tensor:
+              groups: int) -> torch.Tensor:
     a, g = x.to(_compute_dtype(x)), g.to(_compute_dtype(x))
     d = _denominator(a, size, alpha, k, groups)
     scale = d.pow(-beta)

@@ -6,7 +6,8 @@ their inputs they zeroed at each training step. The list of those masks, one dic
 `out.<rank>.pt` when train() returns.
 
 `run_ranks(world, runs)` runs each (settings, out) of `runs` in turn through train_recording_dropout on `world`
-gloo processes started here, with the environment torchrun gives a worker (RANK, WORLD_SIZE, MASTER_ADDR, ...).
+gloo ranks, rank 0 in this process and the others in processes started here, each with the environment torchrun
+gives a worker (RANK, WORLD_SIZE, MASTER_ADDR, ...).
 """
 from __future__ import annotations
 
@@ -58,22 +59,50 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _environment(rank: int, world: int, port: int) -> dict:
+    return dict(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
 def _rank(rank: int, world: int, port: int, settings, out: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(_environment(rank, world, port))
     train_recording_dropout(settings, out)
 
 
-def run_ranks(world: int, runs: list, deadline_s: float = 300.0) -> None:
-    """Each run on fresh processes (a process group set up twice in one process hung once in ~10 tries on a
-    loaded machine); a rank still alive after `deadline_s` fails the test instead of hanging the suite."""
-    import time
-    import torch.multiprocessing as mp
+def _as_rank_0(world: int, port: int, settings, out: str) -> dict:
+    """train() in this very process as rank 0, its environment and SIGINT handler put back after (a mutation
+    tool that maps tests to the functions they call sees only calls made in the test's own process)."""
+    import signal
+    saved, handler = dict(os.environ), signal.getsignal(signal.SIGINT)
+    os.environ.update(_environment(0, world, port))
+    try:
+        return train_recording_dropout(settings, out)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        signal.signal(signal.SIGINT, handler)
+
+
+def run_ranks(world: int, runs: list, deadline_s: float = 300.0) -> list[dict]:
+    """Each run on rank 0 here and ranks 1.. in fresh processes (a process group set up twice in one process
+    hung once on a loaded machine); a rank still alive `deadline_s` after rank 0 is done fails the test instead
+    of hanging the suite. -> rank 0's train() result of each run."""
+    import multiprocessing
+    results = []
     for settings, out in runs:
-        context = mp.spawn(_rank, args=(world, free_port(), settings, out), nprocs=world, join=False)
-        end = time.monotonic() + deadline_s
-        while not context.join(timeout=5):
-            if time.monotonic() > end:
-                for process in context.processes:
+        port = free_port()
+        others = [multiprocessing.get_context("spawn").Process(target=_rank, args=(r, world, port, settings, out))
+                  for r in range(1, world)]
+        for process in others:
+            process.start()
+        try:
+            results.append(_as_rank_0(world, port, settings, out))
+        finally:
+            for process in others:
+                process.join(timeout=deadline_s)
+                if process.is_alive():
                     process.kill()
-                raise AssertionError(f"{world} ranks of {settings.run} still running after {deadline_s:.0f} s")
+                    raise AssertionError(f"rank of {settings.run} still running {deadline_s:.0f} s after rank 0")
+        failed = [p.exitcode for p in others if p.exitcode]
+        assert not failed, f"ranks of {settings.run} failed with exit codes {failed}"
+    return results

@@ -298,3 +298,157 @@ def test_windows_drawn_in_blocks_stay_valid_and_fixed_across_blocks():
     assert not np.array_equal(head, tail)  # the second block has draws of its own
     area = lambda win: (win[:, 2] * win[:, 3]).mean() / (64 * 48)
     assert abs(area(head) - area(tail)) < 0.05
+
+
+# --- issue 20: what mutation testing found unguarded (docs/testing.md) ----------------------------------------
+
+def _assert_plan_dtypes(plan: augment.EpochPlan, n: int) -> None:
+    """The dtypes and shapes EpochPlan documents, which the loaders feed to DALI and torch as they are."""
+    assert plan.order.dtype == np.int64 and plan.order.shape == (n,)
+    assert plan.crop_xy.dtype == np.int32 and plan.crop_xy.shape == (n, 2)
+    assert plan.flip.dtype == np.bool_ and plan.flip.shape == (n,)
+    assert plan.alpha.dtype == np.float32 and plan.alpha.shape == (n, 3)
+    assert plan.window.dtype == np.int32 and plan.window.shape == (n, 4)
+
+
+def test_plans_have_their_documented_dtypes_and_the_eval_plan_is_key_order_centre_no_noise():
+    for crops in augment.CROP_MODES:
+        for sigma in (0.0, 0.1):
+            _assert_plan_dtypes(augment.train_plan(30, seed=0, epoch=0, size=40, crop=32, sigma=sigma,
+                                                   crops=crops), 30)
+    plan = augment.eval_plan(7, size=41, crop=32)
+    _assert_plan_dtypes(plan, 7)
+    np.testing.assert_array_equal(plan.order, np.arange(7))
+    assert (plan.crop_xy == 4).all() and not plan.flip.any() and not plan.alpha.any()
+    offsets, flips = augment.ten_crop_offsets(257, 224)
+    assert offsets.dtype == np.int32 and flips.dtype == np.bool_
+    assert augment.centre_offset(257, 224) == 16 and isinstance(augment.centre_offset(257, 224), int)
+    empty = augment.random_resized_windows(np.random.default_rng(0), 0, 40, 40)
+    assert empty.shape == (0, 4) and empty.dtype == np.int32
+
+
+def test_take_slices_every_field_under_its_name():
+    plan = augment.train_plan(20, seed=2, epoch=1, size=40, crop=32, sigma=0.1)
+    part = plan.take(3, 4)
+    assert part.keys() == {"index", "crop_x", "crop_y", "flip", "alpha", "window"}
+    np.testing.assert_array_equal(part["index"], plan.order[3:7])
+    np.testing.assert_array_equal(part["crop_x"], plan.crop_xy[3:7, 0])
+    np.testing.assert_array_equal(part["crop_y"], plan.crop_xy[3:7, 1])
+    np.testing.assert_array_equal(part["flip"], plan.flip[3:7])
+    np.testing.assert_array_equal(part["alpha"], plan.alpha[3:7])
+
+
+def test_step_layout_refuses_steps_outside_the_epoch_in_one_sentence():
+    layout = augment.StepLayout(48, 8, 2)
+    assert layout.steps == 3
+    for step in (-1, 3):
+        with pytest.raises(IndexError, match=rf"step {step} outside 0\.\.2$"):
+            layout.step_span(step)
+    with pytest.raises(UserError, match="3 records cannot be split over 4 processes"):
+        augment.StepLayout(3, 8, 4)
+    with pytest.raises(ValueError, match="crops must be one of .* not 'inception'"):
+        augment.train_plan(5, seed=0, epoch=0, size=40, crop=32, sigma=0, crops="inception")
+
+
+def test_the_plan_passes_its_scale_and_ratio_to_the_windows():
+    plan = augment.train_plan(200, seed=0, epoch=0, size=64, crop=32, sigma=0, crops="random-resized",
+                              scale=(0.25, 0.25), ratio=(1.0, 1.0))
+    assert (plan.window[:, 2:] == 32).all()
+
+
+@pytest.mark.parametrize("height, width, scale, ratio, want", [
+    (30, 40, (1.0, 1.0), (1.0, 1.0), (5, 0, 30, 30)),  # never fits: the fallback, with the ratio asked for
+    (20, 20, (0.1 / 400, 0.1 / 400), (1.0, 1.0), (0, 0, 20, 20)),  # sides round to 0: never a window of none
+    (20, 20, (1 / 400, 1 / 400), (0.2, 0.2), (8, 0, 4, 20)),  # 0 wide, 2 high
+    (20, 20, (1 / 400, 1 / 400), (5.0, 5.0), (0, 8, 20, 4)),  # 2 wide, 0 high
+])
+def test_windows_that_cannot_fit_fall_back(height, width, scale, ratio, want):
+    windows = augment.random_resized_windows(np.random.default_rng(0), 50, height, width, scale=scale, ratio=ratio)
+    assert (windows == want).all()
+
+
+@pytest.mark.parametrize("height, width, side", [(30, 40, 30), (40, 30, 30), (20, 20, 1)])
+def test_windows_as_high_or_wide_as_the_image_or_of_one_pixel_fit(height, width, side):
+    area = side * side / (height * width)
+    windows = augment.random_resized_windows(np.random.default_rng(0), 400, height, width, scale=(area, area),
+                                             ratio=(1.0, 1.0))
+    assert (windows[:, 2:] == side).all()
+    assert set(windows[:, 0].tolist()) == set(range(width - side + 1))
+    assert set(windows[:, 1].tolist()) == set(range(height - side + 1))
+
+
+def test_many_windows_are_as_many_as_asked():
+    n = augment._WINDOW_BLOCK + 10
+    assert augment.random_resized_windows(np.random.default_rng(0), n, 32, 32).shape == (n, 4)
+
+
+@pytest.mark.parametrize("window, ok", [((0, 0, 0, 5), False), ((0, 0, 5, 0), False), ((0, 4, 10, 16), True),
+                                        ((0, 5, 10, 16), False), ((20, 0, 10, 1), True), ((21, 0, 10, 1), False)])
+def test_resized_window_refuses_a_window_outside_a_non_square_image(window, ok):
+    image = np.zeros((20, 30, 3), np.uint8)  # 30 wide, 20 high
+    if ok:
+        assert augment.resized_window(image, window, 8).shape == (8, 8, 3)
+    else:
+        with pytest.raises(ValueError, match=rf"window \(.*\) is outside the 30x20 image"):
+            augment.resized_window(image, window, 8)
+
+
+def test_lighting_noise_of_small_eigenvalues_and_a_bad_scale():
+    eigen = augment.Eigen(np.array([0.25, 0.04, 0.0]), np.eye(3), "convnet2")
+    noise = augment.lighting_noise(np.ones((2, 3)), eigen)
+    assert noise.dtype == np.float32
+    np.testing.assert_allclose(noise, [[0.5, 0.2, 0.0]] * 2, rtol=1e-6)
+    assert augment.lighting_noise(np.ones(3), augment.Eigen(np.ones(3), np.eye(3), "fbresnet")).dtype == np.float32
+    with pytest.raises(ValueError, match="lighting scale must be one of .* not 'other'"):
+        augment.lighting_noise(np.ones(3), augment.Eigen(np.ones(3), np.eye(3), "other"))
+
+
+def _stats_dir(tmp_path, pca: bool = True, std=(50.0, 60.0, 70.0)):
+    from helpers.shardgen import write_pca_json
+    mean = np.random.default_rng(0).uniform(0, 255, (8, 8, 3)).astype(np.float32)
+    np.save(tmp_path / "mean.npy", mean)
+    write_pca_json(tmp_path / "pca.json", [300.0, 40.0, 5.0], EIGVEC, [120.0, 110.0, 100.0], std, 8, 10)
+    if not pca:
+        doc = json.loads((tmp_path / "pca.json").read_text())
+        doc = {k: v for k, v in doc.items() if k not in ("eigval", "eigvec", "fbresnet")}
+        (tmp_path / "pca.json").write_text(json.dumps({**doc, "pca": False}))
+    return mean
+
+
+def test_statistics_load_as_written(tmp_path):
+    mean = _stats_dir(tmp_path)
+    image = augment.load_normalizer(tmp_path, "mean-image", 8)
+    assert image.mode == "mean-image" and image.mean_rgb is None and image.std_rgb is None
+    np.testing.assert_array_equal(image.mean_image, mean)
+    channel = augment.load_normalizer(tmp_path, "channel", 8)
+    assert channel.mode == "channel" and channel.mean_image is None
+    assert channel.mean_rgb.dtype == channel.std_rgb.dtype == np.float32
+    np.testing.assert_array_equal(channel.mean_rgb, [120, 110, 100])
+    np.testing.assert_array_equal(channel.std_rgb, [50, 60, 70])
+    for scale, eigval in (("convnet2", [300.0, 40.0, 5.0]), ("fbresnet", np.array([300.0, 40.0, 5.0]) / 255 ** 2)):
+        eigen = augment.load_eigen(tmp_path, scale)
+        assert eigen.scale == scale and eigen.eigval.dtype == eigen.eigvec.dtype == np.float64
+        np.testing.assert_allclose(eigen.eigval, eigval, rtol=1e-12)
+        np.testing.assert_allclose(eigen.eigvec, EIGVEC, rtol=1e-12)
+
+
+def test_per_channel_statistics_need_no_eigenpairs(tmp_path):
+    _stats_dir(tmp_path, pca=False, std=(50.0, 0.5, 70.0))  # a near-constant channel is still a channel
+    np.testing.assert_array_equal(augment.load_normalizer(tmp_path, "channel", 8).std_rgb, [50, 0.5, 70])
+    with pytest.raises(UserError, match=r"pca\.json has no eigenpairs: PCA lighting needs it: run `alexnet-pipe "
+                                        r"stats --pca` first \(or turn lighting off: --lighting 0\)"):
+        augment.load_eigen(tmp_path, "convnet2")
+
+
+def test_statistics_that_cannot_be_used_are_one_sentence_each(tmp_path):
+    with pytest.raises(UserError, match=r"mean\.npy is missing: the mean image is needed for mean subtraction; run "
+                                        "`alexnet-pipe stats` first"):
+        augment.load_normalizer(tmp_path, "mean-image", 8)
+    with pytest.raises(UserError, match=r"pca\.json is missing: per-channel mean/std needs it: run `alexnet-pipe "
+                                        "stats` first"):
+        augment.load_normalizer(tmp_path, "channel", 8)
+    _stats_dir(tmp_path, std=(50.0, 0.0, 70.0))
+    with pytest.raises(UserError, match=rf"{tmp_path / 'pca.json'} has a zero channel std"):
+        augment.load_normalizer(tmp_path, "channel", 8)
+    with pytest.raises(ValueError, match="normalize must be one of .* not 'none'"):
+        augment.load_normalizer(tmp_path, "none", 8)

@@ -161,3 +161,34 @@ def test_spec_validation():
         JitterSpec(hue=0.6)
     with pytest.raises(ValueError, match=">= 0"):
         JitterSpec(brightness=-0.1)
+
+
+# --- issue 20: what mutation testing found unguarded (docs/testing.md) ----------------------------------------
+
+@pytest.mark.parametrize("field", ["brightness", "contrast", "saturation", "hue"])
+def test_every_negative_strength_is_refused(field):
+    with pytest.raises(ValueError, match=">= 0"):
+        JitterSpec(**{field: -0.1})
+
+
+def test_strength_keeps_the_hue_and_draws_have_their_dtypes():
+    assert JitterSpec.strength(0.4, 0.1) == JitterSpec(0.4, 0.4, 0.4, 0.1)
+    factors, order = JitterSpec.strength(0.4, 0.1).draw(np.random.default_rng(0), 5)
+    assert factors.dtype == np.float32 and order.dtype == np.int8 and factors.shape == order.shape == (5, 4)
+
+
+def test_rgb_to_hsv_is_colorsys_greys_and_black_included():
+    pixels = np.concatenate([np.random.default_rng(4).uniform(0, 1, (200, 3)),
+                             [[0, 0, 0], [1, 1, 1], [0.4, 0.4, 0.4], [1, 0, 0.5], [0.9, 0.1, 0.3], [0, 0, 1]]])
+    want = np.array([colorsys.rgb_to_hsv(*p) for p in pixels])
+    np.testing.assert_allclose(jitter.rgb_to_hsv(pixels), want, atol=1e-12)
+    np.testing.assert_allclose(jitter.hsv_to_rgb(want), pixels, atol=1e-12)
+
+
+@pytest.mark.parametrize("per_image", [True, False])
+def test_the_batch_s_tensors_are_made_on_the_batch_s_device(per_image):
+    """On the meta device (no data, every op checked for its device): a table, an index or a luma vector made on
+    the CPU meets the batch on another device and fails, as it would on a GPU."""
+    factors, order = JitterSpec.strength(0.8, 0.3).draw(np.random.default_rng(1), 6)
+    x = torch.empty(6, 3, 5, 4, device="meta")
+    assert jitter.jitter_batch_(x, factors, order, per_image) is x

@@ -197,3 +197,56 @@ def test_paper_model_normalises_each_half_and_whole_is_an_option():
     assert not torch.allclose(half.features.norm1(a), torch_lrn(a))  # the default changes results
     with pytest.raises(ValueError, match="LRN span"):
         build_model("alexnet", 5, width=0.0625, lrn_span="third")
+
+
+# --- issue 20: what mutation testing found unguarded (docs/testing.md) ----------------------------------------
+
+def test_a_width_that_splits_unevenly_into_groups_is_one_sentence():
+    with pytest.raises(ValueError, match="LRN in 2 groups needs a multiple of 2 maps, not 9"):
+        LocalResponseNorm(groups=2)(torch.ones(1, 9, 2, 2))
+
+
+@pytest.mark.parametrize("impl, compiled", [("fused", False), ("compiled", True), ("reference", None)])
+def test_the_impl_option_runs_the_kernel_it_names(impl, compiled, monkeypatch):
+    """fused: the Function in eager mode; compiled: the same Function with its forward and backward through
+    torch.compile (here a stand-in that records what it is given); reference: plain autograd, no Function."""
+    import alexnet_pipe.model.lrn as lrn_module
+    given = []
+    monkeypatch.setattr(lrn_module, "_compiled", lambda fn: given.append(fn) or fn)
+    x = torch.relu(_inputs((2, 8, 3, 3), torch.float32, scale=20.0)).detach().requires_grad_()
+    out = LocalResponseNorm(impl=impl, groups=2)(x)
+    out.sum().backward()
+    assert (type(out.grad_fn).__name__ == "_FusedLRNBackward") == (compiled is not None)
+    assert given == ([lrn_module._forward, lrn_module._backward] if compiled else [])
+    torch.testing.assert_close(out, _torch_per_half(x.detach(), 2, **CONSTANTS))
+    given.clear()
+    lrn(x.detach(), **CONSTANTS).sum()  # the function's own default: eager
+    assert given == []
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_fused_small_windows_are_the_numpy_formula(size):
+    x = _inputs((2, 6, 3, 3)).detach()
+    for groups in (1, 2):
+        want = np.concatenate([lrn_numpy(h, n=size, k=STRONG["k"], alpha=STRONG["alpha"], beta=STRONG["beta"])
+                               for h in np.split(x.numpy(), groups, axis=1)], axis=1)
+        np.testing.assert_allclose(lrn(x, **{**STRONG, "size": size}, groups=groups).numpy(), want, rtol=1e-12)
+
+
+def test_fp16_in_and_out_with_fp32_arithmetic_where_squares_overflow_fp16():
+    """Activations of a few hundred: their squares pass fp16's 65504, so only fp32 arithmetic gets the window sums
+    (fp16 is a --precision choice); both kernels, forward and backward, against torch's LRN in fp32."""
+    x = (torch.rand(2, 8, 3, 3, generator=torch.Generator().manual_seed(0)) * 400).half()
+    g = _inputs((2, 8, 3, 3), torch.float32, seed=1).detach().half()
+    want, want_grad = _forward_backward(lambda t, **c: _torch_per_half(t, 2, **c), x.float(), g.float(), **STRONG)
+    for fn in (lrn, lrn_reference):
+        out, grad = _forward_backward(lambda t, **c: fn(t, groups=2, **c), x, g, **STRONG)
+        assert out.dtype == grad.dtype == torch.float16
+        torch.testing.assert_close(out.float(), want, rtol=2 ** -10, atol=1e-3)
+        torch.testing.assert_close(grad.float(), want_grad, rtol=2 ** -10, atol=1e-3 * want_grad.abs().max().item())
+
+
+def test_build_model_passes_the_lrn_choices_to_its_modules():
+    model = build_model("alexnet", 5, width=0.0625, lrn_alpha="alpha-as-printed", lrn_impl="reference")
+    for norm in (model.features.norm1, model.features.norm2):
+        assert (norm.convention, norm.impl, norm.window_alpha) == ("alpha-as-printed", "reference", 1e-4)

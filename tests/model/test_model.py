@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from alexnet_pipe.model.alexnet import (CONV_DEFAULT, CONV_IMPLS, LRN_CONVENTIONS, LRN_DEFAULT, LocalResponseNorm,
-                                build_model, count_parameters, layer_table, lrn_convention, scaled)
+                                        SplitConv2d, build_model, count_parameters, init_weights, layer_table,
+                                        lrn_convention, scaled)
 from helpers.lrn import lrn_reference
 
 
@@ -286,3 +287,60 @@ def test_a_227_run_builds_and_reloads_caffes_geometry(tmp_path):
     loaded, _ = load_model(tmp_path / "c.pt")
     assert loaded.features.conv1.padding == (0, 0)
     assert model_for(dataclasses.replace(s, crop=224), 5).features.conv1.padding == (2, 2)
+
+
+# --- issue 20: what mutation testing found unguarded (docs/testing.md) ----------------------------------------
+
+@pytest.mark.parametrize("bias, dilation", [(False, 1), (True, 2)])
+def test_split_conv_is_the_grouped_conv_without_bias_and_dilated(bias, dilation):
+    torch.manual_seed(0)
+    grouped = nn.Conv2d(4, 6, 3, padding=2, dilation=dilation, groups=2, bias=bias)
+    split = SplitConv2d(4, 6, 3, padding=2, dilation=dilation, groups=2, bias=bias)
+    split.load_state_dict(grouped.state_dict())
+    x = torch.randn(2, 4, 7, 7)
+    torch.testing.assert_close(split(x), grouped(x))
+
+
+def test_layer_table_names_every_layer_and_defaults_to_the_papers_crop():
+    model = build_model("alexnet", 5, width=0.0625)
+    table = layer_table(model)
+    assert [r["name"] for r in table["layers"]] == [
+        "conv1", "relu1", "norm1", "pool1", "conv2", "relu2", "norm2", "pool2", "conv3", "relu3", "conv4", "relu4",
+        "conv5", "relu5", "pool5", "avgpool", "fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8"]
+    assert table["layers"][0]["shape"] == (6, 55, 55)
+
+
+def test_layer_table_runs_on_the_models_device():
+    """A model on the meta device (shapes only): the zero image must be made where the weights are."""
+    table = layer_table(build_model("alexnet", 5, width=0.0625).to("meta"), crop=112)
+    assert dict((r["name"], r["shape"]) for r in table["layers"])["pool5"] == (16, 2, 2)
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda: build_model("vgg", 5), "arch must be one of"), (lambda: build_model(conv="dense"), "conv must be one of"),
+    (lambda: build_model(lrn_span="third"), "LRN span must be one of"),
+    (lambda: LocalResponseNorm(impl="triton"), "LRN impl must be one of"),
+    (lambda: init_weights(nn.Linear(2, 2), "he"), "init must be one of .*'he'")])
+def test_a_bad_choice_names_the_option_it_is_for(make, says):
+    with pytest.raises(ValueError, match=says):
+        make()
+
+
+def test_the_defaults_are_the_papers_network():
+    model = build_model()
+    assert count_parameters(model) == 60_965_224 and model.features.conv1.padding == (2, 2)
+    assert model.features.norm1.groups == 2
+    small = nn.Sequential(OrderedDict(conv2=nn.Conv2d(3, 4, 3), conv3=nn.Conv2d(4, 4, 3)))
+    init_weights(small)  # paper init: biases 1 in conv2, 0 in conv3
+    assert torch.all(small.conv2.bias == 1.0) and torch.all(small.conv3.bias == 0.0)
+    assert abs(small.conv2.weight.std().item() - 0.01) < 0.005
+    assert scaled(95, 1.0) == 95 and scaled(95, 1.0, 2) == 96
+
+
+def test_owt_channels_are_not_rounded_to_even_and_only_grouped_layers_split():
+    assert build_model("alexnet-owt", 5, width=0.1).features.conv2.out_channels == scaled(192, 0.1) == 19
+    split = build_model("alexnet", 5, width=0.0625, conv="split").features
+    assert [type(getattr(split, c)) for c in ("conv1", "conv2", "conv3", "conv4", "conv5")] == \
+        [nn.Conv2d, SplitConv2d, nn.Conv2d, SplitConv2d, SplitConv2d]
+    grouped = build_model("alexnet", 5, width=0.0625).features
+    assert all(type(getattr(grouped, c)) is nn.Conv2d for c in ("conv1", "conv2", "conv3", "conv4", "conv5"))

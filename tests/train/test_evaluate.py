@@ -1,6 +1,7 @@
 """evaluate: top-k maths and softmax averaging against numpy, and the command end to end on a tiny data dir."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -102,3 +103,165 @@ def test_weights_that_do_not_fit_their_settings_are_one_sentence(tmp_path):
     torch.save(state, tmp_path / "other.pt")
     with pytest.raises(UserError, match="its weights do not fit the model its settings describe"):
         load_model(tmp_path / "other.pt")
+
+
+# --- issue 20: evaluate and the trainer's evaluation against an independent computation ----------------------
+
+def _np_errors(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    ranks = (probs > probs[np.arange(len(labels)), labels][:, None]).sum(axis=1)
+    return 1 - float(np.mean(ranks < 1)), 1 - float(np.mean(ranks < 5))
+
+
+def _np_views(images: np.ndarray, mean: np.ndarray, crop: int, ten: bool) -> np.ndarray:
+    """(N, V, 3, crop, crop) float32: the centre crop, or the four corners and the centre then their mirror
+    images, of each image minus the mean image (the mean is cropped and mirrored with it)."""
+    centred, far = images.astype(np.float32) - mean, images.shape[1] - crop
+    corners = [(0, 0), (far, 0), (0, far), (far, far), (far // 2, far // 2)] if ten else [(far // 2, far // 2)]
+    views = [centred[:, y:y + crop, x:x + crop] for x, y in corners]
+    views += [v[:, :, ::-1] for v in views] if ten else []
+    return np.ascontiguousarray(np.stack(views, axis=1).transpose(0, 1, 4, 2, 3))
+
+
+@pytest.fixture(scope="module")
+def ten_classes(tmp_path_factory):
+    """Raw (lossless) shards of 30 val images in 10 classes, their pixels and the mean image."""
+    root = tmp_path_factory.mktemp("ten") / "d"
+    images, labels = random_images(40, S, seed=9), np.arange(40) % 10
+    make_data_dir(root, {"train": (images[:10], labels[:10]), "val": (images[10:], labels[10:])}, 10, 2, "raw")
+    (root / "stats").mkdir()
+    mean = images[:10].astype(np.float32).mean(axis=0)
+    np.save(root / "stats" / "mean.npy", mean)
+    write_pca_json(root / "stats" / "pca.json", [3.0, 2.0, 1.0], np.eye(3), [120.0] * 3, [50.0] * 3, S, 10)
+    return root, images[10:], labels[10:], mean
+
+
+def _checkpoints(tmp_path, n: int, data=None):
+    """n checkpoints of a tiny AlexNet, their models. A random net predicts nearly the same class for every
+    image (its fc7 features share one large offset); given the data, fc8 reads each unit's spread over the val
+    centre crops instead, so predictions differ from image to image, and from view to view."""
+    from dataclasses import asdict
+    from alexnet_pipe.train.config import TrainSettings, model_for
+    s = TrainSettings(width=0.0625, crop=64, num_classes=10, init="kaiming", bias_init=0.0)
+    paths, models = [], []
+    for seed in range(n):
+        torch.manual_seed(seed)
+        model = model_for(s, 10).eval()
+        if data is not None:
+            _, images, _, mean = data
+            with torch.no_grad():
+                features = model.fc7(torch.from_numpy(_np_views(images, mean, 64, False)[:, 0]))
+                fc8 = model.classifier.fc8
+                fc8.weight.div_(features.std(0) + 1e-6)
+                fc8.bias.copy_(-fc8.weight @ features.mean(0))
+        paths.append(tmp_path / f"m{seed}.pt")
+        torch.save({"model": model.state_dict(), "settings": asdict(s), "num_classes": 10}, paths[-1])
+        models.append(model.eval())
+    return paths, models
+
+
+@pytest.mark.parametrize("members, ten", [(1, False), (1, True), (2, False), (2, True)])
+def test_evaluate_is_the_top_k_of_the_softmax_averaged_over_views_and_models(tmp_path, ten_classes, members, ten):
+    """Each of the four gives other errors here (0.9/0.43, 0.83/0.47, 0.9/0.57, 0.8/0.33)."""
+    from alexnet_pipe.train.evaluation import EvalSettings, evaluate
+    root, images, labels, mean = ten_classes
+    paths, models = _checkpoints(tmp_path, members, ten_classes)
+    got = evaluate(EvalSettings(tuple(map(str, paths)), data=str(root), loader="torch", num_threads=0,
+                                ten_crop=ten, batch_size=7))
+    views = _np_views(images, mean, 64, ten)
+    with torch.no_grad():
+        logits = [m(torch.from_numpy(views.reshape(-1, 3, 64, 64))).double().numpy() for m in models]
+    probs = np.mean([np_softmax(x) for x in logits], axis=0).reshape(len(images), views.shape[1], 10).mean(axis=1)
+    top1, top5 = _np_errors(probs, labels)
+    assert 0.05 < top1 < 0.95 and top5 < top1  # the maths is not trivially 0 or 1 here
+    assert got == {"top1_error": pytest.approx(top1), "top5_error": pytest.approx(top5), "images": 30,
+                   "views": 10 if ten else 1, "checkpoints": list(map(str, paths)), "split": "val",
+                   "precision": "fp32"}
+
+
+def test_an_ensemble_of_other_inputs_or_an_empty_split_is_one_sentence(tmp_path, ten_classes):
+    from dataclasses import asdict
+    from alexnet_pipe.core.errors import UserError
+    from alexnet_pipe.train.evaluation import EvalSettings, evaluate
+    root = ten_classes[0]
+    paths, _ = _checkpoints(tmp_path, 2)
+    state = torch.load(paths[1], weights_only=True)
+    state["settings"] = {**state["settings"], "normalize": "channel"}
+    torch.save(state, paths[1])
+    with pytest.raises(UserError, match=f"{paths[1]} was trained on crop 64/channel, the first checkpoint on "
+                                        "64/mean-image: an ensemble needs the same input"):
+        evaluate(EvalSettings(tuple(map(str, paths)), data=str(root), loader="torch", num_threads=0))
+    assert asdict(EvalSettings(("x",))) == {"checkpoints": ("x",), "data": "alexnet-data", "split": "val",
+                                           "ten_crop": False, "batch_size": 128, "loader": "auto", "device": "cpu",
+                                           "num_threads": 2, "precision": None}
+
+
+class _Batches:
+    def __init__(self, batches):
+        self.batches, self.epochs = batches, []
+
+    def epoch(self, epoch: int):
+        self.epochs.append(epoch)
+        yield from self.batches
+
+
+def test_the_trainers_evaluation_counts_top_k_over_the_loader_in_eval_mode():
+    from alexnet_pipe.train.evaluation import evaluate_model
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(12, 9)).train()
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(b, 3, 2, 2, generator=g), torch.randint(9, (b,), generator=g)) for b in (5, 7, 3)]
+    loader = _Batches(batches)
+    got = evaluate_model(model, loader, torch.device("cpu"), world=1, precision="fp32")
+    assert model.training and loader.epochs == [0]
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(x) for x, _ in batches]).numpy()
+    top1, top5 = _np_errors(logits, torch.cat([y for _, y in batches]).numpy())
+    assert 0 < top1 < 1 and 0 < top5 < top1
+    assert got == {"top1_error": pytest.approx(top1), "top5_error": pytest.approx(top5), "images": 15}
+
+
+def test_eval_loader_asks_for_the_checkpoint_s_input_and_no_augmentation(monkeypatch):
+    import alexnet_pipe.loaders as loaders
+    from alexnet_pipe.loaders import LoaderSettings
+    from alexnet_pipe.train.config import TrainSettings
+    from alexnet_pipe.train.evaluation import eval_loader
+    seen = []
+    monkeypatch.setattr(loaders, "make_loader", lambda ls: seen.append(ls) or ls)
+    ts = TrainSettings(crop=80, normalize="channel")
+    for ten in (False, True):
+        eval_loader("d", "val", ts, torch.device("cpu"), batch_size=6, loader="torch", num_threads=3, ten_crop=ten)
+    eval_loader("d", "train", ts, torch.device("cpu"), batch_size=6, loader="torch", num_threads=3, with_params=True)
+    want = LoaderSettings(data=Path("d"), split="val", train=False, batch_size=6, crop=80, loader="torch",
+                          device="cpu", normalize="channel", views="center", num_threads=3, with_params=False)
+    assert seen == [want, dataclasses.replace(want, views="ten-crop"),
+                    dataclasses.replace(want, split="train", with_params=True)]
+
+
+def test_members_that_do_not_fit_the_data_and_an_empty_split_are_one_sentence(tmp_path, ten_classes, monkeypatch):
+    from dataclasses import asdict
+    from alexnet_pipe.core.errors import UserError
+    from alexnet_pipe.train import evaluation
+    from alexnet_pipe.train.config import TrainSettings, model_for
+    root = ten_classes[0]
+    paths, _ = _checkpoints(tmp_path, 1)
+    for name, s, classes, says in (  # each checked as the second member of an ensemble
+            ("five.pt", TrainSettings(width=0.0625, crop=64), 5, "was trained on 5 classes but {root} holds 10"),
+            ("big.pt", TrainSettings(width=0.0625, crop=80), 10, "was trained on 80 px crops but {root} holds 72 px")):
+        torch.save({"model": model_for(s, classes).state_dict(), "settings": asdict(s), "num_classes": classes},
+                   tmp_path / name)
+        members = (str(tmp_path / name),) if s.crop != 64 else (str(paths[0]), str(tmp_path / name))
+        with pytest.raises(UserError, match=f"{tmp_path / name} " + says.format(root=root)):
+            evaluation.evaluate(evaluation.EvalSettings(members, data=str(root), loader="torch", num_threads=0))
+
+    class Empty:
+        steps_per_epoch = 0
+
+        def epoch(self, epoch):
+            return iter(())
+
+        def close(self):
+            pass
+    monkeypatch.setattr(evaluation, "eval_loader", lambda *a, **k: Empty())
+    with pytest.raises(UserError, match="the evaluation split gave no images"):
+        evaluation.evaluate(evaluation.EvalSettings((str(paths[0]),), data=str(root), loader="torch"))

@@ -23,11 +23,13 @@ from helpers.training import tiny
 @pytest.mark.slow
 def test_two_ranks_through_train_draw_their_own_masks_that_replay_on_resume(tmp_path):
     """Two gloo ranks, the same batch on both: three steps straight, then step 3 again from the step-2
-    checkpoint. Ranks must drop different units, every step anew, and the resumed step the same units again."""
+    checkpoint. Ranks must drop different units, every step anew, and the resumed step the same units again.
+    The evaluation at the end counts both ranks' images (2 steps of 4 each)."""
     from helpers import wiring
-    s = tiny(tmp_path / "a", max_steps=3, ckpt_every=2, keep=5, nproc=2, dropout=0.5)
+    s = tiny(tmp_path / "a", max_steps=3, ckpt_every=2, keep=5, nproc=2, dropout=0.5, eval_every=1)
     resumed = dataclasses.replace(s, run=str(tmp_path / "b"), resume=str(tmp_path / "a" / "ckpt-00000002.pt"))
-    wiring.run_ranks(2, [(s, str(tmp_path / "straight")), (resumed, str(tmp_path / "resumed"))])
+    results = wiring.run_ranks(2, [(s, str(tmp_path / "straight")), (resumed, str(tmp_path / "resumed"))])
+    assert [r["images"] for r in results] == [16, 16] and results[0]["top1_error"] == results[1]["top1_error"]
     straight = [torch.load(tmp_path / f"straight.{rank}.pt") for rank in (0, 1)]
     again = [torch.load(tmp_path / f"resumed.{rank}.pt") for rank in (0, 1)]
     assert [len(steps) for steps in straight] == [3, 3] and [len(steps) for steps in again] == [1, 1]
@@ -41,6 +43,28 @@ def test_two_ranks_through_train_draw_their_own_masks_that_replay_on_resume(tmp_
         for step in (2,):
             for layer in ("drop6", "drop7"):
                 torch.testing.assert_close(again[rank][step - 2][layer], straight[rank][step][layer], rtol=0, atol=0)
+
+
+
+def test_dropout_on_a_gpu_is_seeded_on_that_gpu_s_generator(monkeypatch):
+    """Dropout on CUDA draws from the device's own generator: the step's seed must go there (seeding the CPU's
+    would leave every rank's GPU masks as torch.manual_seed made them, alike, and a resume unable to replay
+    them). Stand-ins for the CUDA generators: this runs without a GPU."""
+    from alexnet_pipe.train.loop import seed_dropout
+
+    class Generator:
+        def __init__(self):
+            self.seeds = []
+
+        def manual_seed(self, seed):
+            self.seeds.append(seed)
+
+    gpus = [Generator(), Generator()]
+    monkeypatch.setattr(torch.cuda, "default_generators", gpus, raising=False)
+    cpu = torch.default_generator.get_state()
+    seed_dropout(12345, torch.device("cuda", 1))
+    assert gpus[0].seeds == [] and gpus[1].seeds == [12345]
+    assert torch.equal(torch.default_generator.get_state(), cpu)
 
 
 # ---------------------------------------------------------------- the plateau schedule across a resume
@@ -88,3 +112,49 @@ def test_the_epoch_plan_s_resized_windows_touch_each_edge_as_often_as_the_other(
     for start, extent in ((x, w), (y, h)):
         low, high = np.sum(inside & (start == 0)), np.sum(inside & (start + extent == 64))
         assert low > 300 and high > 300 and abs(low - high) < 5 * np.sqrt(low + high), (low, high)
+
+
+# ---------------------------------------------------------------- what a resume restores, what a row measures
+
+def test_a_resumed_run_keeps_the_best_error_of_the_evaluations_before_it(tmp_path):
+    """Epoch 1 ends with an evaluation; a checkpoint in epoch 2 must hold its error as the best so far, whether
+    the run went straight on or was resumed from the end of epoch 1 (a resume that forgot it would mark the next
+    evaluation best, and best.pt with it, however bad)."""
+    from alexnet_pipe.train.checkpoint import load_checkpoint
+    common = dict(eval_every=1, ckpt_every=1, keep=20)
+    run_training(tiny(tmp_path / "straight", epochs=2, **common))
+    run_training(tiny(tmp_path / "resumed", epochs=1, **common))
+    run_training(tiny(tmp_path / "resumed", epochs=2, resume="latest", **common))
+    best = [load_checkpoint(tmp_path / run / "ckpt-00000005.pt")["best"] for run in ("straight", "resumed")]
+    assert 0 <= best[0] <= 1 and best[1] == best[0]
+
+
+def test_the_data_wait_is_a_part_of_each_row_s_time(tmp_path):
+    """The wait for the next batch is measured around the loader alone: a fraction of the row's time, below 1
+    (the step's own work takes the rest)."""
+    run_training(tiny(tmp_path / "r", max_steps=3))
+    rows = [r for r in read_metrics(tmp_path / "r") if "loss" in r]
+    assert len(rows) == 3 and all(0 <= r["data_wait_fraction"] < 1 for r in rows)
+
+
+def test_the_step_schedule_drops_at_the_milestones_the_run_was_given(tmp_path):
+    """--step-epochs reaches the lr of every step: a milestone after epoch 1 of 4-step epochs drops the lr by 10
+    from step 5 on (a schedule that fell back to the paper's 30/60/80 would keep it)."""
+    run_training(tiny(tmp_path / "r", epochs=2, schedule="step", step_epochs=(1,), lr=0.01))
+    np.testing.assert_allclose([lr for _, lr in _lrs(tmp_path / "r")], [0.01] * 4 + [0.001] * 4, rtol=1e-9)
+
+
+def test_the_warm_up_reaches_every_step_s_lr_one_step_at_a_time(tmp_path):
+    """--warmup-epochs 1 over 4-step epochs: the lr climbs by a quarter of the base each step, from the first
+    (never 0), then holds (no milestone)."""
+    run_training(tiny(tmp_path / "r", epochs=2, schedule="step", step_epochs=(), warmup_epochs=1.0, lr=0.04))
+    np.testing.assert_allclose([lr for _, lr in _lrs(tmp_path / "r")], [0.01, 0.02, 0.03] + [0.04] * 5, rtol=1e-9)
+
+
+def test_an_fp16_run_steps_through_its_loss_scaler(tmp_path):
+    """Each fp16 step goes through the GradScaler: after 3 steps without an overflow its growth tracker counts 3
+    (a step without it would leave the scaler as it was made: nothing counted, the scale untouched)."""
+    from alexnet_pipe.train.checkpoint import latest_checkpoint, load_checkpoint
+    run_training(tiny(tmp_path / "r", max_steps=3, precision="fp16"))
+    scaler = load_checkpoint(latest_checkpoint(tmp_path / "r"))["scaler"]
+    assert scaler["_growth_tracker"] == 3 or scaler["scale"] < 2.0 ** 16, scaler
