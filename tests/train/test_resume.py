@@ -241,3 +241,13 @@ def test_a_resume_restores_the_cuda_generator_only_on_a_gpu_and_only_when_saved(
     set_rng_state(saved, torch.device("cpu"))
     set_rng_state({k: v for k, v in saved.items() if k != "cuda"}, gpu)
     assert len(restored) == 1
+
+
+def test_a_checkpoint_saves_the_cuda_generator_only_on_a_gpu(monkeypatch):
+    """A stand-in for torch.cuda.get_rng_state (no CUDA here) hands a marker state for the asked device."""
+    from alexnet_pipe.train.checkpoint import rng_state
+    marker = torch.arange(3)
+    monkeypatch.setattr(torch.cuda, "get_rng_state",
+                        lambda device: marker if device == torch.device("cuda", 1) else None)
+    assert rng_state(torch.device("cuda", 1))["cuda"] is marker
+    assert "cuda" not in rng_state(torch.device("cpu"))
