@@ -250,3 +250,24 @@ def test_build_model_passes_the_lrn_choices_to_its_modules():
     model = build_model("alexnet", 5, width=0.0625, lrn_alpha="alpha-as-printed", lrn_impl="reference")
     for norm in (model.features.norm1, model.features.norm2):
         assert (norm.convention, norm.impl, norm.window_alpha) == ("alpha-as-printed", "reference", 1e-4)
+
+
+def test_the_compiled_kernels_are_compiled_once_each_with_static_shapes(monkeypatch):
+    """compiled=True hands _forward and _backward to torch.compile once each (a stand-in here that records what it
+    is given: Inductor takes minutes on 2 cores, and the slow tests check its kernels), then reuses them: a
+    recompile per call would cost its compile time at every step, dynamic shapes slower generic kernels."""
+    import alexnet_pipe.model.lrn as lrn_module
+    given = []
+
+    def compile_stand_in(fn=None, **options):
+        given.append((fn, options))
+        return fn
+
+    monkeypatch.setattr(lrn_module, "_COMPILED", {})
+    monkeypatch.setattr(torch, "compile", compile_stand_in)
+    x = torch.relu(_inputs((2, 8, 3, 3), torch.float32, scale=20.0)).detach()
+    for _ in range(2):
+        out = lrn(x.clone().requires_grad_(), **CONSTANTS, compiled=True, groups=2)
+        out.sum().backward()
+        torch.testing.assert_close(out, _torch_per_half(x, 2, **CONSTANTS))
+    assert given == [(lrn_module._forward, {"dynamic": False}), (lrn_module._backward, {"dynamic": False})]

@@ -344,3 +344,13 @@ def test_owt_channels_are_not_rounded_to_even_and_only_grouped_layers_split():
         [nn.Conv2d, SplitConv2d, nn.Conv2d, SplitConv2d, SplitConv2d]
     grouped = build_model("alexnet", 5, width=0.0625).features
     assert all(type(getattr(grouped, c)) is nn.Conv2d for c in ("conv1", "conv2", "conv3", "conv4", "conv5"))
+
+
+def test_init_weights_finds_the_paper_s_layers_inside_a_wrapper():
+    """init_weights goes by a layer's own name (the last part of its dotted path): a network wrapped one level
+    deeper (as DDP's `module.` does) gets the paper's biases in the same layers."""
+    wrapped = nn.Sequential(OrderedDict(module=build_model("alexnet", 4, width=0.0625)))
+    init_weights(wrapped, bias_init=0.5)
+    biases = {name.split(".")[-2]: p for name, p in wrapped.named_parameters() if name.endswith("bias")}
+    assert {n for n, b in biases.items() if torch.all(b == 0.5)} == {"conv2", "conv4", "conv5", "fc6", "fc7"}
+    assert {n for n, b in biases.items() if torch.all(b == 0)} == {"conv1", "conv3", "fc8"}

@@ -227,3 +227,27 @@ def test_resuming_a_finished_run_says_how_to_train_on(tmp_path, limit):
     result = CliRunner().invoke(cli, shlex.split(hint))
     assert result.exit_code == 0, result.output
     assert max(r["step"] for r in read_metrics(run)) == 4
+
+
+def test_a_resume_restores_the_cuda_generator_only_on_a_gpu_and_only_when_saved(monkeypatch):
+    """The saved CUDA RNG state goes back to the run's GPU (a stand-in records it: no CUDA here); a checkpoint
+    without one (written on the CPU) or a resume on the CPU leaves the CUDA generator alone."""
+    from alexnet_pipe.train.checkpoint import rng_state, set_rng_state
+    restored = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, device)))
+    gpu, saved = torch.device("cuda", 1), {**rng_state(torch.device("cpu")), "cuda": torch.arange(4)}
+    set_rng_state(saved, gpu)
+    assert len(restored) == 1 and torch.equal(restored[0][0], saved["cuda"]) and restored[0][1] == gpu
+    set_rng_state(saved, torch.device("cpu"))
+    set_rng_state({k: v for k, v in saved.items() if k != "cuda"}, gpu)
+    assert len(restored) == 1
+
+
+def test_a_checkpoint_saves_the_cuda_generator_only_on_a_gpu(monkeypatch):
+    """A stand-in for torch.cuda.get_rng_state (no CUDA here) hands a marker state for the asked device."""
+    from alexnet_pipe.train.checkpoint import rng_state
+    marker = torch.arange(3)
+    monkeypatch.setattr(torch.cuda, "get_rng_state",
+                        lambda device: marker if device == torch.device("cuda", 1) else None)
+    assert rng_state(torch.device("cuda", 1))["cuda"] is marker
+    assert "cuda" not in rng_state(torch.device("cpu"))
