@@ -1,7 +1,7 @@
 """An object store prefix (s3://bucket/imagenet, gs://..., any fsspec URL) as the tree the layout rules walk.
 
 The rules of folders.py, archives.py and labels.py are written once, against the few pathlib.Path operations they
-use (/, name, suffix, parent, parts through relative_to, is_dir, is_file, iterdir, rglob('*'), read_bytes). A
+use (/, name, suffix, parent, parts through relative_to, is_dir, is_file, iterdir, rglob, read_bytes). A
 local source is a pathlib.Path itself, so local listing is unchanged. A URL is a RemotePath: the same operations
 answered from a snapshot of ONE recursive listing of the prefix (ListObjectsV2 pages), so that walking 1.28 M
 images costs ~1,300 list requests, not a request per is_dir() or stat() as universal_pathlib's UPath can make
@@ -11,6 +11,7 @@ every object is a regular file. Each file keeps its listed size, which the reade
 """
 from __future__ import annotations
 
+import fnmatch
 from pathlib import PurePosixPath
 
 from alexnet_pipe.core import remote
@@ -121,12 +122,15 @@ class RemotePath:
         return (self._child(name) for name in self.snap.children.get(self.key, ()))
 
     def rglob(self, pattern: str):
-        if pattern != "*":
-            raise NotImplementedError("a remote tree walks every entry (rglob('*')) only")
+        """Every entry below, at any depth, whose name matches pattern (pathlib's rglob of a one-part pattern,
+        case-sensitive as on a POSIX disk)."""
+        if "/" in pattern or not pattern:
+            raise ValueError(f"rglob takes one name pattern here, not {pattern!r}")
         stack = [self]
         while stack:
             for child in stack.pop().iterdir():
-                yield child
+                if fnmatch.fnmatchcase(child.name, pattern):
+                    yield child
                 if child.is_dir():
                     stack.append(child)
 

@@ -291,3 +291,15 @@ def test_an_object_that_is_also_a_folder_is_refused_by_name(s3):
         client.put_object(Bucket=bucket[5:], Key=key, Body=b"x")
     with pytest.raises(UserError, match=rf"{bucket}/in/train/n01 is both an object and the folder of other objects"):
         sources.discover(f"{bucket}/in")
+
+
+@pytest.mark.parametrize("pattern", ["*", "*.JPEG", "n0*", "a?c.txt", "*.[jJ]*"])
+def test_a_remote_tree_globs_as_pathlib_does_on_the_same_files(tmp_path, pattern):
+    from alexnet_pipe.ingest.remote_tree import RemotePath, Snapshot
+    files = ["train/n01/a.JPEG", "train/n01/b.jpeg", "train/n02/deep/c.JPEG", "abc.txt", "val/x.JPEG", "n0.csv"]
+    for rel in files:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    root = RemotePath(Snapshot("s3://b/p", dict.fromkeys(files, 1)), "")
+    want = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob(pattern))
+    assert sorted(str(p)[len("s3://b/p/"):] for p in root.rglob(pattern)) == want
