@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 
@@ -38,18 +37,14 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture()
 def small_disk(tmp_path):
-    """A 20 MB tmpfs, for the full-disk tests of prepare, the shard writer, stats and checkpoints (or a skip)."""
+    """A 20 MB tmpfs, for the full-disk tests of prepare, the shard writer, stats and checkpoints (helpers.mounts:
+    skipped only for a user who may not mount)."""
+    from helpers.mounts import require_tmpfs, unmount
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20M", "tmpfs", str(mnt)], capture_output=True)
-    except FileNotFoundError:
-        pytest.skip("no mount command here: the full-disk test needs a 20 MB tmpfs")
-    if done.returncode != 0:
-        pytest.skip("mounting a tmpfs is not allowed here (needs root or CAP_SYS_ADMIN): "
-                    f"{done.stderr.decode().strip()}")
+    require_tmpfs(mnt, "20M")
     yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    unmount(mnt)
 
 
 @pytest.fixture(scope="module")

@@ -50,3 +50,16 @@ def test_stats_on_a_full_disk_is_one_sentence_and_keeps_the_earlier_files(small_
     assert "no space left for" in result.output and "MB free now" in result.output
     after = {p.name: p.read_bytes() for p in (data / "stats").iterdir()}
     assert after == before  # nothing half-written, nothing lost
+
+
+def test_a_tmpfs_that_root_cannot_mount_fails_instead_of_skipping(tmp_path):
+    """The full-disk and read-only tests skip only for a user who may not mount; as root (CI) they must run."""
+    from helpers.mounts import require_tmpfs
+    want = pytest.fail.Exception if os.geteuid() == 0 else pytest.skip.Exception
+    try:
+        require_tmpfs(tmp_path / "no-such-dir", "1M")
+    except BaseException as exc:  # noqa: BLE001 - a skip must not end this test as a skip
+        got = exc
+    else:
+        got = None
+    assert type(got) is want and "tmpfs" in str(got), repr(got)

@@ -188,13 +188,13 @@ def world(tmp_path_factory):
 
 def _read_only_place(mnt: Path, data: Path) -> Path | None:
     """A read-only tmpfs holding a copy of the data dir (root can write anywhere else); None where none mounts."""
+    from helpers.mounts import mount_tmpfs, unmount
     mnt.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8M", "tmpfs", str(mnt)], capture_output=True)
-    if mounted.returncode:
+    if mount_tmpfs(mnt, "8M") is not None:
         return None
     shutil.copytree(data, mnt / "data")
     if subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True).returncode:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        unmount(mnt)
         return None
     return mnt
 
