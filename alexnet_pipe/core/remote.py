@@ -51,8 +51,8 @@ def _import_error(url: str, exc: ImportError) -> UserError:
 _HANDLES: dict = {}
 
 
-def _options(url: str, fresh: bool) -> dict:
-    options = {"skip_instance_cache": True} if fresh else {}
+def _options(url: str) -> dict:
+    options = {"skip_instance_cache": True}
     if scheme(url) in ("s3", "s3a"):  # botocore's retries off (ours are below), and a refused host said soon
         options["config_kwargs"] = {"retries": {"total_max_attempts": 1}, "connect_timeout": 10, "read_timeout": 60,
                                     "max_pool_connections": POOL}
@@ -77,16 +77,19 @@ def filesystem(url: str):
     # per process, store and endpoint: fsspec's own instance cache ignores the endpoint variables
     key = (os.getpid(), scheme(url), url.split("://", 1)[1].split("/", 1)[0],
            os.environ.get("AWS_ENDPOINT_URL"), os.environ.get("AWS_ENDPOINT_URL_S3"))
+    if key in _HANDLES:  # every image's read comes here: no new parse of the URL's options, no cache lookup
+        fs = _HANDLES[key]
+        return fs, fs._strip_protocol(url)
     try:
-        fs, path = url_to_fs(url, **_options(url, fresh=key not in _HANDLES))
+        fs, path = url_to_fs(url, **_options(url))
     except ImportError as exc:
         raise _import_error(url, exc) from None
     except ValueError as exc:  # "Protocol not known"
         raise UserError(f"{url}: {exc}") from None
     if hasattr(fs, "retries") and scheme(url) in ("s3", "s3a"):
         fs.retries = 1  # s3fs's own loop
-    _HANDLES.setdefault(key, fs)
-    return _HANDLES[key], path
+    _HANDLES[key] = fs
+    return fs, path
 
 
 # --- errors -----------------------------------------------------------------------------------------------
