@@ -3,7 +3,8 @@
     python benchmarks/finish_cost.py DATA [--root ROOT] [--images 128] [--rounds 8] [--strength 0.4]
 
 Times, on DATA's first pictures decoded once: the random-resized window's resize (augment.resized_window, the
-reference), the jittered finisher (colour jitter 0.4 and per-channel normalisation into a CHW float32 view) and,
+reference), the jittered finisher (colour jitter 0.4 and per-channel normalisation into a CHW float32 view: with
+OpenCV's passes, and with numba's compiled pass where numba is installed and --root's code has it) and,
 for scale, the paper recipe's finisher (mean image, no jitter).  Each figure is the best of 5 passes over the
 images, per round; the median and best of the rounds are printed.  Best-of timings because on a shared
 machine a pass's time mostly says how much of a core it got.  --root: import alexnet_pipe from a `git archive`
@@ -48,7 +49,9 @@ def main() -> None:
     plan = augment.train_plan(n, seed=0, epoch=0, size=index.size, crop=c, sigma=0.0, crops="random-resized",
                               jitter=JitterSpec.strength(args.strength))
     windows = [augment.resized_window(images[k], plan.window[k], c, bool(plan.flip[k])) for k in range(n)]
-    modern = ViewFinisher(augment.load_normalizer(args.data / "stats", "channel", index.size), index.size, c, False)
+    channel = augment.load_normalizer(args.data / "stats", "channel", index.size)
+    modern = ViewFinisher(channel, index.size, c, False)  # jitter_cv's OpenCV passes
+    compiled = ViewFinisher(channel, index.size, c, False, jitter=True)  # jitter_fused's one pass, with numba
     paper = ViewFinisher(augment.load_normalizer(args.data / "stats", "mean-image", index.size), index.size, c, False)
     out, light = np.empty((3, c, c), np.float32), np.zeros(3, np.float32)
 
@@ -60,12 +63,18 @@ def main() -> None:
         for k in range(n):
             modern(windows[k], out, 0, 0, False, light, (plan.jitter[k], plan.jitter_order[k]))
 
+    def jittered_compiled():
+        for k in range(n):
+            compiled(windows[k], out, 0, 0, False, light, (plan.jitter[k], plan.jitter_order[k]))
+
     def plain():
         for k in range(n):
             x, y = (int(v) for v in plan.crop_xy[k] % (index.size - c + 1))
             paper(images[k][y:y + c, x:x + c], out, x, y, False, light)
 
     steps = {"resize": resize, "jittered finisher": jittered, "paper finisher": plain}
+    if compiled.fused is not None:
+        steps["jittered finisher, compiled"] = jittered_compiled
     best = {name: [] for name in steps}
     for _ in range(args.rounds):
         for name, step in steps.items():

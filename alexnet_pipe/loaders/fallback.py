@@ -271,7 +271,8 @@ class TorchLoader(BaseLoader):
             views = 10 if self.ten_crop else 1
             self._slots = SharedBatches(workers * self.PREFETCH_CPU + 3, self.layout.max_batch * views * 3 * s.crop ** 2,
                                         shared=workers > 0)
-        finisher = ViewFinisher(self.norm, self.index.size, s.crop, s.channels_last and not self.ten_crop)
+        finisher = ViewFinisher(self.norm, self.index.size, s.crop, s.channels_last and not self.ten_crop,
+                                jitter=s.color_jitter > 0 and not self.ten_crop)
         dataset = FinishedBatches(self.index, finisher, s.crop, self.ten_crop, self._slots)
         tasks = _Tasks(self._slots)
         return DataLoader(dataset, batch_size=None, sampler=tasks, num_workers=workers,

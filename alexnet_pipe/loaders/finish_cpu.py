@@ -26,8 +26,10 @@ class ViewFinisher:
     """(c, c, 3) uint8 window (already flipped; a strided view is fine) -> float32 written into `out`:
     (3, c, c), or (c, c, 3) when `channels_last` (the NHWC memory of a channels_last batch)."""
 
-    def __init__(self, norm: Normalizer, size: int, crop: int, channels_last: bool):
+    def __init__(self, norm: Normalizer, size: int, crop: int, channels_last: bool, jitter: bool = False):
         self.mode, self.size, self.crop, self.channels_last = norm.mode, size, crop, channels_last
+        # jitter: views will be jittered; the compiled pass (jitter_fused) is loaded now, before the workers fork
+        self.fused = _fused_pass() if jitter and not channels_last else None
         if norm.mode == "mean-image":
             plain = np.ascontiguousarray(norm.mean_image, np.float32)
             pair = (plain, np.ascontiguousarray(plain[:, ::-1]))  # a flipped view's mean is the flipped mean's
@@ -35,7 +37,9 @@ class ViewFinisher:
         else:
             self.mean_rgb = np.asarray(norm.mean_rgb, np.float32)
             self.inv_std = np.float32(1.0) / np.asarray(norm.std_rgb, np.float32)
-        self._planes = [np.empty((crop, crop), np.uint8) for _ in range(3)]
+        self._plane_block = np.empty((3, crop, crop), np.uint8)  # the window's planes: OpenCV splits into these
+        self._planes = list(self._plane_block)
+        self._no_mean = np.zeros((3, 1, 1), np.float32)
         self._float = np.empty((crop, crop, 3), np.float32)  # the jittered window,
         self._spare = np.empty((crop, crop, 3), np.float32)  # and the other buffer its passes alternate with
 
@@ -79,6 +83,10 @@ class ViewFinisher:
 
     def _jittered(self, window, out, x, y, flip, light, jitter):
         import cv2
+        ops = self.fused and self.fused.steps(*jitter)
+        if ops is not None:
+            cv2.split(window, self._planes)
+            return self._fused_finish(out, ops, x, y, flip, light)
         image, affine, clip = jitter_deferred_(self._float, *jitter, spare=self._spare, source=window,
                                                defer=not self.channels_last)
         if self.mode == "mean-image":  # the normalisation's affine part: u -> scale u + shift, in each channel
@@ -98,6 +106,26 @@ class ViewFinisher:
                 if clip:  # the jitter's last clip, after the increasing normalisation: at the bounds it maps to
                     _clip_plane_(out[ch], float(scale[ch] * clip[1] + shift[ch]), float(shift[ch]) if clip[0] else None)
         return out if mean is None else np.subtract(out, mean, out=out)
+
+
+    def _fused_finish(self, out, ops, x, y, flip, light):
+        """The jitter and the normalisation in jitter_fused's one pass, from the planes split from the window."""
+        if self.mode == "mean-image":
+            mean, x0 = (self.means[1], self.size - self.crop - x) if flip else (self.means[0], x)
+            self.fused.finish(self._plane_block, out, *ops, light, light, light, mean, x0, y, True)
+        else:
+            self.fused.finish(self._plane_block, out, *ops, self.mean_rgb - light, self.inv_std, light,
+                              self._no_mean, 0, 0, False)
+        return out
+
+
+def _fused_pass():
+    """jitter_fused (numba's compiled jitter and normalisation), or None where numba is not installed."""
+    try:
+        from alexnet_pipe.loaders import jitter_fused
+    except ImportError:
+        return None
+    return jitter_fused
 
 
 def _clip_plane_(plane: np.ndarray, upper: float, lower: float | None) -> None:

@@ -1,0 +1,111 @@
+"""Colour jitter and the normalisation of one view in one compiled pass (numba): the torch loader's workers.
+
+jitter_cv does the jitter with OpenCV, one whole-image pass per op that can clip, one per output plane and one to
+convert uint8 to float32: each a trip through 600 KB of float32, and the passes, not the arithmetic, are the
+cost (~130 us a 224 px view, against ~80 us for the paper recipe's normalisation alone).  Here each row of the
+view goes through every op in registers and L1 (three float32 rows of the planes OpenCV split), and only the
+normalised row is written: about 30 us, plus one more read pass where contrast needs the mean grey of the image
+the ops before it made (a sum, not a write).  The ops are jitter.py's definitions in float32, in the image's
+own order, every clip in place; the normalisation after them is the unjittered path's (TorchNormalizer's float32
+operations).  Brightness, contrast and saturation only: a view with a hue factor goes through jitter_cv.
+
+numba is optional (the `numba` extra: ~200 MB with llvmlite, and only the torch loader's CPU jitter uses it):
+importing this module raises ImportError without it, and the finisher keeps jitter_cv's path.  The kernel is
+compiled for one signature when this module is imported, in the process that makes the loader (its forked
+workers inherit it); numba caches the machine code on disk (functions at module level: a closure's cache is
+never reused), so a later run loads it instead of compiling (~3 s).
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from alexnet_pipe.loaders.jitter import BRIGHTNESS, CONTRAST, HUE, IDENTITY, LUMA
+
+_ZERO, _TOP, _ONE = np.float32(0.0), np.float32(255.0), np.float32(1.0)
+_L0, _L1, _L2 = (np.float32(w) for w in LUMA)  # in float32, as the torch path's float32 batch applies them
+
+
+def steps(factors, order) -> tuple[np.ndarray, np.ndarray] | None:
+    """The image's non-identity ops in its order, as the kernel takes them: ((k,) int64 ops, (k,) float32 factors);
+    None for a view with a hue factor (jitter_cv's path)."""
+    values = np.asarray(factors, np.float32)
+    if values[HUE] != IDENTITY[HUE]:
+        return None
+    ops = [int(op) for op in order if int(op) != HUE and values[int(op)] != IDENTITY[int(op)]]
+    return np.array(ops, np.int64), values[ops].astype(np.float32)
+
+
+@numba.njit(inline="always")
+def _ops_row(r, g, b, ops, factors, n, mean_grey):
+    """The first n ops on one row of float32 planes, in place, each clipped to [0, 255] as jitter.py does
+    (brightness's lower clip left out: a factor >= 0 of pixels >= 0 is never below 0)."""
+    for k in range(n):
+        f = factors[k]
+        if ops[k] == BRIGHTNESS:
+            for x in range(r.shape[0]):
+                r[x] = min(r[x] * f, _TOP)
+                g[x] = min(g[x] * f, _TOP)
+                b[x] = min(b[x] * f, _TOP)
+        elif ops[k] == CONTRAST:
+            offset = (_ONE - f) * mean_grey
+            for x in range(r.shape[0]):
+                r[x] = min(max(r[x] * f + offset, _ZERO), _TOP)
+                g[x] = min(max(g[x] * f + offset, _ZERO), _TOP)
+                b[x] = min(max(b[x] * f + offset, _ZERO), _TOP)
+        else:  # saturation: blend with the pixel's own grey
+            rest = _ONE - f
+            for x in range(r.shape[0]):
+                grey = rest * (_L0 * r[x] + _L1 * g[x] + _L2 * b[x])
+                r[x] = min(max(r[x] * f + grey, _ZERO), _TOP)
+                g[x] = min(max(g[x] * f + grey, _ZERO), _TOP)
+                b[x] = min(max(b[x] * f + grey, _ZERO), _TOP)
+
+
+@numba.njit(inline="always")
+def _load_row(planes, y, r, g, b):
+    for x in range(r.shape[0]):
+        r[x] = np.float32(planes[0, y, x])
+    for x in range(r.shape[0]):
+        g[x] = np.float32(planes[1, y, x])
+    for x in range(r.shape[0]):
+        b[x] = np.float32(planes[2, y, x])
+
+
+# a sum's order is free here (fastmath's reassociation lets it vectorise): the mean grey is a float64 mean of
+# per-row float32 sums, as exact as the reference needs (float32 rounding of a 224-term sum)
+@numba.njit(fastmath={"reassoc", "nsz"}, nogil=True, cache=True)
+def _mean_grey(planes, ops, factors, n, r, g, b):
+    total = 0.0
+    for y in range(planes.shape[1]):
+        _load_row(planes, y, r, g, b)
+        _ops_row(r, g, b, ops, factors, n, _ZERO)  # no contrast among the first n: the mean is unused
+        row = _ZERO
+        for x in range(r.shape[0]):
+            row += _L0 * r[x] + _L1 * g[x] + _L2 * b[x]
+        total += row
+    return np.float32(total / (planes.shape[1] * planes.shape[2]))
+
+
+# planes u8 (3, c, c), out f4 (3, c, c), ops i8, factors f4, sub, mul, add f4 (3), mean f4 (3, S, S), x0, y0, has_mean
+@numba.njit("void(u1[:, :, ::1], f4[:, :, ::1], i8[::1], f4[::1], f4[::1], f4[::1], f4[::1], f4[:, :, ::1], "
+            "i8, i8, b1)", nogil=True, cache=True)
+def finish(planes, out, ops, factors, sub, mul, add, mean, x0, y0, has_mean):
+    """out = the view (three uint8 planes) jittered, then normalised: (v - sub) * mul in each channel, or
+    (v - the mean image's window at (x0, y0)) + add."""
+    c = planes.shape[2]
+    r, g, b = np.empty(c, np.float32), np.empty(c, np.float32), np.empty(c, np.float32)
+    m = _ZERO
+    for k in range(ops.shape[0]):
+        if ops[k] == CONTRAST:  # the mean grey of the image the ops before contrast made
+            m = _mean_grey(planes, ops, factors, k, r, g, b)
+    for y in range(planes.shape[1]):
+        _load_row(planes, y, r, g, b)
+        _ops_row(r, g, b, ops, factors, ops.shape[0], m)
+        for ch, row in enumerate((r, g, b)):
+            if has_mean:
+                for x in range(c):
+                    out[ch, y, x] = (row[x] - mean[ch, y0 + y, x0 + x]) + add[ch]
+            else:
+                for x in range(c):
+                    out[ch, y, x] = (row[x] - sub[ch]) * mul[ch]
