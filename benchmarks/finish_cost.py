@@ -51,7 +51,10 @@ def main() -> None:
     windows = [augment.resized_window(images[k], plan.window[k], c, bool(plan.flip[k])) for k in range(n)]
     channel = augment.load_normalizer(args.data / "stats", "channel", index.size)
     modern = ViewFinisher(channel, index.size, c, False)  # jitter_cv's OpenCV passes
-    compiled = ViewFinisher(channel, index.size, c, False, jitter=True)  # jitter_fused's one pass, with numba
+    try:  # jitter_fused's one pass, with numba (a --root from before it has no such option)
+        compiled = ViewFinisher(channel, index.size, c, False, jitter=True)
+    except TypeError:
+        compiled = None
     paper = ViewFinisher(augment.load_normalizer(args.data / "stats", "mean-image", index.size), index.size, c, False)
     out, light = np.empty((3, c, c), np.float32), np.zeros(3, np.float32)
 
@@ -73,7 +76,7 @@ def main() -> None:
             paper(images[k][y:y + c, x:x + c], out, x, y, False, light)
 
     steps = {"resize": resize, "jittered finisher": jittered, "paper finisher": plain}
-    if compiled.fused is not None:
+    if compiled is not None and compiled.fused is not None:
         steps["jittered finisher, compiled"] = jittered_compiled
     best = {name: [] for name in steps}
     for _ in range(args.rounds):
