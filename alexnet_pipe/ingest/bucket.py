@@ -42,7 +42,7 @@ def owned_name(rel: str) -> bool:
 
 
 def _in_range(rel: str, only: tuple[int, int] | None) -> bool:
-    return rel.split("/")[0] in owned.SPLITS and owned._in_range(rel, only)
+    return rel.split("/")[0] in owned.SPLITS and owned.in_range(rel, only)
 
 
 @dataclasses.dataclass

@@ -105,7 +105,7 @@ def remove_shard_dir(shard_dir: Path) -> None:
         shard_dir.unlink()
 
 
-def _in_range(name: str, only: tuple[int, int] | None) -> bool:
+def in_range(name: str, only: tuple[int, int] | None) -> bool:
     """Whether a shard entry (shard-00012, its temp dir or claim) is one of shards [A, B); all where only is None."""
     number = re.search(r"shard-(\d{5})", name)
     return only is None or (number is not None and only[0] <= int(number.group(1)) < only[1])
@@ -119,7 +119,7 @@ def clear(dd: DataDir, only: tuple[int, int] | None = None) -> None:
         folder = dd.split(split)
         if folder.is_dir() and not folder.is_symlink():
             for entry in folder.iterdir():
-                if SHARD_ENTRY.fullmatch(entry.name) and entry.name != CLAIMS_LOCK and _in_range(entry.name, only):
+                if SHARD_ENTRY.fullmatch(entry.name) and entry.name != CLAIMS_LOCK and in_range(entry.name, only):
                     remove_shard_dir(entry)
             rmdir_if_empty(folder)
     if only is not None:
