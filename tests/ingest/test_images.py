@@ -6,6 +6,7 @@ import io
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 from alexnet_pipe.ingest import images
@@ -105,3 +106,20 @@ def test_center_square_is_the_central_patch():
     assert (out == ref).all()
     up = images.center_square(smooth(20, 30), 40)  # enlarging: cubic
     assert up.shape == (40, 40, 3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 90), w=st.integers(1, 90), mode=st.sampled_from(["RGB", "L", "CMYK"]),
+       subsampling=st.sampled_from([0, 1, 2]), quality=st.integers(30, 100), min_side=st.sampled_from([0, 8, 40]),
+       seed=st.integers(0, 2 ** 16))
+def test_decode_rgb_is_decode_bgr_in_rgb_order(h, w, mode, subsampling, quality, min_side, seed):
+    """The loaders' RGB decode (libjpeg-turbo writing RGB itself, or OpenCV's BGR converted for what it leaves to
+    OpenCV: CMYK, PNG) is prepare's BGR decode with the channels reversed, pixel for pixel."""
+    buf = io.BytesIO()
+    Image.fromarray(smooth(h, w, seed)).convert(mode).save(buf, "JPEG", quality=quality, subsampling=subsampling)
+    data = buf.getvalue()
+    rgb, bgr = images.decode_rgb(data, min_side), images.decode_bgr(data, min_side)
+    assert rgb.dtype == np.uint8 and rgb.shape == bgr.shape and rgb.shape[2] == 3
+    assert np.array_equal(rgb, bgr[..., ::-1])
+    ok, png = cv2.imencode(".png", bgr)
+    assert np.array_equal(images.decode_rgb(png.tobytes()), rgb)  # the OpenCV path: the same pixels
