@@ -51,11 +51,13 @@ def main() -> None:
     windows = [augment.resized_window(images[k], plan.window[k], c, bool(plan.flip[k])) for k in range(n)]
     channel = augment.load_normalizer(args.data / "stats", "channel", index.size)
     modern = ViewFinisher(channel, index.size, c, False)  # jitter_cv's OpenCV passes
+    mean_image = augment.load_normalizer(args.data / "stats", "mean-image", index.size)
+    paper = ViewFinisher(mean_image, index.size, c, False)
     try:  # jitter_fused's one pass, with numba (a --root from before it has no such option)
-        compiled = ViewFinisher(channel, index.size, c, False, jitter=True)
+        compiled = ViewFinisher(channel, index.size, c, False, compiled=True)
+        paper_compiled = ViewFinisher(mean_image, index.size, c, False, compiled=True)
     except TypeError:
-        compiled = None
-    paper = ViewFinisher(augment.load_normalizer(args.data / "stats", "mean-image", index.size), index.size, c, False)
+        compiled = paper_compiled = None
     out, light = np.empty((3, c, c), np.float32), np.zeros(3, np.float32)
 
     def resize():
@@ -70,14 +72,15 @@ def main() -> None:
         for k in range(n):
             compiled(windows[k], out, 0, 0, False, light, (plan.jitter[k], plan.jitter_order[k]))
 
-    def plain():
+    def plain(finisher=paper):
         for k in range(n):
             x, y = (int(v) for v in plan.crop_xy[k] % (index.size - c + 1))
-            paper(images[k][y:y + c, x:x + c], out, x, y, False, light)
+            finisher(images[k][y:y + c, x:x + c], out, x, y, False, light)
 
     steps = {"resize": resize, "jittered finisher": jittered, "paper finisher": plain}
     if compiled is not None and compiled.fused is not None:
         steps["jittered finisher, compiled"] = jittered_compiled
+        steps["paper finisher, compiled"] = lambda: plain(paper_compiled)
     best = {name: [] for name in steps}
     for _ in range(args.rounds):
         for name, step in steps.items():

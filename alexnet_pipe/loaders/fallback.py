@@ -272,7 +272,7 @@ class TorchLoader(BaseLoader):
             self._slots = SharedBatches(workers * self.PREFETCH_CPU + 3, self.layout.max_batch * views * 3 * s.crop ** 2,
                                         shared=workers > 0)
         finisher = ViewFinisher(self.norm, self.index.size, s.crop, s.channels_last and not self.ten_crop,
-                                jitter=s.color_jitter > 0 and not self.ten_crop)
+                                compiled=True)
         dataset = FinishedBatches(self.index, finisher, s.crop, self.ten_crop, self._slots)
         tasks = _Tasks(self._slots)
         return DataLoader(dataset, batch_size=None, sampler=tasks, num_workers=workers,

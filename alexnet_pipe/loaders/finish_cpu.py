@@ -26,10 +26,11 @@ class ViewFinisher:
     """(c, c, 3) uint8 window (already flipped; a strided view is fine) -> float32 written into `out`:
     (3, c, c), or (c, c, 3) when `channels_last` (the NHWC memory of a channels_last batch)."""
 
-    def __init__(self, norm: Normalizer, size: int, crop: int, channels_last: bool, jitter: bool = False):
+    def __init__(self, norm: Normalizer, size: int, crop: int, channels_last: bool, compiled: bool = False):
         self.mode, self.size, self.crop, self.channels_last = norm.mode, size, crop, channels_last
-        # jitter: views will be jittered; the compiled pass (jitter_fused) is loaded now, before the workers fork
-        self.fused = _fused_pass() if jitter and not channels_last else None
+        # compiled: jitter_fused's one pass per view where numba is installed (CHW output), loaded now, before the
+        # workers fork; else OpenCV's passes
+        self.fused = _fused_pass() if compiled and not channels_last else None
         if norm.mode == "mean-image":
             plain = np.ascontiguousarray(norm.mean_image, np.float32)
             pair = (plain, np.ascontiguousarray(plain[:, ::-1]))  # a flipped view's mean is the flipped mean's
@@ -40,6 +41,7 @@ class ViewFinisher:
         self._plane_block = np.empty((3, crop, crop), np.uint8)  # the window's planes: OpenCV splits into these
         self._planes = list(self._plane_block)
         self._no_mean = np.zeros((3, 1, 1), np.float32)
+        self._no_ops = (np.zeros(0, np.int64), np.zeros(0, np.float32))
         self._float = np.empty((crop, crop, 3), np.float32)  # the jittered window,
         self._spare = np.empty((crop, crop, 3), np.float32)  # and the other buffer its passes alternate with
 
@@ -47,6 +49,9 @@ class ViewFinisher:
         light = np.asarray(light, np.float32)
         if jitter is not None and jitter[0].tolist() != _IDENTITY:
             return self._jittered(window, out, x, y, flip, light, jitter)
+        if self.fused is not None:  # the same float32 operations in one pass: the same bits
+            cv2_split(window, self._planes)
+            return self._fused_finish(out, self._no_ops, x, y, flip, light)
         mean = self._mean_window(x, y, flip)
         # the per-channel constants as OpenCV scalars (doubles, each exactly its float32): added after the mean
         # window, or subtracted (mean_rgb - light, float32 as TorchNormalizer's) and then multiplied
@@ -85,7 +90,7 @@ class ViewFinisher:
         import cv2
         ops = self.fused and self.fused.steps(*jitter)
         if ops is not None:
-            cv2.split(window, self._planes)
+            cv2_split(window, self._planes)
             return self._fused_finish(out, ops, x, y, flip, light)
         image, affine, clip = jitter_deferred_(self._float, *jitter, spare=self._spare, source=window,
                                                defer=not self.channels_last)
@@ -117,6 +122,11 @@ class ViewFinisher:
             self.fused.finish(self._plane_block, out, *ops, self.mean_rgb - light, self.inv_std, light,
                               self._no_mean, 0, 0, False)
         return out
+
+
+def cv2_split(window: np.ndarray, planes: list) -> None:
+    import cv2
+    cv2.split(window, planes)
 
 
 def _fused_pass():

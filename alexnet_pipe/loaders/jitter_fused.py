@@ -7,7 +7,10 @@ view goes through every op in registers and L1 (three float32 rows of the planes
 normalised row is written: about 30 us, plus one more read pass where contrast needs the mean grey of the image
 the ops before it made (a sum, not a write).  The ops are jitter.py's definitions in float32, in the image's
 own order, every clip in place; the normalisation after them is the unjittered path's (TorchNormalizer's float32
-operations).  Brightness, contrast and saturation only: a view with a hue factor goes through jitter_cv.
+operations).  Brightness, contrast and saturation only: a view with a hue factor goes through jitter_cv.  With
+no op (the paper's recipe, evaluation) it is the normalisation alone, bit for bit TorchNormalizer's (no fused
+multiply-add: numba leaves LLVM's contraction off without fastmath), ~30 against ~60-80 us for OpenCV's
+three planes of subtract and add.
 
 numba is optional (the `numba` extra: ~200 MB with llvmlite, and only the torch loader's CPU jitter uses it):
 importing this module raises ImportError without it, and the finisher keeps jitter_cv's path.  The kernel is

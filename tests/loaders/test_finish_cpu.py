@@ -101,11 +101,14 @@ def _finish(finisher, crops, xs, ys, flips, light, channels_last, jitter_draw=No
 
 
 @pytest.mark.parametrize("mode", ["mean-image", "channel"])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_finisher_equals_torch_normalizer_bit_for_bit(mode, channels_last):
+@pytest.mark.parametrize("channels_last, compiled", [(False, False), (True, False), (False, True)])
+def test_finisher_equals_torch_normalizer_bit_for_bit(mode, channels_last, compiled):
+    """OpenCV's passes, or numba's one pass (jitter_fused, CHW): TorchNormalizer's float32 operations either way."""
     n, size, c = 12, 20, 16
     norm, crops, xs, ys, flips, light = normalizer_case(np.random.default_rng(8), mode, n, size, c)
-    got = _finish(ViewFinisher(norm, size, c, channels_last), crops, xs, ys, flips, light, channels_last)
+    finisher = ViewFinisher(norm, size, c, channels_last, compiled=compiled)
+    assert (finisher.fused is not None) == compiled
+    got = _finish(finisher, crops, xs, ys, flips, light, channels_last)
     np.testing.assert_allclose(got.numpy(), reference_normalize(crops, xs, ys, flips, light, norm, size),
                                rtol=1e-5, atol=1e-3)
     want = TorchNormalizer(norm, size, c)(torch.from_numpy(crops), xs, ys, flips, light, channels_last)

@@ -44,7 +44,7 @@ def test_every_order_and_factor_matches_the_reference(mode, bright):
         rows.append([*fs, 0.0])
         orders.append([*perm, HUE])
     norm, size, c, case = _case(3, mode, rows, orders, bright)
-    finisher = ViewFinisher(norm, size, c, channels_last=False, jitter=True)
+    finisher = ViewFinisher(norm, size, c, channels_last=False, compiled=True)
     assert finisher.fused is jitter_fused  # numba is in the test extra: this pass, not jitter_cv's
     got = _finish(finisher, *case)
     np.testing.assert_allclose(got, jittered_reference(*case[:1], case[5], case[6], *case[1:5], norm, size),
@@ -59,7 +59,7 @@ def test_views_with_a_hue_factor_or_identities_take_their_own_paths():
     rng = np.random.default_rng(4)
     factors, order = JitterSpec.strength(0.6, 0.2).draw(rng, 8)
     norm, size, c, case = _case(5, "channel", factors, order)
-    got = _finish(ViewFinisher(norm, size, c, channels_last=False, jitter=True), *case)
+    got = _finish(ViewFinisher(norm, size, c, channels_last=False, compiled=True), *case)
     np.testing.assert_allclose(got, jittered_reference(case[0], factors, order, *case[1:5], norm, size),
                                **TOLERANCE["channel"])
 
@@ -71,16 +71,16 @@ def test_views_with_a_hue_factor_or_identities_take_their_own_paths():
        order=st.permutations([BRIGHTNESS, CONTRAST, SATURATION, HUE]), bright=st.booleans())
 def test_generated_views_match_the_reference(seed, mode, factors, order, bright):
     norm, size, c, case = _case(seed, mode, [[*factors, 0.0]], [order], bright)
-    got = _finish(ViewFinisher(norm, size, c, channels_last=False, jitter=True), *case)
+    got = _finish(ViewFinisher(norm, size, c, channels_last=False, compiled=True), *case)
     np.testing.assert_allclose(got, jittered_reference(case[0], case[5], case[6], *case[1:5], norm, size),
                                **TOLERANCE[mode])
 
 
 def test_the_finisher_uses_the_compiled_pass_only_when_asked_and_not_for_channels_last():
     norm, *_ = normalizer_case(np.random.default_rng(1), "channel", 1, 20, 16)
-    assert ViewFinisher(norm, 20, 16, channels_last=False, jitter=True).fused is jitter_fused
+    assert ViewFinisher(norm, 20, 16, channels_last=False, compiled=True).fused is jitter_fused
     assert ViewFinisher(norm, 20, 16, channels_last=False).fused is None
-    assert ViewFinisher(norm, 20, 16, channels_last=True, jitter=True).fused is None
+    assert ViewFinisher(norm, 20, 16, channels_last=True, compiled=True).fused is None
 
 
 @pytest.mark.parametrize("workers", [0, 2])
