@@ -2,8 +2,8 @@
 
 Starts a local S3 server (moto, in its own process: `pip install 'moto[server]'`), writes a synthetic tree, then
 times: prepare SRC --data LOCAL (the baseline), prepare SRC --data s3://... (same settings, its uploads timed
-apart), and pull s3://... DIR. Prints one JSON object: images/s of both prepares and their ratio, the upload's and
-the pull's MB/s. A local moto server is a Python process on the same cores: its MB/s is a floor, not a cloud's.
+apart), and pull s3://... DIR one file at a time and --pull-jobs at a time (alternated, --pull-rounds each,
+medians). Prints one JSON object: images/s of both prepares and their ratio, the upload's and the pulls' MB/s. A local moto server is a Python process on the same cores: its MB/s is a floor, not a cloud's.
 
     .venv/bin/python benchmarks/bucket_throughput.py --images 400 --size 256 --encoding raw
 """
@@ -27,6 +27,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--encoding", default="raw")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--pull-jobs", type=int, default=4)
+    ap.add_argument("--pull-rounds", type=int, default=3)
     a = ap.parse_args()
     from helpers.s3server import S3Server
     from alexnet_pipe.core import remote
@@ -58,7 +60,12 @@ def main() -> None:
         run(PrepareSettings(data=url, scratch=root, **settings), echo=lambda *_: None)
         bucket_s = time.perf_counter() - t0
         remote.put_file = put
-        pulled = pull(url, root / "pulled")
+        pulls = {}  # one file at a time against --pull-jobs at a time, alternated
+        for k in range(a.pull_rounds):
+            for jobs in (1, a.pull_jobs):
+                done = pull(url, root / f"pulled-{jobs}-{k}", jobs=jobs)
+                pulls.setdefault(jobs, []).append(done["bytes"] / 1e6 / done["seconds"])
+        pulled_mb = {jobs: sorted(v)[len(v) // 2] for jobs, v in pulls.items()}
         images = base["written_now"]
         print(json.dumps({
             "images": images, "size": a.size, "encoding": a.encoding, "workers": a.workers,
@@ -67,7 +74,9 @@ def main() -> None:
             "uploaded_mb": round(uploads["bytes"] / 1e6, 1),
             "upload_mb_per_sec": round(uploads["bytes"] / 1e6 / uploads["seconds"], 1),
             "upload_share_of_bucket_run": round(uploads["seconds"] / bucket_s, 3),
-            "pull_mb_per_sec": round(pulled["bytes"] / 1e6 / pulled["seconds"], 1)}))
+            "pull_mb_per_sec_one_file_at_a_time": round(pulled_mb[1], 1),
+            f"pull_mb_per_sec_{a.pull_jobs}_at_a_time": round(pulled_mb[a.pull_jobs], 1),
+            "pull_jobs_over_one": round(pulled_mb[a.pull_jobs] / pulled_mb[1], 2)}))
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)  # our own mkdtemp

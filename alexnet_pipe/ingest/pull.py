@@ -153,8 +153,26 @@ def _already_here(url: str, dest: Path, wanted: list[Wanted]) -> list[str]:
     return kept
 
 
-def pull(url: str, dest: Path, stream=None) -> dict:
-    """Fetch the data dir at url into dest; returns {"fetched": [...], "kept": [...], "bytes", "seconds"}."""
+def _fetch_all(url: str, dest: Path, todo: list[Wanted], jobs: int, progress) -> None:
+    """Each file fetched and checked, `jobs` at a time: one stream from a store carries a fraction of a node's
+    bandwidth (and a shard's check is CPU), so several files are in flight. The first failure stops the files
+    not yet started and is raised once those in flight have ended (each is whole under its name, or a part)."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="pull") as pool:
+        futures = {pool.submit(_fetch, url, want, dest / want.rel): want for want in todo}
+        try:
+            for done in as_completed(futures):
+                done.result()
+                progress.update(1, futures[done].rel)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def pull(url: str, dest: Path, stream=None, jobs: int = 4) -> dict:
+    """Fetch the data dir at url into dest, `jobs` files at a time; returns {"fetched": [...], "kept": [...],
+    "bytes", "seconds"}."""
     from alexnet_pipe.core.progress import Progress
     t0 = time.perf_counter()
     objects = remote.listing(url)
@@ -167,10 +185,9 @@ def pull(url: str, dest: Path, stream=None) -> dict:
     kept = _already_here(url, dest, wanted)
     todo = [w for w in wanted if w.rel not in set(kept)]
     progress = Progress(len(todo), "pull", unit=" files", stream=stream, every=5.0)
-    try:
-        for want in todo:
-            _fetch(url, want, dest / want.rel)
-            progress.update(1, want.rel)
+    try:  # each shard's meta.json (what marks a shard written) after every data file, as prepare writes them
+        for phase in (False, True):
+            _fetch_all(url, dest, [w for w in todo if w.rel.endswith("/" + SHARD_META) == phase], jobs, progress)
     finally:
         progress.close()
     os.replace(staged, dest / MANIFEST)  # last: DIR is a data dir from here on

@@ -118,3 +118,34 @@ def test_commands_that_read_a_data_dir_point_a_bucket_url_to_pull(words):
     assert result.output.splitlines()[-1].endswith("s3://my-bucket/alexnet-data is a bucket URL; this command reads "
                                                    "a local data dir: copy it first with `alexnet-pipe pull "
                                                    "s3://my-bucket/alexnet-data DIR` (docs/buckets.md)")
+
+
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_pull_fetches_jobs_files_at_a_time_and_each_meta_json_after_the_data(uploaded, prepared, tmp_path,
+                                                                              monkeypatch, jobs):
+    """--jobs files in flight at once (never more), and every shard's meta.json only once all data files are
+    here: a dir stopped midway never holds a shard's meta.json without its data."""
+    import threading
+    import time
+    from alexnet_pipe.ingest import pull as pull_module
+    fetch, lock, state = pull_module._fetch, threading.Lock(), {"now": 0, "most": 0, "order": []}
+
+    def counted(url, want, local):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.05)  # long enough for the others to start
+        try:
+            return fetch(url, want, local)
+        finally:
+            with lock:
+                state["now"] -= 1
+                state["order"].append(want.rel)
+
+    monkeypatch.setattr(pull_module, "_fetch", counted)
+    result = _cli("pull", uploaded[1], tmp_path / "p", "--jobs", jobs)
+    assert result.exit_code == 0, result.output
+    assert _files(tmp_path / "p") == _files(prepared)
+    assert state["most"] == jobs
+    metas = [i for i, rel in enumerate(state["order"]) if rel.endswith("/meta.json")]
+    assert metas and min(metas) == len(state["order"]) - len(metas)
