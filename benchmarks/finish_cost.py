@@ -5,15 +5,16 @@
 Times, on DATA's first pictures decoded once: the random-resized window's resize (augment.resized_window, the
 reference), the jittered finisher (colour jitter 0.4 and per-channel normalisation into a CHW float32 view: with
 OpenCV's passes, and with numba's compiled pass where numba is installed and --root's code has it) and,
-for scale, the paper recipe's finisher (mean image, no jitter).  Each figure is the best of 5 passes over the
-images, per round; the median and best of the rounds are printed.  Best-of timings because on a shared
-machine a pass's time mostly says how much of a core it got.  --root: import alexnet_pipe from a `git archive`
+for scale, the paper recipe's finisher (mean image, no jitter; OpenCV's and compiled).  Each figure is the best
+of 5 passes over the images, per round, in the thread's CPU time; the median and best of the rounds are printed.
+CPU time and best-of because on a shared machine a pass's wall clock mostly says how much of a core it got.  --root: import alexnet_pipe from a `git archive`
 copy instead (run it alternately with and without to compare two commits in the same minutes).
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 import timeit
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def main() -> None:
     best = {name: [] for name in steps}
     for _ in range(args.rounds):
         for name, step in steps.items():
-            best[name].append(min(timeit.repeat(step, number=1, repeat=5)) / n * 1e6)
+            best[name].append(min(timeit.Timer(step, timer=time.thread_time).repeat(number=1, repeat=5)) / n * 1e6)
     for name, times in best.items():
         print(f"{name}: {float(np.median(times)):.1f} us an image (median of {args.rounds} rounds' bests; "
               f"best {min(times):.1f})")

@@ -90,6 +90,18 @@ def _mean_grey(planes, ops, factors, n, r, g, b):
     return np.float32(total / (planes.shape[1] * planes.shape[2]))
 
 
+@numba.njit(inline="always")
+def _minus_plus(row, mean_row, add, target):
+    for x in range(row.shape[0]):
+        target[x] = (row[x] - mean_row[x]) + add
+
+
+@numba.njit(inline="always")
+def _minus_times(row, sub, mul, target):
+    for x in range(row.shape[0]):
+        target[x] = (row[x] - sub) * mul
+
+
 # planes u8 (3, c, c), out f4 (3, c, c), ops i8, factors f4, sub, mul, add f4 (3), mean f4 (3, S, S), x0, y0, has_mean
 @numba.njit("void(u1[:, :, ::1], f4[:, :, ::1], i8[::1], f4[::1], f4[::1], f4[::1], f4[::1], f4[:, :, ::1], "
             "i8, i8, b1)", nogil=True, cache=True)
@@ -105,10 +117,12 @@ def finish(planes, out, ops, factors, sub, mul, add, mean, x0, y0, has_mean):
     for y in range(planes.shape[1]):
         _load_row(planes, y, r, g, b)
         _ops_row(r, g, b, ops, factors, ops.shape[0], m)
-        for ch, row in enumerate((r, g, b)):
-            if has_mean:
-                for x in range(c):
-                    out[ch, y, x] = (row[x] - mean[ch, y0 + y, x0 + x]) + add[ch]
-            else:
-                for x in range(c):
-                    out[ch, y, x] = (row[x] - sub[ch]) * mul[ch]
+        if has_mean:  # on 1-D rows: these loops vectorise, 3-D indexing did not (~4x slower)
+            _minus_plus(r, mean[0, y0 + y, x0:x0 + c], add[0], out[0, y])
+            _minus_plus(g, mean[1, y0 + y, x0:x0 + c], add[1], out[1, y])
+            _minus_plus(b, mean[2, y0 + y, x0:x0 + c], add[2], out[2, y])
+        else:
+            _minus_times(r, sub[0], mul[0], out[0, y])
+            _minus_times(g, sub[1], mul[1], out[1, y])
+            _minus_times(b, sub[2], mul[2], out[2, y])
+
