@@ -1,4 +1,5 @@
-"""The float work of one view on the CPU, in numpy and OpenCV: base.TorchNormalizer's, for a DataLoader worker.
+"""The float work of one view on the CPU, in numpy and OpenCV or numba: base.TorchNormalizer's, for a DataLoader
+worker.
 
 The torch loader on the CPU finishes each view where it is decoded, so the main process only hands batches
 on: with several workers on many cores a main process doing the float work was the ceiling (~250 us an
@@ -8,7 +9,9 @@ light`, or `(crop - (mean_rgb - light)) * (1 / std)`): the output equals the DAL
 jitter (jitter_cv), the affine map left after the jitter's last clip and the normalisation's affine part
 are one ``cv2.transform`` pass per output plane: float32 rounding apart from separate ops (~1e-3 grey levels);
 and where only brightness follows that last clip, the clip itself waits until after the normalisation
-(increasing in each channel, so clipping commutes with it at the mapped bounds): one HWC pass fewer.
+(increasing in each channel, so clipping commutes with it at the mapped bounds): one HWC pass fewer.  Where numba
+is installed and the finisher is asked to (`compiled`, CHW output), jitter_fused does all of it in one pass per
+view instead: the same results (bit for bit without jitter), at ~0.7x the CPU time.
 """
 from __future__ import annotations
 
@@ -111,7 +114,6 @@ class ViewFinisher:
                 if clip:  # the jitter's last clip, after the increasing normalisation: at the bounds it maps to
                     _clip_plane_(out[ch], float(scale[ch] * clip[1] + shift[ch]), float(shift[ch]) if clip[0] else None)
         return out if mean is None else np.subtract(out, mean, out=out)
-
 
     def _fused_finish(self, out, ops, x, y, flip, light):
         """The jitter and the normalisation in jitter_fused's one pass, from the planes split from the window."""
