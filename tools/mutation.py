@@ -185,6 +185,9 @@ def run(name: str, group: Group, children: int, only: str | None = None, report:
         where = prepare(name, group)
         mutmut(where, "run", "--max-children", str(children), *group.functions)
     verdicts = outcomes(where, group)
+    if only and not verdicts:  # mutmut itself answers a filter that matches nothing with a traceback, exit 1
+        raise SystemExit(f"--only '{only}' matched no mutant of the {name} group (mutmut's names: "
+                         f"'*x_FUNCTION__mutmut_N', '*xǁCLASSǁMETHOD__mutmut_N'; see .mutation/{name}/mutants).")
     found = [m for m, v in verdicts.items() if v == "survived"]
     shows = [mutmut(where, "show", m, capture=True) for m in found]
     (where / "survivors.txt").write_text("".join(f"== {m}\n{text}\n" for m, text in zip(found, shows)))

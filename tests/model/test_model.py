@@ -354,3 +354,19 @@ def test_init_weights_finds_the_paper_s_layers_inside_a_wrapper():
     biases = {name.split(".")[-2]: p for name, p in wrapped.named_parameters() if name.endswith("bias")}
     assert {n for n, b in biases.items() if torch.all(b == 0.5)} == {"conv2", "conv4", "conv5", "fc6", "fc7"}
     assert {n for n, b in biases.items() if torch.all(b == 0)} == {"conv1", "conv3", "fc8"}
+
+
+def test_the_memory_check_weighs_four_bytes_a_weight_and_says_so(monkeypatch):
+    """build_model compares the float32 weights with the memory available before making them: the paper's
+    60,965,224 weights (docs/paper.md) need exactly 4 bytes each; a byte less is one sentence naming them."""
+    import alexnet_pipe.core.memory as memory
+    from alexnet_pipe.core.errors import UserError
+    paper = 60_965_224
+    monkeypatch.setattr(memory, "available_bytes", lambda: 4 * paper - 1)
+    with pytest.raises(UserError) as refused:
+        build_model()
+    said = str(refused.value)
+    assert said.startswith("an alexnet of width 1 with 60,965,224 weights needs 0.227 GiB of memory"), said
+    assert said.endswith(": choose a smaller width"), said
+    monkeypatch.setattr(memory, "available_bytes", lambda: 4 * paper)
+    assert count_parameters(build_model()) == paper
