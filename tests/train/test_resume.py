@@ -271,3 +271,14 @@ def test_an_elastic_restart_resumes_from_the_newest_checkpoint_and_a_first_start
         monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", count)
         assert resume_path(s) == expected, count
     assert resume_path(dataclasses.replace(s, resume=str(run / "ckpt-00000009.pt"))) == run / "ckpt-00000009.pt"
+
+
+def test_the_newest_checkpoint_is_the_highest_step_past_eight_digits(tmp_path):
+    """Names are padded to eight digits; a step past 99,999,999 gets nine, and sorting the names as text would put
+    it first (a resume from an older checkpoint, the newest pruned as the oldest)."""
+    from alexnet_pipe.train.checkpoint import checkpoints
+    steps = [5, 99_999_999, 100_000_000, 100_000_001]
+    for step in steps:
+        (tmp_path / f"ckpt-{step:08d}.pt").write_bytes(b"")
+    assert [int(p.stem.split("-")[1]) for p in checkpoints(tmp_path)] == steps
+    assert latest_checkpoint(tmp_path) == tmp_path / "ckpt-100000001.pt"
