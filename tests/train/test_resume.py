@@ -251,3 +251,34 @@ def test_a_checkpoint_saves_the_cuda_generator_only_on_a_gpu(monkeypatch):
                         lambda device: marker if device == torch.device("cuda", 1) else None)
     assert rng_state(torch.device("cuda", 1))["cuda"] is marker
     assert "cuda" not in rng_state(torch.device("cpu"))
+
+
+def test_an_elastic_restart_resumes_from_the_newest_checkpoint_and_a_first_start_from_none(tmp_path, monkeypatch):
+    """torchrun's restart count is the only sign that a worker group was restarted after a failure (the slow
+    test_killed_worker_restarts_from_checkpoint runs one): the restarted run must pick up its newest checkpoint
+    without --resume, and a first start (count 0, or no torchrun) must not."""
+    from alexnet_pipe.train.checkpoint import resume_path
+    run = tmp_path / "r"
+    run.mkdir()
+    for step in (2, 10, 9):
+        (run / f"ckpt-{step:08d}.pt").write_bytes(b"")
+    newest, s = run / "ckpt-00000010.pt", TrainSettings(run=str(run))
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+    assert resume_path(s) is None
+    assert resume_path(dataclasses.replace(s, resume="latest")) == newest
+    assert resume_path(dataclasses.replace(s, resume=str(run / "ckpt-00000002.pt"))) == run / "ckpt-00000002.pt"
+    for count, expected in (("0", None), ("1", newest), ("2", newest)):
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", count)
+        assert resume_path(s) == expected, count
+    assert resume_path(dataclasses.replace(s, resume=str(run / "ckpt-00000009.pt"))) == run / "ckpt-00000009.pt"
+
+
+def test_the_newest_checkpoint_is_the_highest_step_past_eight_digits(tmp_path):
+    """Names are padded to eight digits; a step past 99,999,999 gets nine, and sorting the names as text would put
+    it first (a resume from an older checkpoint, the newest pruned as the oldest)."""
+    from alexnet_pipe.train.checkpoint import checkpoints
+    steps = [5, 99_999_999, 100_000_000, 100_000_001]
+    for step in steps:
+        (tmp_path / f"ckpt-{step:08d}.pt").write_bytes(b"")
+    assert [int(p.stem.split("-")[1]) for p in checkpoints(tmp_path)] == steps
+    assert latest_checkpoint(tmp_path) == tmp_path / "ckpt-100000001.pt"

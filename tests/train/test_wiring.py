@@ -158,3 +158,21 @@ def test_an_fp16_run_steps_through_its_loss_scaler(tmp_path):
     run_training(tiny(tmp_path / "r", max_steps=3, precision="fp16"))
     scaler = load_checkpoint(latest_checkpoint(tmp_path / "r"))["scaler"]
     assert scaler["_growth_tracker"] == 3 or scaler["scale"] < 2.0 ** 16, scaler
+
+
+@pytest.mark.parametrize("bias_decay", [True, False])
+def test_the_run_s_optimiser_gets_its_bias_lr_and_bias_decay_settings(bias_decay, tmp_path):
+    """--bias-lr-mult and --bias-decay reach the optimiser the run trains with: each bias (a 1-D parameter) at
+    lr x the multiplier, decayed only when asked; each weight at the lr, decayed (defaults in between would
+    train other biases without a word)."""
+    from alexnet_pipe.train.loop import make_opt
+    from alexnet_pipe.train.optim import set_lr
+    s = dataclasses.replace(tiny(tmp_path / "r"), lr=0.1, weight_decay=0.01, bias_lr_mult=3.0, bias_decay=bias_decay)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 2))
+    opt = make_opt(s, model)
+    set_lr(opt, s.lr)
+    for param in model.parameters():
+        group = next(g for g in opt.param_groups if any(p is param for p in g["params"]))
+        bias = param.dim() == 1
+        assert group["lr"] == pytest.approx(0.1 * (3.0 if bias else 1.0)), (param.shape, group["lr"])
+        assert group["weight_decay"] == (0.01 if (bias_decay or not bias) else 0.0), (param.shape, group)
