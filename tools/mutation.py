@@ -84,6 +84,8 @@ GROUPS = {
                    "tests/train/test_modern_recipe.py::test_make_loaders_passes_the_modern_settings",
                    "tests/train/test_modern_recipe.py::test_train_step_smooths_the_loss",
                    "tests/train/test_resume.py::test_dropout_seed_is_a_function_of_seed_rank_and_step",
+                   # the SIGTERM check after each step of one process (the slow test's runs are subprocesses)
+                   "tests/train/test_preemption.py::test_a_single_process_run_stops_at_the_step_the_notice_came_in",
                    # restore's loss-scaler lines: only an fp16 resume reaches them
                    "tests/train/test_precision.py::test_fp16_resume_replays_the_loss_scale"),
                   markers="not gpu and not dali",

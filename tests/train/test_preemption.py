@@ -71,3 +71,29 @@ def test_sigterm_checkpoints_exits_75_and_resume_continues_exactly(tmp_path, npr
     reference = tmp_path / "reference"
     run_training(tiny(reference, dropout=0.0, max_steps=target, nproc=int(nproc), num_classes=5, epochs=1000))
     assert_same_weights(weights(run), weights(reference), atol=1e-5)
+
+
+def test_a_single_process_run_stops_at_the_step_the_notice_came_in(tmp_path, monkeypatch):
+    """One process checks for SIGTERM after every step, not only at a metrics row: the notice given during step 3
+    (of rows every 4) stops the run after step 3, with its row and checkpoint. In this process, so that a mutation
+    tool sees train() called (the test above runs it in processes of its own)."""
+    import alexnet_pipe.train.loop as trainer
+    from alexnet_pipe.core.errors import Preempted
+    take_step = trainer.take_step
+
+    def noticed_during_step_3(run, batches):
+        take_step(run, batches)
+        if run.pos.step == 3:
+            signal.raise_signal(signal.SIGTERM)  # the handler train() installed notes it; the step is whole
+
+    monkeypatch.setattr(trainer, "take_step", noticed_during_step_3)
+    previous = signal.getsignal(signal.SIGTERM)
+    run = tmp_path / "run"
+    try:
+        with pytest.raises(Preempted, match="stopped by SIGTERM after step 3"):
+            trainer.train(tiny(run, log_every=4, synthetic_steps=8, epochs=2))
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # a preempted train() leaves its handler (its process exits)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [3]
+    assert sorted(p.name for p in run.glob("ckpt-*.pt")) == ["ckpt-00000003.pt"]
