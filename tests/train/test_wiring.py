@@ -158,3 +158,20 @@ def test_an_fp16_run_steps_through_its_loss_scaler(tmp_path):
     run_training(tiny(tmp_path / "r", max_steps=3, precision="fp16"))
     scaler = load_checkpoint(latest_checkpoint(tmp_path / "r"))["scaler"]
     assert scaler["_growth_tracker"] == 3 or scaler["scale"] < 2.0 ** 16, scaler
+
+
+def test_train_sets_the_process_up_on_the_device_the_settings_name(tmp_path, monkeypatch):
+    """train() asks for the settings' device: a run asked for CUDA that got the CPU would train in fp32 (the
+    precision follows the device) and slowly, without a word. A stand-in for the process set-up records what it
+    was asked for and answers with the CPU, where this test runs."""
+    import alexnet_pipe.train.distributed as distributed
+    import alexnet_pipe.train.loop as trainer
+    asked = []
+
+    def init(device: str = "cpu"):
+        asked.append(device)
+        return 0, 1, 0, torch.device("cpu")
+
+    monkeypatch.setattr(distributed, "init", init)
+    trainer.train(tiny(tmp_path / "r", device="cuda", max_steps=1))
+    assert asked == ["cuda"]
