@@ -175,3 +175,13 @@ def test_train_sets_the_process_up_on_the_device_the_settings_name(tmp_path, mon
     monkeypatch.setattr(distributed, "init", init)
     trainer.train(tiny(tmp_path / "r", device="cuda", max_steps=1))
     assert asked == ["cuda"]
+
+
+def test_the_summary_s_seconds_are_the_run_s_own_time(tmp_path):
+    """The summary's seconds are the training loop's time: more than nothing and within the time train() took,
+    measured around it here."""
+    import time
+    from alexnet_pipe.train.loop import train
+    t0 = time.perf_counter()
+    result = train(tiny(tmp_path / "r", max_steps=1))
+    assert 0 < result["seconds"] <= time.perf_counter() - t0
