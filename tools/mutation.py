@@ -84,8 +84,9 @@ GROUPS = {
                    "tests/train/test_modern_recipe.py::test_make_loaders_passes_the_modern_settings",
                    "tests/train/test_modern_recipe.py::test_train_step_smooths_the_loss",
                    "tests/train/test_resume.py::test_dropout_seed_is_a_function_of_seed_rank_and_step",
-                   # the SIGTERM check after each step of one process (the slow test's runs are subprocesses)
+                   # preemption in this process (the slow test's runs are subprocesses): the check, the best mark
                    "tests/train/test_preemption.py::test_a_single_process_run_stops_at_the_step_the_notice_came_in",
+                   "tests/train/test_preemption.py::test_a_preempted_run_s_checkpoint_is_not_marked_best",
                    # save's refusal of a model whose outputs overflow, at the run's last step
                    "tests/train/test_finite.py::"
                    "test_a_run_that_diverges_at_its_first_step_saves_nothing_and_the_advice_runs",
