@@ -81,6 +81,8 @@ GROUPS = {
                    "tests/train/test_train.py::test_lighting_scale_reaches_the_loader",
                    "tests/train/test_resume.py::test_a_non_finite_loss_stops_the_run_and_never_becomes_a_checkpoint",
                    "tests/train/test_resume.py::test_allowed_changes_pass_and_are_written_as_an_event_row",
+                   # save's data fingerprint: only a resume on other data reads it
+                   "tests/train/test_resume.py::test_a_resume_on_other_data_is_refused",
                    "tests/train/test_modern_recipe.py::test_make_loaders_passes_the_modern_settings",
                    "tests/train/test_modern_recipe.py::test_train_step_smooths_the_loss",
                    "tests/train/test_resume.py::test_dropout_seed_is_a_function_of_seed_rank_and_step",
