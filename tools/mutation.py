@@ -81,9 +81,18 @@ GROUPS = {
                    "tests/train/test_train.py::test_lighting_scale_reaches_the_loader",
                    "tests/train/test_resume.py::test_a_non_finite_loss_stops_the_run_and_never_becomes_a_checkpoint",
                    "tests/train/test_resume.py::test_allowed_changes_pass_and_are_written_as_an_event_row",
+                   # save's data fingerprint: only a resume on other data reads it
+                   "tests/train/test_resume.py::test_a_resume_on_other_data_is_refused",
                    "tests/train/test_modern_recipe.py::test_make_loaders_passes_the_modern_settings",
                    "tests/train/test_modern_recipe.py::test_train_step_smooths_the_loss",
                    "tests/train/test_resume.py::test_dropout_seed_is_a_function_of_seed_rank_and_step",
+                   # preemption in this process (the slow test's runs are subprocesses): the check, the best mark
+                   "tests/train/test_preemption.py::test_a_single_process_run_stops_at_the_step_the_notice_came_in",
+                   "tests/train/test_preemption.py::test_a_preempted_run_s_checkpoint_is_not_marked_best",
+                   # save's refusal of a model whose outputs overflow, at the run's last step
+                   "tests/train/test_finite.py::"
+                   "test_a_run_that_diverges_at_its_first_step_saves_nothing_and_the_advice_runs",
+                   "tests/train/test_finite.py::test_a_run_that_ends_by_its_epochs_refuses_outputs_that_are_not_finite",
                    # restore's loss-scaler lines: only an fp16 resume reaches them
                    "tests/train/test_precision.py::test_fp16_resume_replays_the_loss_scale"),
                   markers="not gpu and not dali",

@@ -106,3 +106,14 @@ def test_evaluate_refuses_a_model_whose_outputs_are_not_finite(scale, why, data,
     for words in (["evaluate", bad], ["evaluate", good, bad]):  # alone, or as an ensemble member
         line = error_line(run(*words, "--data", data, "--loader", "torch"))
         assert f"{bad} gives outputs that are not finite numbers" in line, (why, line)
+
+
+def test_a_run_that_ends_by_its_epochs_refuses_outputs_that_are_not_finite(tmp_path):
+    """The last epoch's end is a run's end too: --lr 1e30 over one epoch of one step (no --max-steps) overflows
+    every output, and the run stops with the divergence sentence instead of saving that model and finishing."""
+    from alexnet_pipe.train.loop import train
+    from helpers.training import tiny
+    run = tmp_path / "r"
+    with pytest.raises(UserError, match="the model's outputs at step 1 are not finite"):
+        train(tiny(run, lr=1e30, epochs=1, synthetic_steps=1))
+    assert not list(run.glob("*.pt"))

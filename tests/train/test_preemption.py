@@ -71,3 +71,47 @@ def test_sigterm_checkpoints_exits_75_and_resume_continues_exactly(tmp_path, npr
     reference = tmp_path / "reference"
     run_training(tiny(reference, dropout=0.0, max_steps=target, nproc=int(nproc), num_classes=5, epochs=1000))
     assert_same_weights(weights(run), weights(reference), atol=1e-5)
+
+
+
+def _preempted_during(step: int, settings, monkeypatch) -> str:
+    """train() in this process (so that a mutation tool sees it called; the test above runs it in processes of its
+    own) with a SIGTERM given during `step`; -> the Preempted message."""
+    import alexnet_pipe.train.loop as trainer
+    from alexnet_pipe.core.errors import Preempted
+    take_step = trainer.take_step
+
+    def noticed(run, batches):
+        take_step(run, batches)
+        if run.pos.step == step:
+            signal.raise_signal(signal.SIGTERM)  # the handler train() installed notes it; the step is whole
+
+    monkeypatch.setattr(trainer, "take_step", noticed)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(Preempted) as stopped:
+            trainer.train(settings)
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # a preempted train() leaves its handler (its process exits)
+    return str(stopped.value)
+
+
+def test_a_single_process_run_stops_at_the_step_the_notice_came_in(tmp_path, monkeypatch):
+    """One process checks for SIGTERM after every step, not only at a metrics row: the notice given during step 3
+    (of rows every 4) stops the run after step 3, with its row and checkpoint."""
+    run = tmp_path / "run"
+    message = _preempted_during(3, tiny(run, log_every=4, synthetic_steps=8, epochs=2), monkeypatch)
+    assert "stopped by SIGTERM after step 3" in message, message
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [3]
+    assert sorted(p.name for p in run.glob("ckpt-*.pt")) == ["ckpt-00000003.pt"]
+
+
+def test_a_preempted_run_s_checkpoint_is_not_marked_best(tmp_path, monkeypatch):
+    """best.pt is the model of the best evaluation: epoch 1's (step 4), not the unevaluated one a SIGTERM in
+    epoch 2 checkpoints (step 6)."""
+    from alexnet_pipe.train.checkpoint import load_checkpoint
+    run = tmp_path / "run"
+    _preempted_during(6, tiny(run, eval_every=1, synthetic_steps=4, epochs=3), monkeypatch)
+    assert (run / "ckpt-00000006.pt").exists()
+    assert load_checkpoint(run / "best.pt")["step"] == 4

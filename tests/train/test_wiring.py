@@ -176,3 +176,30 @@ def test_the_run_s_optimiser_gets_its_bias_lr_and_bias_decay_settings(bias_decay
         bias = param.dim() == 1
         assert group["lr"] == pytest.approx(0.1 * (3.0 if bias else 1.0)), (param.shape, group["lr"])
         assert group["weight_decay"] == (0.01 if (bias_decay or not bias) else 0.0), (param.shape, group)
+
+
+def test_train_sets_the_process_up_on_the_device_the_settings_name(tmp_path, monkeypatch):
+    """train() asks for the settings' device: a run asked for CUDA that got the CPU would train in fp32 (the
+    precision follows the device) and slowly, without a word. A stand-in for the process set-up records what it
+    was asked for and answers with the CPU, where this test runs."""
+    import alexnet_pipe.train.distributed as distributed
+    import alexnet_pipe.train.loop as trainer
+    asked = []
+
+    def init(device: str = "cpu"):
+        asked.append(device)
+        return 0, 1, 0, torch.device("cpu")
+
+    monkeypatch.setattr(distributed, "init", init)
+    trainer.train(tiny(tmp_path / "r", device="cuda", max_steps=1))
+    assert asked == ["cuda"]
+
+
+def test_the_summary_s_seconds_are_the_run_s_own_time(tmp_path):
+    """The summary's seconds are the training loop's time: more than nothing and within the time train() took,
+    measured around it here."""
+    import time
+    from alexnet_pipe.train.loop import train
+    t0 = time.perf_counter()
+    result = train(tiny(tmp_path / "r", max_steps=1))
+    assert 0 < result["seconds"] <= time.perf_counter() - t0
