@@ -97,7 +97,7 @@ def _to_bgr8(img: np.ndarray) -> np.ndarray:
 
 def decode_rgb(data: bytes, min_side: int = 0) -> np.ndarray:
     """Decode bytes of any supported format to uint8 RGB (H, W, 3); see decode_bgr."""
-    return decode_bgr(data, min_side, order="RGB")
+    return cv2.cvtColor(decode_bgr(data, min_side), cv2.COLOR_BGR2RGB)
 
 
 MAX_PIXELS = 100_000_000  # prepare --max-pixels: 100 MP is 300 MB of BGR; ImageNet's largest is ~30 MP
@@ -123,14 +123,13 @@ def check_pixels(h: int, w: int, max_pixels: int) -> None:
         raise Reject(f"{w}x{h} pixels, over the --max-pixels limit of {max_pixels:,} (raise it to keep the image)")
 
 
-def decode_bgr(data: bytes, min_side: int = 0, max_pixels: int = MAX_PIXELS, order: str = "BGR") -> np.ndarray:
+def decode_bgr(data: bytes, min_side: int = 0, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode bytes of any supported format to uint8 BGR (H, W, 3), OpenCV's own order: prepare
     keeps it up to the JPEG encoder, which wants it too, so no pixel is reordered twice.
 
     min_side > 0 lets a JPEG be reduced by 2/4/8 in the DCT domain as long as its shorter
     side stays >= min_side (the later resize then starts from fewer pixels). An image over
-    max_pixels (0: no limit) is refused from its header. order="RGB": the same pixels in RGB order (a JPEG
-    decoded straight into it by libjpeg-turbo, whose colour conversion writes either order at the same cost).
+    max_pixels (0: no limit) is refused from its header.
     """
     if not data:
         raise Reject("empty file")
@@ -144,10 +143,9 @@ def decode_bgr(data: bytes, min_side: int = 0, max_pixels: int = MAX_PIXELS, ord
             raise Reject("truncated JPEG (no end-of-image marker)")
         check_pixels(h, w, max_pixels)
         factor = max([f for f in _REDUCED if min(h, w) // f >= min_side > 0], default=1)
-        img = _strict_jpeg(data, comps, -(-h // factor), -(-w // factor), order)
-        if img is not None:  # libjpeg-turbo's (H, W, 3) uint8, in the order asked for
-            return img
-        img = cv2.imdecode(buf, (_REDUCED[factor] if factor > 1 else cv2.IMREAD_COLOR) | _FLAGS)
+        img = _strict_jpeg(data, comps, -(-h // factor), -(-w // factor))
+        if img is None:
+            img = cv2.imdecode(buf, (_REDUCED[factor] if factor > 1 else cv2.IMREAD_COLOR) | _FLAGS)
     else:
         if kind == "png" and b"IEND" not in data[-64:]:
             raise Reject("truncated PNG (no IEND chunk)")  # before libpng prints its own complaint
@@ -155,11 +153,10 @@ def decode_bgr(data: bytes, min_side: int = 0, max_pixels: int = MAX_PIXELS, ord
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | _FLAGS)
     if img is None or img.size == 0:
         raise Reject(f"undecodable {kind.upper()} (corrupt or truncated)")
-    img = _to_bgr8(img)
-    return img if order == "BGR" else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return _to_bgr8(img)
 
 
-def _strict_jpeg(data: bytes, comps: int, min_h: int, min_w: int, order: str = "BGR") -> np.ndarray | None:
+def _strict_jpeg(data: bytes, comps: int, min_h: int, min_w: int) -> np.ndarray | None:
     """A grey or colour JPEG through libjpeg-turbo with its warnings as errors (simplejpeg): OpenCV hides
     them, and entropy data that ends early decodes to grey there. The pixels are OpenCV's (the same library,
     the same DCT scaling). None where another decoder must try (CMYK, a variant simplejpeg lacks)."""
@@ -167,11 +164,11 @@ def _strict_jpeg(data: bytes, comps: int, min_h: int, min_w: int, order: str = "
     if comps not in (1, 3):
         return None
     try:
-        return simplejpeg.decode_jpeg(data, colorspace=order, strict=True, min_height=min_h, min_width=min_w)
+        return simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True, min_height=min_h, min_width=min_w)
     except ValueError as exc:
         warning = str(exc)
     if "extraneous bytes" in warning:  # bytes between the data and a marker: every pixel is there
-        return simplejpeg.decode_jpeg(data, colorspace=order, strict=False, min_height=min_h, min_width=min_w)
+        return simplejpeg.decode_jpeg(data, colorspace="BGR", strict=False, min_height=min_h, min_width=min_w)
     if warning.startswith(("Corrupt JPEG data", "Premature end")):
         raise Reject(f"damaged JPEG (libjpeg: {warning}; OpenCV would fill the rest with grey)")
     return None

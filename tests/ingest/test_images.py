@@ -113,8 +113,8 @@ def test_center_square_is_the_central_patch():
        subsampling=st.sampled_from([0, 1, 2]), quality=st.integers(30, 100), min_side=st.sampled_from([0, 8, 40]),
        seed=st.integers(0, 2 ** 16))
 def test_decode_rgb_is_decode_bgr_in_rgb_order(h, w, mode, subsampling, quality, min_side, seed):
-    """The loaders' RGB decode (libjpeg-turbo writing RGB itself, or OpenCV's BGR converted for what it leaves to
-    OpenCV: CMYK, PNG) is prepare's BGR decode with the channels reversed, pixel for pixel."""
+    """The loaders' RGB decode is prepare's BGR decode with the channels reversed, pixel for pixel, on every path
+    (libjpeg-turbo for grey and colour JPEGs, OpenCV for CMYK and PNG, DCT-scaled or not)."""
     buf = io.BytesIO()
     Image.fromarray(smooth(h, w, seed)).convert(mode).save(buf, "JPEG", quality=quality, subsampling=subsampling)
     data = buf.getvalue()
