@@ -33,12 +33,18 @@ def pytest_collection_modifyitems(config, items):
         for marker, reason in missing.items():
             if reason and marker in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=reason))
+        if MOUNTING_FIXTURES & set(getattr(item, "fixturenames", ())):  # -m "not mount" leaves them out
+            item.add_marker(pytest.mark.mount)
+
+
+# the fixtures that mount a tmpfs (helpers.mounts.require_tmpfs): the tests using them are marked `mount`
+MOUNTING_FIXTURES = {"small_disk", "read_only"}
 
 
 @pytest.fixture()
 def small_disk(tmp_path):
     """A 20 MB tmpfs, for the full-disk tests of prepare, the shard writer, stats and checkpoints (helpers.mounts:
-    skipped only for a user who may not mount)."""
+    a mount that fails is a failure; these tests are marked `mount`)."""
     from helpers.mounts import require_tmpfs, unmount
     mnt = tmp_path / "mnt"
     mnt.mkdir()

@@ -52,14 +52,16 @@ def test_stats_on_a_full_disk_is_one_sentence_and_keeps_the_earlier_files(small_
     assert after == before  # nothing half-written, nothing lost
 
 
-def test_a_tmpfs_that_root_cannot_mount_fails_instead_of_skipping(tmp_path):
-    """The full-disk and read-only tests skip only for a user who may not mount; as root (CI) they must run."""
+@pytest.mark.parametrize("uid", [0, 1000])
+def test_a_tmpfs_that_cannot_be_mounted_fails_instead_of_skipping(tmp_path, monkeypatch, uid):
+    """The full-disk and read-only tests never skip, for root (CI) or another user: a mount that fails is a
+    failure naming how to leave them out on purpose (-m "not mount")."""
     from helpers.mounts import require_tmpfs
-    want = pytest.fail.Exception if os.geteuid() == 0 else pytest.skip.Exception
+    monkeypatch.setattr(os, "geteuid", lambda: uid)
     try:
         require_tmpfs(tmp_path / "no-such-dir", "1M")
     except BaseException as exc:  # noqa: BLE001 - a skip must not end this test as a skip
         got = exc
     else:
         got = None
-    assert type(got) is want and "tmpfs" in str(got), repr(got)
+    assert type(got) is pytest.fail.Exception and "tmpfs" in str(got) and '-m "not mount"' in str(got), repr(got)

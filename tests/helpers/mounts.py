@@ -21,14 +21,15 @@ def mount_tmpfs(mnt: Path, size: str) -> str | None:
 
 
 def require_tmpfs(mnt: Path, size: str) -> None:
-    """mount_tmpfs, or: a skip for a user who may not mount (not root), a failure for root (CI and the development
-    machines run as root: there the full-disk tests must run, never vanish as skips)."""
+    """mount_tmpfs, or a failure that says why and how to leave these tests out on purpose (`-m "not mount"`):
+    never a skip, so a full-disk or read-only test cannot vanish from a run that did not ask to leave it out
+    (CI and the development machines run as root, where the mount must work)."""
     why = mount_tmpfs(mnt, size)
     if why is None:
         return
-    if os.geteuid() == 0:
-        pytest.fail(f"root could not mount a {size} tmpfs at {mnt}: {why}")
-    pytest.skip(f"mounting a tmpfs needs root or CAP_SYS_ADMIN: {why}")
+    who = "root" if os.geteuid() == 0 else "this user (mounting needs root or CAP_SYS_ADMIN)"
+    pytest.fail(f"{who} could not mount a {size} tmpfs at {mnt}: {why}; run the suite as root, or leave the "
+                'full-disk and read-only tests out explicitly with -m "not mount"')
 
 
 def unmount(mnt: Path) -> None:
