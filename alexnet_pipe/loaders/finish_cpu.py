@@ -53,8 +53,7 @@ class ViewFinisher:
         if jitter is not None and jitter[0].tolist() != _IDENTITY:
             return self._jittered(window, out, x, y, flip, light, jitter)
         if self.fused is not None:  # the same float32 operations in one pass: the same bits
-            cv2_split(window, self._planes)
-            return self._fused_finish(out, self._no_ops, x, y, flip, light)
+            return self._fused_finish(window, out, self._no_ops, x, y, flip, light)
         mean = self._mean_window(x, y, flip)
         # the per-channel constants as OpenCV scalars (doubles, each exactly its float32): added after the mean
         # window, or subtracted (mean_rgb - light, float32 as TorchNormalizer's) and then multiplied
@@ -74,8 +73,13 @@ class ViewFinisher:
         if self.mode != "mean-image":
             return None
         c = self.crop
-        mean, x = (self.means[1], self.size - c - x) if flip else (self.means[0], x)
+        mean, x = self._mean_at(x, flip)
         return mean[y:y + c, x:x + c] if self.channels_last else mean[:, y:y + c, x:x + c]
+
+    def _mean_at(self, x: int, flip: bool) -> tuple[np.ndarray, int]:
+        """(the whole mean image as the view reads it, the window's x in it): a flipped view's window is the
+        flipped mean's, mirrored in x."""
+        return (self.means[1], self.size - self.crop - x) if flip else (self.means[0], x)
 
     @staticmethod
     def _normalise(src, out, mean, shift, scale):
@@ -93,8 +97,7 @@ class ViewFinisher:
         import cv2
         ops = self.fused and self.fused.steps(*jitter)
         if ops is not None:
-            cv2_split(window, self._planes)
-            return self._fused_finish(out, ops, x, y, flip, light)
+            return self._fused_finish(window, out, ops, x, y, flip, light)
         image, affine, clip = jitter_deferred_(self._float, *jitter, spare=self._spare, source=window,
                                                defer=not self.channels_last)
         if self.mode == "mean-image":  # the normalisation's affine part: u -> scale u + shift, in each channel
@@ -115,20 +118,18 @@ class ViewFinisher:
                     _clip_plane_(out[ch], float(scale[ch] * clip[1] + shift[ch]), float(shift[ch]) if clip[0] else None)
         return out if mean is None else np.subtract(out, mean, out=out)
 
-    def _fused_finish(self, out, ops, x, y, flip, light):
-        """The jitter and the normalisation in jitter_fused's one pass, from the planes split from the window."""
+    def _fused_finish(self, window, out, ops, x, y, flip, light):
+        """The jitter and the normalisation in jitter_fused's one pass, over the window's planes as OpenCV splits
+        them."""
+        import cv2
+        cv2.split(window, self._planes)
         if self.mode == "mean-image":
-            mean, x0 = (self.means[1], self.size - self.crop - x) if flip else (self.means[0], x)
+            mean, x0 = self._mean_at(x, flip)
             self.fused.finish(self._plane_block, out, *ops, light, light, light, mean, x0, y, True)
         else:
             self.fused.finish(self._plane_block, out, *ops, self.mean_rgb - light, self.inv_std, light,
                               self._no_mean, 0, 0, False)
         return out
-
-
-def cv2_split(window: np.ndarray, planes: list) -> None:
-    import cv2
-    cv2.split(window, planes)
 
 
 def _fused_pass():
