@@ -183,7 +183,8 @@ def pull(url: str, dest: Path, stream=None, jobs: int = 4) -> dict:
     manifest, staged = _manifest(url, dest)
     wanted = _wanted(objects, manifest)
     kept = _already_here(url, dest, wanted)
-    todo = [w for w in wanted if w.rel not in set(kept)]
+    here = set(kept)
+    todo = [w for w in wanted if w.rel not in here]
     progress = Progress(len(todo), "pull", unit=" files", stream=stream, every=5.0)
     try:  # each shard's meta.json (what marks a shard written) after every data file, as prepare writes them
         for phase in (False, True):
