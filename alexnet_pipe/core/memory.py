@@ -27,3 +27,20 @@ def check_fits(needed: int, what: str, hint: str) -> None:
     if available is not None and needed > available:
         raise UserError(f"{what} needs {needed / 2**30:.3g} GiB of memory but {available / 2**30:.3g} GiB are "
                         f"available here: {hint}")
+
+
+CACHE_LINE = 64
+
+
+def aligned_empty(shape, dtype, align: int = CACHE_LINE):
+    """np.empty whose data starts on an `align`-byte boundary.
+
+    malloc (hence np.empty) promises 16 bytes.  A scratch buffer of the loader's hot path at 16 mod 32 made
+    OpenCV's split into it ~10x slower and the compiled pass reading it ~2x (measured: docs/performance.md), so
+    whether a DataLoader worker was fast depended on where its allocator happened to put the buffer."""
+    import numpy as np
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + align, np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start:start + nbytes].view(dtype).reshape(shape)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from alexnet_pipe.core.memory import aligned_empty
 from alexnet_pipe.loaders.augment import Normalizer
 from alexnet_pipe.loaders.jitter import IDENTITY
 from alexnet_pipe.loaders.jitter_cv import jitter_deferred_
@@ -41,12 +42,14 @@ class ViewFinisher:
         else:
             self.mean_rgb = np.asarray(norm.mean_rgb, np.float32)
             self.inv_std = np.float32(1.0) / np.asarray(norm.std_rgb, np.float32)
-        self._plane_block = np.empty((3, crop, crop), np.uint8)  # the window's planes: OpenCV splits into these
+        # the window's planes, OpenCV splits into these: on a cache line (core.memory.aligned_empty says why), as the
+        # float buffers jitter_cv's passes alternate between
+        self._plane_block = aligned_empty((3, crop, crop), np.uint8)
         self._planes = list(self._plane_block)
         self._no_mean = np.zeros((3, 1, 1), np.float32)
         self._no_ops = (np.zeros(0, np.int64), np.zeros(0, np.float32))
-        self._float = np.empty((crop, crop, 3), np.float32)  # the jittered window,
-        self._spare = np.empty((crop, crop, 3), np.float32)  # and the other buffer its passes alternate with
+        self._float = aligned_empty((crop, crop, 3), np.float32)
+        self._spare = aligned_empty((crop, crop, 3), np.float32)
 
     def __call__(self, window: np.ndarray, out: np.ndarray, x: int, y: int, flip: bool, light, jitter=None):
         light = np.asarray(light, np.float32)

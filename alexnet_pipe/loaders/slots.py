@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from alexnet_pipe.core.memory import aligned_empty
+
 
 class SharedBatches:
     """`count` float32 buffers of `numel` elements; lend() in the main process, array() in a worker."""
@@ -43,8 +45,8 @@ class SharedBatches:
 
     def array(self, slot: int | None, numel: int) -> np.ndarray:
         """The first `numel` elements of buffer `slot` as numpy (in a worker), or a fresh array for None."""
-        if slot is None:
-            return np.empty(numel, np.float32)
+        if slot is None:  # on a cache line, as the shared buffers are (core.memory.aligned_empty)
+            return aligned_empty(numel, np.float32)
         return self._buffers[slot].numpy()[:numel]
 
 
