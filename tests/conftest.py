@@ -38,7 +38,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 # the fixtures that mount a tmpfs (helpers.mounts.require_tmpfs): the tests using them are marked `mount`
-MOUNTING_FIXTURES = {"small_disk", "read_only"}
+MOUNTING_FIXTURES = {"small_disk", "read_only", "hostile_world"}
 
 
 @pytest.fixture()

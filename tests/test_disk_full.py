@@ -1,8 +1,9 @@
 """A full disk while writing statistics or a checkpoint: one sentence naming the file and the space, and what was
-written before stays whole (issue 12). Needs a small tmpfs (root); skipped with the reason where it cannot mount."""
+written before stays whole (issue 12). Needs a small tmpfs (root): a failure saying so where it cannot mount."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,3 +66,18 @@ def test_a_tmpfs_that_cannot_be_mounted_fails_instead_of_skipping(tmp_path, monk
     else:
         got = None
     assert type(got) is pytest.fail.Exception and "tmpfs" in str(got) and '-m "not mount"' in str(got), repr(got)
+
+
+def test_every_test_that_mounts_is_marked_mount_and_only_those():
+    """-m "not mount" leaves out exactly the tests whose fixtures mount (the hostile sweep's read-only paths too),
+    so that leaving them out is a choice the run states, never a draw quietly narrowed."""
+    import subprocess
+    import sys
+    files = ["tests/test_hostile_generated.py", "tests/core/test_error_boundary.py", "tests/test_disk_full.py"]
+    listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m",
+                             "mount", *files], capture_output=True, text=True, cwd=Path(__file__).parents[1]).stdout
+    marked = {line.split("::")[1].split("[")[0] for line in listed.splitlines() if "::" in line}
+    assert {"test_option_values", "test_file_kinds_where_a_path_is_expected", "test_environment",
+            "test_stats_on_a_read_only_data_dir_is_one_sentence",
+            "test_a_checkpoint_that_does_not_fit_stops_the_run_and_keeps_the_earlier_ones"} <= marked, listed
+    assert "test_every_command_has_a_tiny_run" not in marked and not any("cannot_be_mounted" in t for t in marked)
