@@ -36,7 +36,7 @@ def aligned_empty(shape, dtype, align: int = CACHE_LINE):
     """np.empty whose data starts on an `align`-byte boundary.
 
     malloc (hence np.empty) promises 16 bytes.  A scratch buffer of the loader's hot path at 16 mod 32 made
-    OpenCV's split into it ~10x slower and the compiled pass reading it ~2x (measured: docs/performance.md), so
+    OpenCV's split into it ~10x slower and the compiled pass reading it up to ~2x (docs/performance.md), so
     whether a DataLoader worker was fast depended on where its allocator happened to put the buffer."""
     import numpy as np
     dtype = np.dtype(dtype)
