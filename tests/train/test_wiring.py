@@ -160,6 +160,24 @@ def test_an_fp16_run_steps_through_its_loss_scaler(tmp_path):
     assert scaler["_growth_tracker"] == 3 or scaler["scale"] < 2.0 ** 16, scaler
 
 
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_the_run_trains_the_compiled_model_only_when_asked(compile, tmp_path, monkeypatch):
+    """--compile: the net the steps run is torch.compile's of the model (one process: no DDP wrapper); without it,
+    the model itself. A stand-in for torch.compile records what it was given (compiling takes minutes here)."""
+    import alexnet_pipe.train.loop as trainer
+    asked, compiled = [], object()
+
+    def compile_stand_in(module, *args, **kwargs):
+        asked.append(module)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", compile_stand_in)
+    run = trainer.start(tiny(tmp_path / "r", compile=compile), 0, 1, 0, torch.device("cpu"))
+    assert [module is run.model for module in asked] == ([True] if compile else [])
+    assert run.net is (compiled if compile else run.model)
+
+
 @pytest.mark.parametrize("bias_decay", [True, False])
 def test_the_run_s_optimiser_gets_its_bias_lr_and_bias_decay_settings(bias_decay, tmp_path):
     """--bias-lr-mult and --bias-decay reach the optimiser the run trains with: each bias (a 1-D parameter) at
