@@ -90,6 +90,15 @@ def test_a_resumed_run_makes_the_plateau_drops_of_the_uninterrupted_one(tmp_path
     assert evals[0] == evals[1] and len(evals[0]) == 4
 
 
+
+def test_the_plateau_schedule_stops_dropping_at_the_run_s_max_drops(tmp_path):
+    """--max-drops 1: the same flat val error as above drops the lr once (after the second evaluation) and never
+    again; the default of 3 would drop it again after the third."""
+    run_training(tiny(tmp_path / "r", epochs=4, schedule="plateau", eval_every=1, patience=1, max_drops=1, lr=1e-9,
+                      synthetic_steps=1))
+    np.testing.assert_allclose([lr for _, lr in _lrs(tmp_path / "r")], [1e-9, 1e-9, 1e-10, 1e-10], rtol=1e-9)
+
+
 # ---------------------------------------------------------------- random-resized crops reach both edges
 
 @pytest.mark.parametrize("height, width, side", [(40, 40, 24), (37, 50, 20)])
