@@ -90,6 +90,8 @@ GROUPS = {
                    "tests/train/test_modern_recipe.py::test_make_loaders_passes_the_modern_settings",
                    "tests/train/test_modern_recipe.py::test_train_step_smooths_the_loss",
                    "tests/train/test_resume.py::test_dropout_seed_is_a_function_of_seed_rank_and_step",
+                   # start's line that says where a resume continues
+                   "tests/train/test_resume.py::test_a_resume_says_the_checkpoint_step_and_epoch_it_continues_from",
                    # preemption in this process (the slow test's runs are subprocesses): the check, the best mark
                    "tests/train/test_preemption.py::test_a_single_process_run_stops_at_the_step_the_notice_came_in",
                    "tests/train/test_preemption.py::test_a_preempted_run_s_checkpoint_is_not_marked_best",

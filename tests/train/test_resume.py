@@ -295,3 +295,14 @@ def test_each_checkpoint_written_leaves_the_newest_keep_and_best_pt(tmp_path, ke
         newest = list(range(1, step + 1))[-keep:]
         assert [int(p.stem.split("-")[1]) for p in checkpoints(tmp_path)] == newest
     assert torch.load(tmp_path / "best.pt", weights_only=True)["step"] == 2
+
+
+def test_a_resume_says_the_checkpoint_step_and_epoch_it_continues_from(tmp_path, capfd):
+    """Two steps an epoch, stopped after step 3: the resume continues in epoch 2 (counted from 1), one of its steps
+    taken, and says so with the checkpoint's path (the line a requeued job's log shows)."""
+    first = tiny(tmp_path / "r", max_steps=3, synthetic_steps=2)
+    run_training(first)
+    capfd.readouterr()
+    run_training(dataclasses.replace(first, max_steps=4, resume="latest"))
+    said = f"resumed from {tmp_path / 'r' / 'ckpt-00000003.pt'} at step 3 (epoch 2, step 1 in it)"
+    assert said in capfd.readouterr().out
