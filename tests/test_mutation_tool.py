@@ -42,3 +42,21 @@ def test_an_only_pattern_that_matches_runs_and_counts_its_mutants(tool, monkeypa
     run_tool(tool, monkeypatch, "augment", "--max-children", "1", "--only", "*x_resized_window__mutmut_*")
     assert "augment: 1 surviving of 1 mutants" in capsys.readouterr().out
     assert MUTANT in (tool.WORK / "augment" / "survivors.txt").read_text()
+
+
+def test_the_loop_group_s_shorter_timeout_is_what_mutmut_reads(tool, tmp_path, monkeypatch):
+    """The loop group's mutants that never end (docs/testing.md) stop after 4x their tests' time, not mutmut's
+    15x (an hour there); the other groups keep mutmut's default. mutmut ignores a key it does not know, so where
+    it is installed its own reader must find the value in the group's pyproject.toml."""
+    import tomllib
+    written = {name: tomllib.loads(tool.group_config(g))["tool"]["mutmut"] for name, g in tool.GROUPS.items()}
+    assert written["loop"]["timeout_multiplier"] == 4
+    assert [name for name, table in written.items() if "timeout_multiplier" in table] == ["loop"]
+    configuration = pytest.importorskip("mutmut.configuration")
+    (tmp_path / "pyproject.toml").write_text(tool.group_config(tool.GROUPS["loop"]))
+    monkeypatch.chdir(tmp_path)
+    configuration.reset_config()
+    try:
+        assert configuration.config().timeout_multiplier == 4
+    finally:
+        configuration.reset_config()

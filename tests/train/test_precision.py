@@ -171,3 +171,17 @@ def test_evaluate_computes_in_the_checkpoints_precision(tmp_path, data_dir):  # 
     assert out.exit_code == 1 and "different precisions" in out.output and "--precision" in out.output
     out = runner.invoke(cli, ["evaluate", str(last), str(tmp_path / "fp32.pt"), *common, "--precision", "bf16"])
     assert out.exit_code == 0, out.output
+
+
+def test_a_run_started_on_cuda_computes_and_records_bf16_for_auto(tmp_path, monkeypatch):
+    """start() resolves "auto" by the device the process got, as train() hands it over: bf16 on CUDA, in the run's
+    settings and in settings.json (finalize resolves it first on the CLI's path; a direct train() relies on start).
+    No CUDA here: the process is told it has cuda:0, and stand-ins for build and make_loaders keep the weights and
+    the synthetic batches on the CPU (the two parts of start that put tensors on the device)."""
+    import alexnet_pipe.train.loop as trainer
+    build, make_loaders = trainer.build, trainer.make_loaders
+    monkeypatch.setattr(trainer, "build", lambda s, classes, device: build(s, classes, CPU))
+    monkeypatch.setattr(trainer, "make_loaders", lambda s, rank, world, device: make_loaders(s, rank, world, CPU))
+    run = trainer.start(tiny(tmp_path / "r", precision="auto"), 0, 1, 0, torch.device("cuda", 0))
+    assert run.s.precision == "bf16" and run.scaler is None
+    assert json.loads((tmp_path / "r" / "settings.json").read_text())["precision"] == "bf16"

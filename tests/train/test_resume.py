@@ -283,3 +283,27 @@ def test_the_newest_checkpoint_is_the_highest_step_past_eight_digits(tmp_path):
         (tmp_path / f"ckpt-{step:08d}.pt").write_bytes(b"")
     assert [int(p.stem.split("-")[1]) for p in checkpoints(tmp_path)] == steps
     assert latest_checkpoint(tmp_path) == tmp_path / "ckpt-100000001.pt"
+
+
+@pytest.mark.parametrize("keep", [1, 2, 3])
+def test_each_checkpoint_written_leaves_the_newest_keep_and_best_pt(tmp_path, keep):
+    """--keep N (at least 1): after every checkpoint only the newest N remain, N = 1 included (the default is 3,
+    and the run tests keep 2); best.pt, a hard link, still holds the best step once its ckpt file is pruned."""
+    from alexnet_pipe.train.checkpoint import checkpoints, write_checkpoint
+    for step in range(1, 6):
+        state = {"step": step, "model": {"w": torch.full((2,), float(step))}, "optimizer": {}}
+        write_checkpoint(state, tmp_path, keep=keep, best=step == 2)
+        newest = list(range(1, step + 1))[-keep:]
+        assert [int(p.stem.split("-")[1]) for p in checkpoints(tmp_path)] == newest
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["step"] == 2
+
+
+def test_a_resume_says_the_checkpoint_step_and_epoch_it_continues_from(tmp_path, capfd):
+    """Two steps an epoch, stopped after step 3: the resume continues in epoch 2 (counted from 1), one of its steps
+    taken, and says so with the checkpoint's path (the line a requeued job's log shows)."""
+    first = tiny(tmp_path / "r", max_steps=3, synthetic_steps=2)
+    run_training(first)
+    capfd.readouterr()
+    run_training(dataclasses.replace(first, max_steps=4, resume="latest"))
+    said = f"resumed from {tmp_path / 'r' / 'ckpt-00000003.pt'} at step 3 (epoch 2, step 1 in it)"
+    assert said in capfd.readouterr().out

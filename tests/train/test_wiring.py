@@ -90,6 +90,15 @@ def test_a_resumed_run_makes_the_plateau_drops_of_the_uninterrupted_one(tmp_path
     assert evals[0] == evals[1] and len(evals[0]) == 4
 
 
+
+def test_the_plateau_schedule_stops_dropping_at_the_run_s_max_drops(tmp_path):
+    """--max-drops 1: the same flat val error as above drops the lr once (after the second evaluation) and never
+    again; the default of 3 would drop it again after the third."""
+    run_training(tiny(tmp_path / "r", epochs=4, schedule="plateau", eval_every=1, patience=1, max_drops=1, lr=1e-9,
+                      synthetic_steps=1))
+    np.testing.assert_allclose([lr for _, lr in _lrs(tmp_path / "r")], [1e-9, 1e-9, 1e-10, 1e-10], rtol=1e-9)
+
+
 # ---------------------------------------------------------------- random-resized crops reach both edges
 
 @pytest.mark.parametrize("height, width, side", [(40, 40, 24), (37, 50, 20)])
@@ -158,6 +167,24 @@ def test_an_fp16_run_steps_through_its_loss_scaler(tmp_path):
     run_training(tiny(tmp_path / "r", max_steps=3, precision="fp16"))
     scaler = load_checkpoint(latest_checkpoint(tmp_path / "r"))["scaler"]
     assert scaler["_growth_tracker"] == 3 or scaler["scale"] < 2.0 ** 16, scaler
+
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_the_run_trains_the_compiled_model_only_when_asked(compile, tmp_path, monkeypatch):
+    """--compile: the net the steps run is torch.compile's of the model (one process: no DDP wrapper); without it,
+    the model itself. A stand-in for torch.compile records what it was given (compiling takes minutes here)."""
+    import alexnet_pipe.train.loop as trainer
+    asked, compiled = [], object()
+
+    def compile_stand_in(module, *args, **kwargs):
+        asked.append(module)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", compile_stand_in)
+    run = trainer.start(tiny(tmp_path / "r", compile=compile), 0, 1, 0, torch.device("cpu"))
+    assert [module is run.model for module in asked] == ([True] if compile else [])
+    assert run.net is (compiled if compile else run.model)
 
 
 @pytest.mark.parametrize("bias_decay", [True, False])
