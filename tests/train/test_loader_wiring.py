@@ -19,9 +19,8 @@ from alexnet_pipe.train.config import TrainSettings, resolve_settings
 OFF_DEFAULT = dict(data="some/data", batch_size=96, crop=160, loader="torch", lighting=0.05,
                    lighting_scale="fbresnet", normalize="channel", seed=7, num_threads=5, crops="random-resized",
                    crop_scale=(0.2, 0.7), crop_ratio=(0.5, 2.0), color_jitter=0.3, hue=0.05)
-SHARED = sorted({f.name for f in dataclasses.fields(LoaderSettings)} & {f.name for f in
-                                                                         dataclasses.fields(TrainSettings)}
-                - {"batch_size", "data", "device"})  # the three the trainer converts
+NAMES = [{f.name for f in dataclasses.fields(cls)} for cls in (LoaderSettings, TrainSettings)]
+SHARED = sorted(NAMES[0] & NAMES[1] - {"batch_size", "data", "device"})  # the three the trainer converts
 
 
 def asked_loaders(monkeypatch, s: TrainSettings, rank: int, world: int, device: str) -> list:
