@@ -79,6 +79,8 @@ GROUPS = {
     # the loop's functions that shape a training result (not its checks and messages)
     "loop": Group(("alexnet_pipe/train/loop.py",),
                   ("tests/train/test_wiring.py",
+                   # make_loaders and loader_settings, directly: seconds, where a training test takes minutes
+                   "tests/train/test_loader_wiring.py",
                    "tests/train/test_train.py::test_resume_continues_at_the_exact_step",
                    "tests/train/test_train.py::test_checkpoints_are_plain_tensors_and_pruned",
                    "tests/train/test_train.py::test_small_recipe_learns_synthetic_classes",
