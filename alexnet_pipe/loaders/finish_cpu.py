@@ -47,7 +47,7 @@ class ViewFinisher:
         self._plane_block = aligned_empty((3, crop, crop), np.uint8)
         self._planes = list(self._plane_block)
         self._no_mean = np.zeros((3, 1, 1), np.float32)
-        self._no_ops = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+        self._no_ops = (np.zeros(0, np.int8), np.zeros(0, np.float32))  # (order, factors): no op
         self._float = aligned_empty((crop, crop, 3), np.float32)
         self._spare = aligned_empty((crop, crop, 3), np.float32)
 
@@ -98,8 +98,8 @@ class ViewFinisher:
 
     def _jittered(self, window, out, x, y, flip, light, jitter):
         import cv2
-        ops = self.fused and self.fused.steps(*jitter)
-        if ops is not None:
+        if self.fused is not None and self.fused.fusable(jitter[0]):
+            ops = (np.ascontiguousarray(jitter[1], np.int8), np.ascontiguousarray(jitter[0], np.float32))
             return self._fused_finish(window, out, ops, x, y, flip, light)
         image, affine, clip = jitter_deferred_(self._float, *jitter, spare=self._spare, source=window,
                                                defer=not self.channels_last)

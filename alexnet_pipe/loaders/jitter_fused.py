@@ -29,28 +29,27 @@ _ZERO, _TOP, _ONE = np.float32(0.0), np.float32(255.0), np.float32(1.0)
 _L0, _L1, _L2 = (np.float32(w) for w in LUMA)  # in float32, as the torch path's float32 batch applies them
 
 
-def steps(factors, order) -> tuple[np.ndarray, np.ndarray] | None:
-    """The image's non-identity ops in its order, as the kernel takes them: ((k,) int64 ops, (k,) float32 factors);
-    None for a view with a hue factor (jitter_cv's path)."""
-    values = np.asarray(factors, np.float32)
-    if values[HUE] != IDENTITY[HUE]:
-        return None
-    ops = [int(op) for op in order if int(op) != HUE and values[int(op)] != IDENTITY[int(op)]]
-    return np.array(ops, np.int64), values[ops].astype(np.float32)
+def fusable(factors) -> bool:
+    """Whether this pass can finish a view with these (4,) factors: not with a hue factor (jitter_cv's path)."""
+    return float(factors[HUE]) == float(IDENTITY[HUE])
 
 
 @numba.njit(inline="always")
-def _ops_row(r, g, b, ops, factors, n, mean_grey):
-    """The first n ops on one row of float32 planes, in place, each clipped to [0, 255] as jitter.py does
-    (brightness's lower clip left out: a factor >= 0 of pixels >= 0 is never below 0)."""
+def _ops_row(r, g, b, order, factors, n, mean_grey):
+    """The first n ops of the image's `order` (OPS indices) on one row of float32 planes, in place, each with its
+    factor (factors in OPS order) and clipped to [0, 255] as jitter.py does (brightness's lower clip left out: a
+    factor >= 0 of pixels >= 0 is never below 0).  Hue and identity factors are skipped, as jitter.py skips them."""
     for k in range(n):
-        f = factors[k]
-        if ops[k] == BRIGHTNESS:
+        op = order[k]
+        f = factors[op]
+        if op == HUE or f == _ONE:
+            continue
+        if op == BRIGHTNESS:
             for x in range(r.shape[0]):
                 r[x] = min(r[x] * f, _TOP)
                 g[x] = min(g[x] * f, _TOP)
                 b[x] = min(b[x] * f, _TOP)
-        elif ops[k] == CONTRAST:
+        elif op == CONTRAST:
             offset = (_ONE - f) * mean_grey
             for x in range(r.shape[0]):
                 r[x] = min(max(r[x] * f + offset, _ZERO), _TOP)
@@ -78,11 +77,11 @@ def _load_row(planes, y, r, g, b):
 # a sum's order is free here (fastmath's reassociation lets it vectorise): the mean grey is a float64 mean of
 # per-row float32 sums, as exact as the reference needs (float32 rounding of a 224-term sum)
 @numba.njit(fastmath={"reassoc", "nsz"}, nogil=True, cache=True)
-def _mean_grey(planes, ops, factors, n, r, g, b):
+def _mean_grey(planes, order, factors, n, r, g, b):
     total = 0.0
     for y in range(planes.shape[1]):
         _load_row(planes, y, r, g, b)
-        _ops_row(r, g, b, ops, factors, n, _ZERO)  # no contrast among the first n: the mean is unused
+        _ops_row(r, g, b, order, factors, n, _ZERO)  # no contrast among the first n: the mean is unused
         row = _ZERO
         for x in range(r.shape[0]):
             row += _L0 * r[x] + _L1 * g[x] + _L2 * b[x]
@@ -102,21 +101,22 @@ def _minus_times(row, sub, mul, target):
         target[x] = (row[x] - sub) * mul
 
 
-# planes u8 (3, c, c), out f4 (3, c, c), ops i8, factors f4, sub, mul, add f4 (3), mean f4 (3, S, S), x0, y0, has_mean
-@numba.njit("void(u1[:, :, ::1], f4[:, :, ::1], i8[::1], f4[::1], f4[::1], f4[::1], f4[::1], f4[:, :, ::1], "
+# planes u8 (3, c, c), out f4 (3, c, c), order i1 (4 or 0), factors f4 (4), sub, mul, add f4 (3), mean f4 (3, S, S),
+# x0, y0, has_mean: the plan's own arrays of an image's jitter, as they are (no per-image work in Python first)
+@numba.njit("void(u1[:, :, ::1], f4[:, :, ::1], i1[::1], f4[::1], f4[::1], f4[::1], f4[::1], f4[:, :, ::1], "
             "i8, i8, b1)", nogil=True, cache=True)
-def finish(planes, out, ops, factors, sub, mul, add, mean, x0, y0, has_mean):
-    """out = the view (three uint8 planes) jittered, then normalised: (v - sub) * mul in each channel, or
-    (v - the mean image's window at (x0, y0)) + add."""
+def finish(planes, out, order, factors, sub, mul, add, mean, x0, y0, has_mean):
+    """out = the view (three uint8 planes) jittered (its ops in `order`, none for an empty order), then normalised:
+    (v - sub) * mul in each channel, or (v - the mean image's window at (x0, y0)) + add."""
     c = planes.shape[2]
     r, g, b = np.empty(c, np.float32), np.empty(c, np.float32), np.empty(c, np.float32)
     m = _ZERO
-    for k in range(ops.shape[0]):
-        if ops[k] == CONTRAST:  # the mean grey of the image the ops before contrast made
-            m = _mean_grey(planes, ops, factors, k, r, g, b)
+    for k in range(order.shape[0]):
+        if order[k] == CONTRAST and factors[CONTRAST] != _ONE:  # the mean grey of what the ops before it made
+            m = _mean_grey(planes, order, factors, k, r, g, b)
     for y in range(planes.shape[1]):
         _load_row(planes, y, r, g, b)
-        _ops_row(r, g, b, ops, factors, ops.shape[0], m)
+        _ops_row(r, g, b, order, factors, order.shape[0], m)
         if has_mean:  # on 1-D rows: these loops vectorise, 3-D indexing did not (~4x slower)
             _minus_plus(r, mean[0, y0 + y, x0:x0 + c], add[0], out[0, y])
             _minus_plus(g, mean[1, y0 + y, x0:x0 + c], add[1], out[1, y])

@@ -53,9 +53,12 @@ def test_every_order_and_factor_matches_the_reference(mode, bright):
 
 def test_views_with_a_hue_factor_or_identities_take_their_own_paths():
     """A hue factor goes through jitter_cv (the kernel has no hue), identity factors are skipped."""
-    assert jitter_fused.steps([1.2, 0.9, 1.1, 0.1], [0, 1, 2, 3]) is None
-    ops, factors = jitter_fused.steps([1.0, 0.9, 1.0, 0.0], [3, 2, 1, 0])
-    assert ops.tolist() == [CONTRAST] and factors.tolist() == [np.float32(0.9)]
+    assert not jitter_fused.fusable(np.array([1.2, 0.9, 1.1, 0.1], np.float32))
+    assert jitter_fused.fusable(np.array([1.2, 0.9, 1.1, 0.0], np.float32))
+    norm, size, c, case = _case(6, "channel", [[1.0, 0.9, 1.0, 0.0], [1.0, 1.0, 1.0, 0.0]], [[3, 2, 1, 0]] * 2)
+    got = _finish(ViewFinisher(norm, size, c, channels_last=False, compiled=True), *case)
+    np.testing.assert_allclose(got, jittered_reference(case[0], case[5], case[6], *case[1:5], norm, size),
+                               **TOLERANCE["channel"])
     rng = np.random.default_rng(4)
     factors, order = JitterSpec.strength(0.6, 0.2).draw(rng, 8)
     norm, size, c, case = _case(5, "channel", factors, order)
