@@ -145,53 +145,52 @@ def test_a_record_failing_in_a_batch_left_in_flight_is_said_by_the_epoch_that_re
     loader.close()
 
 
-def test_workers_are_forked_with_the_garbage_collected_and_the_rest_frozen(data, monkeypatch):
+def test_a_worker_never_collects_garbage_inherited_from_the_main_process(data, tmp_path, monkeypatch):
     """A forked worker that collects an inherited DALI pipeline hangs in its destructor (seen in the suite): the
-    workers start inside core.workers.forking, which collects first and freezes what is left out of the
-    children's collector."""
-    import contextlib
+    workers start inside core.workers.forking, which freezes what exists, garbage included, out of the children's
+    collector.  Here each worker collects as it starts; the garbage's destructor must run in the main process
+    only, once the loader is done."""
     import gc
+    import os
 
-    from alexnet_pipe.core import workers
     from alexnet_pipe.loaders import fallback
-
-    ran = []
+    ran_in = tmp_path / "destructor-pids"
 
     class Cycle:
         def __init__(self):
             self.me = self
 
         def __del__(self):
-            ran.append(gc.get_freeze_count())
-    Cycle()  # garbage only a collection can free
-    started = []
+            with open(ran_in, "a") as f:
+                f.write(f"{os.getpid()}\n")
 
-    @contextlib.contextmanager
-    def watched():
-        before = _workers()
-        with workers.forking():
-            started.append((bool(ran), gc.get_freeze_count() > 0))
-            yield
-        started.append(len(_workers() - before))
-    monkeypatch.setattr(fallback, "forking", watched)
+    def collecting_init(worker_id):
+        init(worker_id)
+        gc.collect()  # as a worker's own collector may, at any allocation
+    init = fallback._init_worker
+    monkeypatch.setattr(fallback, "_init_worker", collecting_init)
+    Cycle()  # garbage only a collection can free
     loader = _loader(data)
     next(loader.epoch(0))
+    pids = [p.pid for p in multiprocessing.active_children()]
     loader.close()
-    assert started == [(True, True), 2]  # collected before the fork, frozen during it, both workers forked inside
+    assert not ran_in.exists(), f"collected in a worker: {ran_in.read_text()} (workers {pids})"
+    gc.collect()
+    assert ran_in.read_text().split() == [str(os.getpid())]
     assert gc.get_freeze_count() == 0
 
 
-def test_only_the_epoch_that_forks_the_workers_collects_garbage_in_the_main_process(data, monkeypatch):
-    """forking()'s full collection (~170 ms with torch loaded) is for a fork; the later epochs of persistent workers
-    fork nothing, and a collection at each of them stalled the main process while the workers ran dry."""
+def test_no_epoch_collects_garbage_in_the_main_process(data, monkeypatch):
+    """A full collection (~170 ms with torch loaded, seconds in a long-lived process) at every epoch stalled the main
+    process while the workers ran dry; forking() freezes instead (the test above: workers still never collect what
+    they inherit), and the later epochs of persistent workers fork nothing at all."""
     import gc
     collections = []
     collect = gc.collect
     monkeypatch.setattr(gc, "collect", lambda *a: collections.append(len(_workers())) or collect(*a))
     loader = _loader(data)
-    before = len(_workers())
     for epoch in range(3):
         for _ in loader.epoch(epoch):
             pass
     loader.close()
-    assert collections == [before]  # one, before the workers were forked
+    assert collections == []
