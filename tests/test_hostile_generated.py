@@ -23,7 +23,6 @@ import re
 import shutil
 import signal
 import stat
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -157,7 +156,7 @@ KINDS = ["missing", "fifo", "directory", "symlink-loop", "dev-null", "empty-file
 @pytest.fixture(scope="module")
 def hostile_world(tmp_path_factory):
     """The pristine inputs (copied for each case): a data dir with stats, a checkpoint, a run dir, a source tree;
-    and a read-only file system where one can be mounted."""
+    and a read-only copy of the data dir on a tmpfs (helpers.mounts.read_only_copy)."""
     import cv2
     import torch
     from alexnet_pipe.model.alexnet import build_model
@@ -180,21 +179,10 @@ def hostile_world(tmp_path_factory):
         json.dumps({"step": i, "epoch": i / 4, "loss": 2.0 - i / 10, "lr": 0.01}) + "\n" for i in range(1, 6)))
     import fsspec
     fsspec.filesystem("memory").put(str(data), "/hostile-world/data", recursive=True)
-    read_only = _read_only_place(root / "ro", data)
-    yield {"root": root, "read_only": read_only}
-    subprocess.run(["umount", "-l", str(read_only)], check=False)
-
-
-def _read_only_place(mnt: Path, data: Path) -> Path:
-    """A read-only tmpfs holding a copy of the data dir (root writes through permissions, so a mount it is).  A
-    mount that fails fails these tests, as every mounting fixture's (helpers.mounts): the read-only kind of
-    path is never dropped from the draw unseen; conftest marks the tests using this fixture `mount`."""
-    from helpers.mounts import require_tmpfs
-    mnt.mkdir()
-    require_tmpfs(mnt, "8M")
-    shutil.copytree(data, mnt / "data")
-    subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
-    return mnt
+    from helpers.mounts import read_only_copy, unmount
+    read_only = read_only_copy(root / "ro", data, "data")  # fails, never skips, where no tmpfs mounts; conftest
+    yield {"root": root, "read_only": read_only}  # marks the tests of this world `mount`
+    unmount(root / "ro")
 
 
 class Case:
@@ -236,7 +224,7 @@ class Case:
             base.write_bytes(b"x")
             return str(base / "below")
         elif kind == "read-only":
-            return str(self.world["read_only"] / "data")
+            return str(self.world["read_only"])
         elif kind == "not-utf8-name":
             name = os.fsencode(str(self.dir)) + b"/caf\xe9"
             shutil.copytree(self.dir / "data", os.fsdecode(name))

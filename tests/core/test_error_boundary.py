@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -42,14 +40,9 @@ def data(tmp_path) -> Path:
 @pytest.fixture()
 def read_only(tmp_path, data):
     """A copy of the data dir on a read-only file system (root writes through permissions, so a mount it is)."""
-    from helpers.mounts import require_tmpfs, unmount
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    require_tmpfs(mnt, "8M")
-    shutil.copytree(data, mnt / "d")
-    subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
-    yield mnt / "d"
-    unmount(mnt)
+    from helpers.mounts import read_only_copy, unmount
+    yield read_only_copy(tmp_path / "ro", data, "d")
+    unmount(tmp_path / "ro")
 
 
 def test_stats_on_a_read_only_data_dir_is_one_sentence(read_only):

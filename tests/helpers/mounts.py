@@ -34,3 +34,14 @@ def require_tmpfs(mnt: Path, size: str) -> None:
 
 def unmount(mnt: Path) -> None:
     subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def read_only_copy(mnt: Path, src: Path, name: str) -> Path:
+    """A copy of `src` at mnt/name on a tmpfs remounted read-only (root writes through permissions, so a mount it
+    is); mnt is made here. A mount that fails fails the test, as require_tmpfs says. unmount(mnt) when done."""
+    import shutil
+    mnt.mkdir()
+    require_tmpfs(mnt, "8M")
+    shutil.copytree(src, mnt / name)
+    subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+    return mnt / name
