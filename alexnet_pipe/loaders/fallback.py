@@ -20,7 +20,6 @@ TorchNormalizer does the float work there, batched (a DataLoader per epoch, as b
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Iterator
 
 import numpy as np
@@ -234,15 +233,12 @@ class TorchLoader(BaseLoader):
         """The epoch's batch iterator: the same workers as the last epoch's, once the tasks that epoch left behind
         have come back (they write into lent buffers that this epoch must not lend again before)."""
         self._drain()
-        fresh = self._cpu is None
-        if fresh:
+        if self._cpu is None:
             self._cpu = self._cpu_loader(self.settings.num_threads)
         loader, tasks = self._cpu
         tasks.start(steps)
         self._serial += 1
-        # only the first epoch forks the persistent workers: forking()'s garbage collection took ~170 ms of the
-        # main process at every epoch with torch loaded, a stall the workers' prefetch did not cover
-        with forking() if fresh else contextlib.nullcontext():
+        with forking():  # the first epoch forks the persistent workers (forking() only freezes: no cost for the rest)
             self._unfinished = iter(loader)  # until the epoch ends
         return self._unfinished
 
