@@ -5,7 +5,9 @@
 Times, on DATA's first pictures decoded once: the random-resized window's resize (augment.resized_window, the
 reference), the jittered finisher (colour jitter 0.4 and per-channel normalisation into a CHW float32 view: with
 OpenCV's passes, and with numba's compiled pass where numba is installed and --root's code has it) and,
-for scale, the paper recipe's finisher (mean image, no jitter; OpenCV's and compiled).  Each figure is the best
+for scale, the paper recipe's finisher (mean image, no jitter; OpenCV's and compiled); then a worker's whole
+view with the compiled pass, each recipe's: the window cut, resized, mirrored and finished (ViewFinisher.view, or
+before it the steps the loader took).  Each figure is the best
 of 5 passes over the images, per round, in the thread's CPU time; the median and best of the rounds are printed.
 CPU time and best-of because on a shared machine a pass's wall clock mostly says how much of a core it got.  --root: import alexnet_pipe from a `git archive`
 copy instead (run it alternately with and without to compare two commits in the same minutes).
@@ -78,10 +80,31 @@ def main() -> None:
             x, y = (int(v) for v in plan.crop_xy[k] % (index.size - c + 1))
             finisher(images[k][y:y + c, x:x + c], out, x, y, False, light)
 
+    def view(finisher, k, window, flip, x, y, jitter=None):
+        """A worker's whole view: ViewFinisher.view where it exists; before it, the window cut (flipped, resized)
+        and then finished, as the loader did."""
+        if hasattr(finisher, "view"):
+            return finisher.view(images[k], window, flip, out, x, y, light, jitter)
+        cut = augment.resized_window(images[k], window, c, flip) if window[2:] != (c, c) else (
+            augment.flipped_window(images[k], x, y, c, True) if flip else images[k][y:y + c, x:x + c])
+        return finisher(cut, out, x, y, flip, light, jitter)
+
+    def modern_views():
+        for k in range(n):
+            view(compiled, k, tuple(plan.window[k].tolist()), bool(plan.flip[k]), 0, 0,
+                 (plan.jitter[k], plan.jitter_order[k]))
+
+    def paper_views():
+        for k in range(n):
+            x, y = (int(v) for v in plan.crop_xy[k] % (index.size - c + 1))
+            view(paper_compiled, k, (x, y, c, c), bool(plan.flip[k]), x, y)
+
     steps = {"resize": resize, "jittered finisher": jittered, "paper finisher": plain}
     if compiled is not None and compiled.fused is not None:
         steps["jittered finisher, compiled"] = jittered_compiled
         steps["paper finisher, compiled"] = lambda: plain(paper_compiled)
+        steps["modern view (resize, flip, jitter, finish), compiled"] = modern_views
+        steps["paper view (crop, flip, finish), compiled"] = paper_views
     best = {name: [] for name in steps}
     for _ in range(args.rounds):
         for name, step in steps.items():

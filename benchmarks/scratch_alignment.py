@@ -2,10 +2,11 @@
 
     python benchmarks/scratch_alignment.py DATA [--images 640] [--rounds 3]
 
-As a DataLoader worker does for the paper's recipe, per image: read the record, decode it, cut the window
-(flipped for half), split it into the finisher's uint8 planes and run the compiled pass into a float32 batch.
-The planes are put at 0, 16, 32 and 48 bytes past a cache line (np.empty's malloc gives 16-byte alignment, so
-any of these), the rest as the loader has it.  Printed: each step's thread CPU time per image, best of the rounds.
+As a DataLoader worker without numba does for the paper's recipe, per image: read the record, decode it, cut the
+window (flipped for half), split it into the finisher's uint8 planes and normalise them with OpenCV into a
+float32 batch (the compiled pass, with numba, reads the window where it lies and splits nothing).  The planes are
+put at 0, 16, 32 and 48 bytes past a cache line (np.empty's malloc gives 16-byte alignment, so any of these), the
+rest as the loader has it.  Printed: each step's thread CPU time per image, best of the rounds.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def _planes_at(offset: int, crop: int) -> np.ndarray:
 
 def _pass(loader, finisher, steps, out) -> dict:
     import cv2
-    spent, clock, n = {"read+decode": 0.0, "window": 0.0, "split": 0.0, "compiled pass": 0.0}, time.thread_time, 0
+    spent, clock, n = {"read+decode": 0.0, "window": 0.0, "split": 0.0, "normalise": 0.0}, time.thread_time, 0
     for p in steps:
         for k, i in enumerate(p["index"].tolist()):
             t0 = clock()
@@ -36,10 +37,10 @@ def _pass(loader, finisher, steps, out) -> dict:
             t2 = clock()
             cv2.split(window, finisher._planes)
             t3 = clock()
-            mean, x0 = finisher._mean_at(int(p["crop_x"][k]), flip)
-            light = np.asarray(p["light"][k], np.float32)
-            finisher.fused.finish(finisher._plane_block, out[k], *finisher._no_ops, light, light, light, mean, x0,
-                                  int(p["crop_y"][k]), True)
+            mean = finisher._mean_window(int(p["crop_x"][k]), int(p["crop_y"][k]), flip)
+            light = p["light"][k].tolist()
+            for ch in range(3):  # as ViewFinisher.__call__ does after its split
+                finisher._normalise(finisher._planes[ch], out[k, ch], mean[ch], light[ch], None)
             t4, n = clock(), n + 1
             for name, dt in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                 spent[name] += dt
@@ -57,9 +58,7 @@ def main() -> None:
     a = ap.parse_args()
     cv2.setNumThreads(1)  # as in the workers
     loader = make_loader(LoaderSettings(a.data, batch_size=64, loader="torch", num_threads=0))
-    finisher = ViewFinisher(loader.norm, loader.index.size, 224, False, compiled=True)
-    if finisher.fused is None:
-        raise SystemExit("numba is not installed: pip install 'alexnet-pipe[numba]'")
+    finisher = ViewFinisher(loader.norm, loader.index.size, 224, False)  # OpenCV's passes
     steps = loader.step_params(0, 0)[:max(1, a.images // 64)]
     out = np.empty((64, 3, 224, 224), np.float32)
     out[...] = 0  # its pages touched once, as the loader's shared buffers are after the first batches

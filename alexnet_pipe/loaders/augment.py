@@ -112,14 +112,29 @@ def _window_block(rng, n, height, width, scale, ratio, attempts) -> np.ndarray:
     return np.stack([x, y, w, h], axis=1).astype(np.int32)
 
 
+def check_window(shape, window) -> tuple[int, int, int, int]:
+    """The window (x, y, w, h) as ints, or ValueError where it is not inside an image of this (H, W, ...) shape."""
+    x, y, w, h = (int(v) for v in window)
+    if not (0 <= x and 0 <= y and 0 < w and 0 < h and x + w <= shape[1] and y + h <= shape[0]):
+        raise ValueError(f"window {(x, y, w, h)} is outside the {shape[1]}x{shape[0]} image")
+    return x, y, w, h
+
+
+def cut_window(image: np.ndarray, window, crop: int, flip: bool) -> np.ndarray:
+    """(crop, crop, 3) uint8: the window (x, y, w, h) as it is where it is the crop's size (unflipped, a view of
+    the image: whoever reads it reads it once), else resized to it (resized_window); mirrored if `flip`."""
+    x, y, w, h = check_window(image.shape, window)
+    if w == h == crop:
+        return flipped_window(image, x, y, crop, True) if flip else image[y:y + crop, x:x + crop]
+    return resized_window(image, (x, y, w, h), crop, flip)
+
+
 def resized_window(image: np.ndarray, window, crop: int, flip: bool = False) -> np.ndarray:
     """(crop, crop, C) of the image's `window` (x, y, w, h) resized bilinearly (cv2 INTER_LINEAR:
     pixel centres aligned, no antialiasing), mirrored if `flip`: the reference both loaders' resized
     crops are compared to.  uint8 in, uint8 out (float32 works too, e.g. for the mean image)."""
     import cv2
-    x, y, w, h = (int(v) for v in window)
-    if not (0 <= x and 0 <= y and 0 < w and 0 < h and x + w <= image.shape[1] and y + h <= image.shape[0]):
-        raise ValueError(f"window {(x, y, w, h)} is outside the {image.shape[1]}x{image.shape[0]} image")
+    x, y, w, h = check_window(image.shape, window)
     out = cv2.resize(image[y:y + h, x:x + w], (crop, crop), interpolation=cv2.INTER_LINEAR)
     if flip:
         out = cv2.flip(out, 1)  # numpy's reversed copy of 3-byte pixels costs ~40x more (~0.9 ms at 224 px)

@@ -63,9 +63,7 @@ class ViewDataset:
         if self.ten_crop:
             return augment.ten_windows(image, self.crop), datum.label
         _, x, y, w, h, flip = spec
-        if w == h == self.crop:
-            return augment.flipped_window(image, x, y, self.crop, flip), datum.label
-        return augment.resized_window(image, (x, y, w, h), self.crop, flip), datum.label
+        return augment.cut_window(image, (x, y, w, h), self.crop, flip), datum.label
 
 
 class FinishedBatches:
@@ -104,27 +102,18 @@ class FinishedBatches:
 
     def _view(self, image: np.ndarray, out: np.ndarray, p: dict, k: int) -> None:
         """Sample k's training (or centre) view: its window cut, or resized to the crop, mirrored, finished."""
-        c = self.crop
-        x, y, w, h = p["window"][k].tolist()
-        flip = bool(p["flip"][k])
-        window = _window(image, x, y, c, flip) if w == h == c else augment.resized_window(image, (x, y, w, h), c, flip)
         jitter = (p["jitter"][k], p["jitter_order"][k]) if "jitter" in p else None
-        self.finisher(window, out, int(p["crop_x"][k]), int(p["crop_y"][k]), flip, p["light"][k], jitter)
+        self.finisher.view(image, p["window"][k].tolist(), bool(p["flip"][k]), out, int(p["crop_x"][k]),
+                           int(p["crop_y"][k]), p["light"][k], jitter)
 
     def _ten(self, image: np.ndarray, out: np.ndarray) -> None:
-        offsets, flips = augment.ten_crop_offsets(image.shape[0], self.crop)
+        c = self.crop
+        offsets, flips = augment.ten_crop_offsets(image.shape[0], c)
         for v, ((x, y), flip) in enumerate(zip(offsets.tolist(), flips.tolist())):
-            self.finisher(_window(image, x, y, self.crop, flip), out[v], x, y, flip, _NO_LIGHT)
+            self.finisher.view(image, (x, y, c, c), flip, out[v], x, y, _NO_LIGHT)
 
 
 _NO_LIGHT = np.zeros(3, np.float32)
-
-
-def _window(image: np.ndarray, x: int, y: int, crop: int, flip: bool) -> np.ndarray:
-    """The crop window, mirrored if `flip`; unflipped it stays a view (the finisher reads it once)."""
-    if flip:
-        return augment.flipped_window(image, x, y, crop, True)
-    return image[y:y + crop, x:x + crop]
 
 
 class _Tasks:

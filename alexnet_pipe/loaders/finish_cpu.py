@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from alexnet_pipe.core.memory import aligned_empty
+from alexnet_pipe.loaders import augment
 from alexnet_pipe.loaders.augment import Normalizer
 from alexnet_pipe.loaders.jitter import IDENTITY
 from alexnet_pipe.loaders.jitter_cv import jitter_deferred_
@@ -28,7 +29,8 @@ _IDENTITY = IDENTITY.tolist()
 
 class ViewFinisher:
     """(c, c, 3) uint8 window (already flipped; a strided view is fine) -> float32 written into `out`:
-    (3, c, c), or (c, c, 3) when `channels_last` (the NHWC memory of a channels_last batch)."""
+    (3, c, c), or (c, c, 3) when `channels_last` (the NHWC memory of a channels_last batch).  `view` cuts the
+    window from the decoded image itself (the loader's way: the compiled pass then reads it where it lies)."""
 
     def __init__(self, norm: Normalizer, size: int, crop: int, channels_last: bool, compiled: bool = False):
         self.mode, self.size, self.crop, self.channels_last = norm.mode, size, crop, channels_last
@@ -43,20 +45,39 @@ class ViewFinisher:
             self.mean_rgb = np.asarray(norm.mean_rgb, np.float32)
             self.inv_std = np.float32(1.0) / np.asarray(norm.std_rgb, np.float32)
         # the window's planes, OpenCV splits into these: on a cache line (core.memory.aligned_empty says why), as the
-        # float buffers jitter_cv's passes alternate between
+        # float buffers jitter_cv's passes alternate between and the resized window the compiled pass reads
         self._plane_block = aligned_empty((3, crop, crop), np.uint8)
         self._planes = list(self._plane_block)
         self._no_mean = np.zeros((3, 1, 1), np.float32)
         self._no_ops = (np.zeros(0, np.int8), np.zeros(0, np.float32))  # (order, factors): no op
         self._float = aligned_empty((crop, crop, 3), np.float32)
         self._spare = aligned_empty((crop, crop, 3), np.float32)
+        self._resized = aligned_empty((crop, crop, 3), np.uint8)
+
+    def view(self, image: np.ndarray, window, flip: bool, out: np.ndarray, x: int, y: int, light, jitter=None):
+        """The view of a decoded (H, W, 3) uint8 image: its `window` (wx, wy, w, h) as it is where it is the
+        crop's size, else resized to it; mirrored if `flip`; finished into `out` as __call__ does.  (x, y) is the
+        crop's offset (the mean image's window).  The compiled pass reads a crop where it lies in the image, or the
+        resized window in the finisher's buffer, and mirrors as it reads: no copy of the window, no split."""
+        wx, wy, w, h = window = augment.check_window(image.shape, window)  # the compiled pass reads unchecked
+        ops = None if self.fused is None else self._fused_ops(jitter)
+        if ops is None:  # OpenCV's passes, or a hue factor: jitter_cv's, on the window cut as the reference cuts it
+            return self(augment.cut_window(image, window, self.crop, flip), out, x, y, flip, light, jitter)
+        if w == h == self.crop:
+            source, sx, sy = image.reshape(image.shape[0], -1), wx, wy
+        else:
+            source, sx, sy = self._resize(image, window), 0, 0
+        return self._fused_finish(source, sx, sy, flip, out, ops, x, y, flip, light)
 
     def __call__(self, window: np.ndarray, out: np.ndarray, x: int, y: int, flip: bool, light, jitter=None):
+        ops = None if self.fused is None else self._fused_ops(jitter)
+        if ops is not None:  # numba's one pass; without jitter the OpenCV passes' float32 operations, bit for bit
+            c = self.crop
+            src = np.ascontiguousarray(window).reshape(c, 3 * c)
+            return self._fused_finish(src, 0, 0, False, out, ops, x, y, flip, light)
         light = np.asarray(light, np.float32)
         if jitter is not None and jitter[0].tolist() != _IDENTITY:
             return self._jittered(window, out, x, y, flip, light, jitter)
-        if self.fused is not None:  # the same float32 operations in one pass: the same bits
-            return self._fused_finish(window, out, self._no_ops, x, y, flip, light)
         mean = self._mean_window(x, y, flip)
         # the per-channel constants as OpenCV scalars (doubles, each exactly its float32): added after the mean
         # window, or subtracted (mean_rgb - light, float32 as TorchNormalizer's) and then multiplied
@@ -98,9 +119,6 @@ class ViewFinisher:
 
     def _jittered(self, window, out, x, y, flip, light, jitter):
         import cv2
-        if self.fused is not None and self.fused.fusable(jitter[0]):
-            ops = (np.ascontiguousarray(jitter[1], np.int8), np.ascontiguousarray(jitter[0], np.float32))
-            return self._fused_finish(window, out, ops, x, y, flip, light)
         image, affine, clip = jitter_deferred_(self._float, *jitter, spare=self._spare, source=window,
                                                defer=not self.channels_last)
         if self.mode == "mean-image":  # the normalisation's affine part: u -> scale u + shift, in each channel
@@ -121,16 +139,33 @@ class ViewFinisher:
                     _clip_plane_(out[ch], float(scale[ch] * clip[1] + shift[ch]), float(shift[ch]) if clip[0] else None)
         return out if mean is None else np.subtract(out, mean, out=out)
 
-    def _fused_finish(self, window, out, ops, x, y, flip, light):
-        """The jitter and the normalisation in jitter_fused's one pass, over the window's planes as OpenCV splits
-        them."""
+    def _fused_ops(self, jitter):
+        """(order, factors) of the view's jitter for the compiled pass (no op without jitter), or None where it
+        cannot take them (a hue factor: jitter_cv's passes)."""
+        if jitter is None or jitter[0].tolist() == _IDENTITY:
+            return self._no_ops
+        if not self.fused.fusable(jitter[0]):
+            return None
+        return np.ascontiguousarray(jitter[1], np.int8), np.ascontiguousarray(jitter[0], np.float32)
+
+    def _resize(self, image: np.ndarray, window) -> np.ndarray:
+        """(c, 3 c) uint8: the window resized to the crop as the reference does (augment.resized_window: OpenCV's
+        INTER_LINEAR), into the finisher's own buffer, unflipped: the compiled pass mirrors as it reads."""
         import cv2
-        cv2.split(window, self._planes)
+        x, y, w, h = window
+        c = self.crop
+        cv2.resize(image[y:y + h, x:x + w], (c, c), dst=self._resized, interpolation=cv2.INTER_LINEAR)
+        return self._resized.reshape(c, 3 * c)
+
+    def _fused_finish(self, src, sx, sy, mirror, out, ops, x, y, flip, light):
+        """The jitter and the normalisation in jitter_fused's one pass over the crop of `src` (rows of RGB
+        triples) at (sx, sy), read mirrored if `mirror`; `flip` (the view's) chooses the mean image's window."""
+        light = np.asarray(light, np.float32)
         if self.mode == "mean-image":
             mean, x0 = self._mean_at(x, flip)
-            self.fused.finish(self._plane_block, out, *ops, light, light, light, mean, x0, y, True)
+            self.fused.finish(src, sx, sy, mirror, out, *ops, light, light, light, mean, x0, y, True)
         else:
-            self.fused.finish(self._plane_block, out, *ops, self.mean_rgb - light, self.inv_std, light,
+            self.fused.finish(src, sx, sy, mirror, out, *ops, self.mean_rgb - light, self.inv_std, light,
                               self._no_mean, 0, 0, False)
         return out
 

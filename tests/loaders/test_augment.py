@@ -389,7 +389,7 @@ def test_resized_window_refuses_a_window_outside_a_non_square_image(window, ok):
     if ok:
         assert augment.resized_window(image, window, 8).shape == (8, 8, 3)
     else:
-        with pytest.raises(ValueError, match=rf"window \(.*\) is outside the 30x20 image"):
+        with pytest.raises(ValueError, match=r"window \(.*\) is outside the 30x20 image"):
             augment.resized_window(image, window, 8)
 
 

@@ -184,6 +184,7 @@ def test_the_hot_scratch_buffers_start_on_a_cache_line(crop):
     norm, *_ = normalizer_case(np.random.default_rng(1), "mean-image", 1, crop + 8, crop)
     for _ in range(4):
         finisher = ViewFinisher(norm, crop + 8, crop, False, compiled=True)
-        assert [b.ctypes.data % 64 for b in (finisher._plane_block, finisher._float, finisher._spare)] == [0, 0, 0]
+        buffers = (finisher._plane_block, finisher._float, finisher._spare, finisher._resized)
+        assert [b.ctypes.data % 64 for b in buffers] == [0, 0, 0, 0]
         assert all(p.ctypes.data % 32 == 0 for p in finisher._planes)
     assert SharedBatches(0, 3 * crop * crop, shared=False).array(None, 3 * crop * crop).ctypes.data % 64 == 0

@@ -79,6 +79,56 @@ def test_generated_views_match_the_reference(seed, mode, factors, order, bright)
                                **TOLERANCE[mode])
 
 
+def _view_case(rng, mode, resized, edge, size=20, c=16):
+    """(norm, image, window, crop offset): a decoded image, and a window of it at an edge or anywhere; the crop's
+    size in mean-image mode (the paper's crops), or any size (random-resized) in channel mode."""
+    norm, *_ = normalizer_case(rng, mode, 1, size, c)
+    height, width = (size, size) if mode == "mean-image" else (int(rng.integers(c, 40)), int(rng.integers(c, 40)))
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    w, h = (int(rng.integers(1, width + 1)), int(rng.integers(1, height + 1))) if resized else (c, c)
+    x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+    x = {"left": 0, "right": width - w}.get(edge, x)
+    y = {"top": 0, "bottom": height - h}.get(edge, y)
+    return norm, image, (x, y, w, h), (x, y) if (w, h) == (c, c) else (0, 0)
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2 ** 31), mode=st.sampled_from(["channel", "mean-image"]), resized=st.booleans(),
+       edge=st.sampled_from(["any", "left", "right", "top", "bottom"]), flip=st.booleans(),
+       jittered=st.sampled_from(["no", "yes", "hue"]), read_only=st.booleans())
+def test_a_view_read_where_it_lies_is_the_cut_window_finished(seed, mode, resized, edge, flip, jittered, read_only):
+    """view() reads a crop where it lies in the decoded image (read-only: a raw record's own bytes), or the resized
+    window in the finisher's buffer, mirrored as it reads: bit for bit what __call__ makes of the window the
+    reference cuts (augment.cut_window: a flipped copy, OpenCV's resize), which the tests above hold against
+    jitter.py; without jitter also bit for bit OpenCV's passes (TorchNormalizer's operations)."""
+    rng = np.random.default_rng(seed)
+    norm, image, window, (x, y) = _view_case(rng, mode, resized and mode == "channel", edge)
+    image.flags.writeable = not read_only
+    light = rng.normal(0, 20, 3).astype(np.float32)
+    jit = None
+    if jittered != "no":
+        factors, order = JitterSpec.strength(0.9, 0.2 if jittered == "hue" else 0.0).draw(rng, 1)
+        jit = (factors[0], order[0])
+    compiled = ViewFinisher(norm, 20, 16, channels_last=False, compiled=True)
+    got, want = (np.full((3, 16, 16), np.nan, np.float32) for _ in range(2))
+    compiled.view(image, window, flip, got, x, y, light, jit)
+    compiled(augment.cut_window(image, window, 16, flip), want, x, y, flip, light, jit)
+    np.testing.assert_array_equal(got, want)
+    if jit is None:
+        opencv = ViewFinisher(norm, 20, 16, channels_last=False)
+        opencv(augment.cut_window(image, window, 16, flip), want, x, y, flip, light)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_window_outside_the_image_is_refused_before_the_compiled_pass_reads_it():
+    norm, image, _, _ = _view_case(np.random.default_rng(2), "channel", False, "any")
+    finisher = ViewFinisher(norm, 20, 16, channels_last=False, compiled=True)
+    height, width = image.shape[:2]
+    for window in [(width - 15, 0, 16, 16), (0, height - 15, 16, 16), (-1, 0, 16, 16), (0, 0, width + 1, 8)]:
+        with pytest.raises(ValueError, match="outside"):
+            finisher.view(image, window, False, np.empty((3, 16, 16), np.float32), 0, 0, np.zeros(3, np.float32))
+
+
 def test_the_finisher_uses_the_compiled_pass_only_when_asked_and_not_for_channels_last():
     norm, *_ = normalizer_case(np.random.default_rng(1), "channel", 1, 20, 16)
     assert ViewFinisher(norm, 20, 16, channels_last=False, compiled=True).fused is jitter_fused
