@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from alexnet_pipe.core import stopping
 from alexnet_pipe_cli.main import cli
 from helpers.shardgen import make_data_dir, random_images
-from helpers.processes import sleep_and_say
+from helpers.processes import DEFAULT_SIGINT, sleep_and_say
 
 
 # ---------------------------------------------------------------- the mechanism, in this process
@@ -108,7 +108,8 @@ def test_workers_of_a_parent_killed_outright_exit_by_themselves(tmp_path):
 
 # Runs the CLI with one library function slowed down (in the parent process): the first call leaves a marker
 # file and waits, so the signal arrives while the command is at that point, with its workers running.
-SLOWED = textwrap.dedent("""
+SLOWED = textwrap.dedent(f"""
+    {DEFAULT_SIGINT}
     import importlib, pathlib, sys, time
     marker, target, pause = pathlib.Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
     module_name, _, attr = target.partition(":")
