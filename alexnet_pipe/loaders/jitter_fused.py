@@ -17,8 +17,8 @@ us for OpenCV's three planes of subtract and add.
 numba is optional (the `numba` extra: ~200 MB with llvmlite, and only the torch loader's CPU jitter uses it):
 importing this module raises ImportError without it, and the finisher keeps jitter_cv's path.  The kernel is
 compiled for its signatures (a writable or a read-only source) when this module is imported, in the process that
-makes the loader (its forked workers inherit it); numba caches the machine code on disk (functions at module level: a closure's cache is
-never reused), so a later run loads it instead of compiling (~3 s).
+makes the loader (its forked workers inherit it); numba caches the machine code on disk (functions at module
+level: a closure's cache is never reused), so a later run loads it instead of compiling (~3 s).
 """
 from __future__ import annotations
 
