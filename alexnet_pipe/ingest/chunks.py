@@ -51,7 +51,7 @@ def to_record(job: ImageJob, index: int, item: Item) -> tuple[bytes, bytes, np.n
     except cv2.error as exc:
         raise images.Reject(f"undecodable ({str(exc).strip().splitlines()[-1]})") from None
     if job.encoding == "jpeg":
-        value = images.encode_jpeg(square, job.quality)
+        value = images.encode_jpeg(square, job.quality, restart_rows=True)  # rows decodable alone (shards.strips)
         stored = images.decode_stored_jpeg(value)
     else:  # raw records are HWC RGB (docs/format.md)
         stored = cv2.cvtColor(square, cv2.COLOR_BGR2RGB)

@@ -5,7 +5,9 @@ For machines without DALI.  It takes the same per-epoch plan as the DALI loader
 worker decodes with OpenCV (one thread per worker: the workers are the parallelism) and cuts the
 flipped uint8 crop window (``augment.flipped_window``; a random-resized window is resized to the crop
 by ``augment.resized_window``, the reference itself).  Each task hands a worker self-contained
-per-sample parameters, so a worker needs no epoch state.
+per-sample parameters, so a worker needs no epoch state.  A training view's record is decoded only in the
+rows of its window where the record has a restart marker per MCU row (prepare's JPEGs: shards.strips; ~0.73 of a
+random-resized crop's record, bit for bit the whole decode's pixels), else whole.
 
 On the CPU the worker also does the float work (colour jitter, mean window, lighting, std) with numpy
 and OpenCV (finish_cpu.ViewFinisher: without jitter, the same float32 operations as the DALI loader's
@@ -59,11 +61,11 @@ class ViewDataset:
 
     def __getitem__(self, spec) -> tuple[np.ndarray, int]:
         datum = self.index.read(spec[0])
-        image = decode_rgb(datum, self.index, spec[0])
         if self.ten_crop:
-            return augment.ten_windows(image, self.crop), datum.label
-        _, x, y, w, h, flip = spec
-        return augment.cut_window(image, (x, y, w, h), self.crop, flip), datum.label
+            return augment.ten_windows(decode_rgb(datum, self.index, spec[0]), self.crop), datum.label
+        i, x, y, w, h, flip = spec
+        rows, top = self.index.rows(datum, i, y, y + h)  # the window's rows decoded, not the whole image
+        return augment.cut_window(rows, (x, y - top, w, h), self.crop, flip), datum.label
 
 
 class FinishedBatches:
@@ -90,20 +92,22 @@ class FinishedBatches:
         for k, i in enumerate(p["index"].tolist()):
             datum = self.index.read(i)
             labels[k] = datum.label
-            image = decode_rgb(datum, self.index, i)
             if self.ten_crop:
-                self._ten(image, out[k * 10:(k + 1) * 10])
+                self._ten(decode_rgb(datum, self.index, i), out[k * 10:(k + 1) * 10])
             else:
-                self._view(image, out[k], p, k)
+                self._view(datum, i, out[k], p, k)
         if slot is None:
             import torch
             return torch.from_numpy(out), labels
         return slot, labels
 
-    def _view(self, image: np.ndarray, out: np.ndarray, p: dict, k: int) -> None:
-        """Sample k's training (or centre) view: its window cut, or resized to the crop, mirrored, finished."""
+    def _view(self, datum, i: int, out: np.ndarray, p: dict, k: int) -> None:
+        """Sample k's training (or centre) view: its window's rows decoded (not the whole image), the window cut,
+        or resized to the crop, mirrored, finished."""
         jitter = (p["jitter"][k], p["jitter_order"][k]) if "jitter" in p else None
-        self.finisher.view(image, p["window"][k].tolist(), bool(p["flip"][k]), out, int(p["crop_x"][k]),
+        x, y, w, h = p["window"][k].tolist()
+        rows, top = self.index.rows(datum, i, y, y + h)
+        self.finisher.view(rows, (x, y - top, w, h), bool(p["flip"][k]), out, int(p["crop_x"][k]),
                            int(p["crop_y"][k]), p["light"][k], jitter)
 
     def _ten(self, image: np.ndarray, out: np.ndarray) -> None:

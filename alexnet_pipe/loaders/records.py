@@ -16,7 +16,7 @@ from alexnet_pipe.shards.codec import Datum
 from alexnet_pipe.shards.keyindex import Keys, key_index_problem
 from alexnet_pipe.shards.lmdbfile import open_reader
 from alexnet_pipe.shards.manifest import SHARD_META, load_shard_meta, read_manifest, shard_dirs
-from alexnet_pipe.shards.records import read_datum, record_pixels
+from alexnet_pipe.shards.records import read_datum, record_pixels, record_rows
 
 _TXNS: dict[tuple[int, str], tuple] = {}
 
@@ -98,6 +98,11 @@ class RecordIndex:
         """The (S, S, 3) uint8 RGB of record i, by the shards' one record decoder (decoded, or a raw record's
         bytes reshaped); a record that is not that is one sentence naming its shard and key."""
         return record_pixels(self.dirs[self.shard_of[i]], self.keys[i], datum, self.size)
+
+    def rows(self, datum: Datum, i: int, y0: int, y1: int) -> tuple[np.ndarray, int]:
+        """(whole rows of record i holding its rows y0 .. y1, the first one's row in the image): a prepared JPEG
+        record is decoded only around them (shards.strips), any other whole (top 0)."""
+        return record_rows(self.dirs[self.shard_of[i]], self.keys[i], datum, self.size, y0, y1)
 
 
 def decode_rgb(datum, index: RecordIndex, i: int) -> np.ndarray:

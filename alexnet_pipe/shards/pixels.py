@@ -11,6 +11,8 @@ import struct
 import cv2
 import numpy as np
 
+from alexnet_pipe.shards.strips import restart_interval, rows_jpeg
+
 _REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 _FLAGS = cv2.IMREAD_IGNORE_ORIENTATION  # as PIL/torchvision/Caffe-era pipelines: EXIF is not applied
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -183,12 +185,34 @@ def _strict_jpeg(data: bytes, comps: int, min_h: int, min_w: int, order: str) ->
     return None
 
 
-def encode_jpeg(bgr: np.ndarray, quality: int) -> bytes:
-    """JPEG bytes of a BGR image (OpenCV's order, as decode_bgr gives it)."""
-    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+def encode_jpeg(bgr: np.ndarray, quality: int, restart_rows: bool = False) -> bytes:
+    """JPEG bytes of a BGR image (OpenCV's order, as decode_bgr gives it); `restart_rows`: a restart marker after
+    each row of MCUs, so that a reader can decode some rows alone (strips.py: prepare's records)."""
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality]
+    if restart_rows:
+        params += [cv2.IMWRITE_JPEG_RST_INTERVAL, restart_interval(bgr.shape[1])]
+    ok, buf = cv2.imencode(".jpg", bgr, params)
     if not ok:
         raise RuntimeError("OpenCV failed to encode a JPEG")
     return buf.tobytes()
+
+
+def decode_rgb_rows(data: bytes, y0: int, y1: int, height: int) -> tuple[np.ndarray, int]:
+    """(RGB pixels of whole rows, top): rows y0 .. y1 of the image are the array's rows y0 - top .. y1 - top.
+    A JPEG `height` rows tall with a restart marker per MCU row decodes only the rows around them (strips.py);
+    anything else, and a strip libjpeg-turbo warns about, is decode_rgb's whole image (top 0), which says what is
+    wrong with it; an image of another height is refused."""
+    part = rows_jpeg(data, y0, y1, height) if data[:3] == b"\xff\xd8\xff" else None
+    if part is not None:
+        import simplejpeg
+        try:
+            return simplejpeg.decode_jpeg(part[0], colorspace="RGB", strict=True), part[1]
+        except ValueError:
+            pass
+    whole = decode_rgb(data)
+    if len(whole) != height:
+        raise Reject(f"image shape {whole.shape}, expected {height} rows")
+    return whole, 0
 
 
 def decode_stored_jpeg(data: bytes) -> np.ndarray | None:

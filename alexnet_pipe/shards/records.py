@@ -72,18 +72,27 @@ def record_pixels(shard: Path | str, key: bytes, datum: Datum, size: int) -> "np
     """The one record decoder: a record's image as uint8 (size, size, 3) RGB. JPEG/PNG are decoded by the image
     codec (shards.pixels: a truncated JPEG, which libjpeg would fill with grey, is refused), raw bytes reshaped;
     anything else is a DamagedRecord naming shard and key."""
+    return record_rows(shard, key, datum, size, 0, size)[0]
+
+
+def record_rows(shard: Path | str, key: bytes, datum: Datum, size: int, y0: int, y1: int) -> tuple["np.ndarray", int]:
+    """record_pixels' rows y0 .. y1 at least: (uint8 (rows, size, 3) RGB of whole rows, top), the image's row y
+    being the array's row y - top.  A JPEG written with a restart marker per MCU row (prepare's) is decoded only
+    around those rows (shards.strips); any other record whole (top 0), with record_pixels' checks."""
     import numpy as np
 
-    from alexnet_pipe.shards.pixels import Reject, decode_rgb  # OpenCV: not for the commands that never decode
-    if datum.encoded:
-        try:
-            pixels = decode_rgb(datum.data)
-        except Reject as exc:
-            raise DamagedRecord(shard, key, str(exc)) from None
-    elif len(datum.data) == size * size * 3:
-        pixels = np.frombuffer(datum.data, np.uint8).reshape(size, size, 3)
-    else:
-        raise DamagedRecord(shard, key, f"{len(datum.data)} raw bytes, not {size}x{size}x3")
-    if pixels.shape != (size, size, 3):
+    from alexnet_pipe.shards.pixels import Reject, decode_rgb, decode_rgb_rows  # OpenCV: not where nothing decodes
+    if not datum.encoded:
+        if len(datum.data) != size * size * 3:
+            raise DamagedRecord(shard, key, f"{len(datum.data)} raw bytes, not {size}x{size}x3")
+        return np.frombuffer(datum.data, np.uint8).reshape(size, size, 3), 0
+    try:
+        if y0 <= 0 and y1 >= size:
+            pixels, top = decode_rgb(datum.data), 0
+        else:  # a whole image here is `size` rows tall, or refused
+            pixels, top = decode_rgb_rows(datum.data, y0, y1, size)
+    except Reject as exc:
+        raise DamagedRecord(shard, key, str(exc)) from None
+    if pixels.shape[1:] != (size, 3) or (y0 <= 0 and y1 >= size and len(pixels) != size):
         raise DamagedRecord(shard, key, f"image shape {pixels.shape}, expected {(size, size, 3)}")
-    return pixels
+    return pixels, top

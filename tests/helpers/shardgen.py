@@ -13,13 +13,16 @@ import numpy as np
 
 from alexnet_pipe.core.files import write_json_atomic
 from alexnet_pipe.shards import FORMAT_VERSION, Datum, ShardWriter, record_key, shard_name
+from alexnet_pipe.shards.strips import restart_interval
 
 
 def stored_pixels(rgb: np.ndarray, encoding: str, quality: int) -> tuple[bytes, np.ndarray]:
     """(record data, the pixels a reader decodes from it)."""
     if encoding == "raw":
         return rgb.tobytes(), rgb
-    ok, buf = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    # a restart marker per MCU row, as prepare writes them: the loaders decode a window's rows alone (shards.strips)
+    ok, buf = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality,
+                                                    cv2.IMWRITE_JPEG_RST_INTERVAL, restart_interval(rgb.shape[1])])
     assert ok
     decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
     return buf.tobytes(), np.ascontiguousarray(decoded)

@@ -76,6 +76,22 @@ def test_records_are_shuffled_keys_labels_and_sizes(tree, tmp_path):
                 assert wnids[datum.label] == path.split("/")[1]
 
 
+def test_jpeg_records_decode_a_windows_rows_alone(tree, tmp_path):
+    """Each record has a restart marker per MCU row (shards.strips), so the loaders decode the rows a view needs:
+    a window in the middle MCU row of a 48 px record is a strip of that row alone, the whole image's pixels."""
+    from alexnet_pipe.shards.pixels import decode_rgb, decode_rgb_rows
+    from alexnet_pipe.shards.strips import rows_jpeg
+    root, _ = tree
+    prep(root, tmp_path / "d")
+    records = [datum for recs in all_records(tmp_path / "d").values() for _, datum in recs]
+    for datum in records:
+        assert rows_jpeg(datum.data, 20, 28, SIZE) is not None
+        rows, top = decode_rgb_rows(datum.data, 20, 28, SIZE)
+        assert (top, rows.shape) == (16, (16, SIZE, 3))
+        assert np.array_equal(rows[4:12], decode_rgb(datum.data)[20:28])
+    assert len(records) > 20
+
+
 def test_pixels_match_a_pil_reference(tree, tmp_path):
     """Shorter side -> SIZE, centre square: compare with PIL's own decode + box-filter resize."""
     from PIL import Image
