@@ -35,6 +35,12 @@ def restart_interval(width: int) -> int:
     return -(-width // 16)
 
 
+def has_row_restarts(data: bytes, height: int) -> bool:
+    """Whether a JPEG `height` rows tall has the restart marker per MCU row that rows_jpeg cuts at (prepare's
+    records since 2026-12-04)."""
+    return _frame(data, 0, 1, height) is not None
+
+
 def rows_jpeg(data: bytes, y0: int, y1: int, height: int) -> tuple[memoryview, int] | None:
     """(a JPEG of whole pixel rows whose rows y0 - top .. y1 - top are the image's rows y0 .. y1, top), cut one
     row wider each side than asked where that is not the image's edge.  None where the data is not a baseline

@@ -1,6 +1,7 @@
 """info and verify: what a data dir holds, and whether every record is intact."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from alexnet_pipe.shards.keyindex import KEY_INDEX, key_index_problem
 from alexnet_pipe.shards.lmdbfile import iter_records
 from alexnet_pipe.shards.manifest import SHARD_META, load_shard_meta, read_manifest
 from alexnet_pipe.shards.records import DamagedRecord, RecordChecksum, read_datum, record_pixels
+from alexnet_pipe.shards.strips import has_row_restarts
 
 VERIFY_EVERY = 1.0  # seconds between progress lines in a log: a shard of 10,000 records takes seconds
 
@@ -104,6 +106,27 @@ def _in_workers(args: list[tuple], workers: int):
                         "memory ran out): run `alexnet-pipe verify --workers 1` to see which shard") from None
 
 
+def rows_note(dd: DataDir, manifest: dict) -> str | None:
+    """A one-line note where the first training record is a JPEG without a restart marker per MCU row (prepared
+    before they were written): the torch loader then decodes every record whole, not a view's rows.  None where
+    it has them, is raw, or cannot be read here (verify says why)."""
+    names = [e["name"] for e in manifest["splits"].get("train", {}).get("shards", [])]
+    shard = next((dd.split("train") / n for n in names if (dd.split("train") / n).is_dir()), None)
+    if shard is None:
+        return None
+    try:
+        with contextlib.closing(iter_records(shard)) as records:  # the shard closed now, not when collected
+            key, value = next(records, (None, None))
+        datum = read_datum(shard, key, value) if key is not None else None
+    except ShardFormatError:
+        return None
+    if datum is None or not datum.encoded or has_row_restarts(datum.data, datum.height):
+        return None
+    return (f"note: the JPEG records of {dd.root} have no restart marker per MCU row (prepared before "
+            "2026-12-04): the torch loader decodes each whole; `alexnet-pipe prepare SRC --overwrite` writes them "
+            "so that it decodes only a view's rows (~0.73 of a record for random-resized crops)")
+
+
 def class_note(manifest: dict, data: Path | str | None = None) -> str | None:
     """A one-line warning where the data dir holds fewer than 2 classes (training reaches loss 0 at once and
     every error is 0, which says nothing); None otherwise. train and info print it."""
@@ -126,5 +149,5 @@ def info(data: Path) -> dict:
                                 "bytes": sum(e["bytes"] for e in s["shards"]),
                                 "missing": [e["name"] for e in s["shards"] if not (dd.split(split) / e["name"]).is_dir()]}
     out["example_classes"] = [f"{c['wnid']} {c['name']}" for c in manifest["classes"][:3]]
-    out["notes"] = [note] if (note := class_note(manifest, dd.root)) else []
+    out["notes"] = [note for note in (class_note(manifest, dd.root), rows_note(dd, manifest)) if note]
     return out

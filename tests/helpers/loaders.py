@@ -20,20 +20,21 @@ from helpers.shardgen import make_data_dir, random_images, write_pca_json
 S, CROP, N_TRAIN, N_VAL = 40, 32, 50, 10
 
 
-def build_data(root: Path, encoding: str) -> Path:
-    """A tiny data dir (S=40) plus the stats files the loaders read, written here from numpy."""
-    images = random_images(N_TRAIN + N_VAL, S, seed=1)
+def build_data(root: Path, encoding: str, size: int = S, restart_rows: bool = True) -> Path:
+    """A tiny data dir (S=40 unless `size`) plus the stats files the loaders read, written here from numpy;
+    `restart_rows` False: JPEG records as prepare wrote them before 2026-12-04 (decoded whole)."""
+    images = random_images(N_TRAIN + N_VAL, size, seed=1)
     labels = np.arange(N_TRAIN + N_VAL) % 5
     make_data_dir(root, {"train": (images[:N_TRAIN], labels[:N_TRAIN]),
-                         "val": (images[N_TRAIN:], labels[N_TRAIN:])}, 5, 2, encoding)
+                         "val": (images[N_TRAIN:], labels[N_TRAIN:])}, 5, 2, encoding, restart_rows=restart_rows)
     stats = root / "stats"
     stats.mkdir()
     rng = np.random.default_rng(3)
-    np.save(stats / "mean.npy", (rng.random((S, S, 3)) * 255).astype(np.float32))
+    np.save(stats / "mean.npy", (rng.random((size, size, 3)) * 255).astype(np.float32))
     a = rng.normal(size=(3, 3))
     w, v = np.linalg.eigh(a @ a.T * 300)
     w, v = w[::-1], v[:, ::-1]
-    write_pca_json(stats / "pca.json", w, v, [120.0, 110.0, 100.0], [60.0, 55.0, 50.0], S, N_TRAIN)
+    write_pca_json(stats / "pca.json", w, v, [120.0, 110.0, 100.0], [60.0, 55.0, 50.0], size, N_TRAIN)
     return root
 
 

@@ -16,13 +16,13 @@ from alexnet_pipe.shards import FORMAT_VERSION, Datum, ShardWriter, record_key, 
 from alexnet_pipe.shards.strips import restart_interval
 
 
-def stored_pixels(rgb: np.ndarray, encoding: str, quality: int) -> tuple[bytes, np.ndarray]:
-    """(record data, the pixels a reader decodes from it)."""
+def stored_pixels(rgb: np.ndarray, encoding: str, quality: int, restart_rows: bool = True) -> tuple[bytes, np.ndarray]:
+    """(record data, the pixels a reader decodes from it).  `restart_rows`: a restart marker per MCU row, as
+    prepare writes them (the loaders decode a window's rows alone: shards.strips); False: as before 2026-12-04."""
     if encoding == "raw":
         return rgb.tobytes(), rgb
-    # a restart marker per MCU row, as prepare writes them: the loaders decode a window's rows alone (shards.strips)
-    ok, buf = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality,
-                                                    cv2.IMWRITE_JPEG_RST_INTERVAL, restart_interval(rgb.shape[1])])
+    rst = [cv2.IMWRITE_JPEG_RST_INTERVAL, restart_interval(rgb.shape[1])] if restart_rows else []
+    ok, buf = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality, *rst])
     assert ok
     decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
     return buf.tobytes(), np.ascontiguousarray(decoded)
@@ -36,7 +36,7 @@ def random_images(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def make_data_dir(root: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int,
-                  shards: int = 2, encoding: str = "jpeg", quality: int = 90) -> Path:
+                  shards: int = 2, encoding: str = "jpeg", quality: int = 90, restart_rows: bool = True) -> Path:
     """splits: name -> (images uint8 (N,S,S,3) RGB, labels int (N,)). Returns root."""
     root = Path(root)
     size = next(iter(splits.values()))[0].shape[1]
@@ -50,7 +50,7 @@ def make_data_dir(root: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], 
         for s in range(shards):
             writer = ShardWriter(root / split / shard_name(s), size)
             for i in range(bounds[s], bounds[s + 1]):
-                data, pixels = stored_pixels(images[i], encoding, quality)
+                data, pixels = stored_pixels(images[i], encoding, quality, restart_rows)
                 datum = Datum(data, int(labels[i]), encoding == "jpeg", 3, size, size)
                 writer.put(record_key(i, f"{split}/img_{i}.JPEG"), datum.to_bytes())
                 writer.stats.add_image(pixels)

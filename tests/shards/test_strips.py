@@ -170,3 +170,13 @@ def test_rows_outside_the_image_decode_whole():
     for y0, y1 in [(-5, 10), (60, 70), (30, 30)]:
         rows, top = decode_rgb_rows(jpeg, y0, y1, 64)
         assert top == 0 and rows.shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("restart_rows", [True, False])
+def test_info_notes_jpeg_records_prepared_without_restart_markers(tmp_path, restart_rows):
+    from alexnet_pipe.shards.verify import info
+    from helpers.shardgen import make_data_dir, random_images
+    make_data_dir(tmp_path / "d", {"train": (random_images(4, 64), np.arange(4) % 2)}, 2, 1,
+                  restart_rows=restart_rows)
+    notes = info(tmp_path / "d")["notes"]
+    assert any("no restart marker per MCU row" in n and "--overwrite" in n for n in notes) != restart_rows
