@@ -179,7 +179,10 @@ def _strict_jpeg(data: bytes, comps: int, min_h: int, min_w: int, order: str) ->
     except ValueError as exc:
         warning = str(exc)
     if "extraneous bytes" in warning:  # bytes between the data and a marker: every pixel is there
-        return simplejpeg.decode_jpeg(data, colorspace=order, strict=False, min_height=min_h, min_width=min_w)
+        try:
+            return simplejpeg.decode_jpeg(data, colorspace=order, strict=False, min_height=min_h, min_width=min_w)
+        except ValueError as exc:  # an error, not a warning, after those bytes: a damaged file like any other
+            raise Reject(f"damaged JPEG (libjpeg: {exc})") from None
     if warning.startswith(("Corrupt JPEG data", "Premature end")):
         raise Reject(f"damaged JPEG (libjpeg: {warning}; OpenCV would fill the rest with grey)")
     return None

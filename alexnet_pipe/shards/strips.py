@@ -9,11 +9,15 @@ are not the image's own: 4:2:0's "fancy" chroma upsampling blends each row with 
 which the strip does not have.  So the strip is cut one pixel row wider on each side than asked, and the rows
 asked for are the whole image's bit for bit (tests/shards/test_strips.py holds this against the whole decode for
 generated images, sizes and samplings).  The torch loader's workers decode only the rows of a view's window:
-~73% of a 256 px record's rows for a random-resized crop, ~94% for the paper's 224 px crops, where decoding is
-most of a worker's time (docs/performance.md).  DALI's own decoders read these records as any JPEG.
+~73% of a 256 px record's rows for a random-resized crop, where decoding is most of a worker's time; the paper's
+224 px crops leave out one MCU row at most and decode whole (docs/performance.md).  DALI's own decoders read
+these records as any JPEG.
 
-Anything else (no restart markers, an interval other than one MCU row, a progressive or damaged JPEG) gives None
-here, and the caller decodes the whole image as before: records prepared before this still read.
+Anything else (no restart markers, an interval other than one MCU row, a progressive JPEG, a header that is not
+a baseline frame's) gives None here, and the caller decodes the whole image as before: records prepared before
+this still read.  Damage is found where it is read: a strip libjpeg-turbo warns about falls back to the whole
+decode, which names the damage, but damage in rows a strip leaves out goes unread (`verify` decodes every
+record whole).
 """
 from __future__ import annotations
 
@@ -123,25 +127,42 @@ def _frame(data: bytes, y0: int, y1: int, expected: int):
 
 def _header(data: bytes):
     """(height, width, max h sampling, max v sampling, restart interval, height offset, scan data offset) of a
-    baseline JPEG's markers up to its scan's data; None where a marker is not that."""
+    baseline JPEG's markers up to its scan's data, where that scan holds every component (the one scan that
+    restart markers split into rows); None where a marker is not that."""
     pos, n, frame, interval = 2, len(data), None, 0
     while pos + 4 <= n and data[pos] == 0xFF:
         marker = data[pos + 1]
+        if marker == 0xFF:  # a fill byte before a marker
+            pos += 1
+            continue
         length = struct.unpack_from(">H", data, pos + 2)[0]
-        if marker in _BASELINE and pos + 10 <= n:
-            height, width, comps = struct.unpack_from(">HHB", data, pos + 5)
-            sampling = data[pos + 11:pos + 11 + 3 * comps:3]
-            if len(sampling) != comps or not comps or not all(s >> 4 and s & 15 for s in sampling):
+        if marker in _BASELINE:
+            frame = _frame_header(data, pos)
+            if frame is None:
                 return None
-            frame = (height, width, max(s >> 4 for s in sampling), max(s & 15 for s in sampling), pos + 5)
-        elif 0xC2 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # another kind of frame
-            return None
+        elif 0xC2 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) or 0xD0 <= marker <= 0xD8 or marker < 2:
+            return None  # another kind of frame, or a marker without a length where none belongs
         elif marker == 0xDD and pos + 6 <= n:
             interval = struct.unpack_from(">H", data, pos + 4)[0]
         elif marker == 0xDA:
-            if frame is None or not interval:
-                return None
-            height, width, hmax, vmax, height_at = frame
+            if frame is None or not interval or pos + 5 > n or data[pos + 4] != frame[4]:
+                return None  # no frame or no interval yet, or a scan of some components only
+            height, width, hmax, vmax, _comps, height_at = frame
             return height, width, hmax, vmax, interval, height_at, pos + 2 + length
         pos += 2 + length
     return None
+
+
+def _frame_header(data: bytes, pos: int):
+    """(height, width, max h sampling, max v sampling, components, height offset) of the frame header at `pos`;
+    None where its sampling factors are not all 1..4.  One component's MCU is one 8 x 8 block, whatever its
+    factors say (libjpeg's rule for a scan of one component)."""
+    if pos + 10 > len(data):
+        return None
+    height, width, comps = struct.unpack_from(">HHB", data, pos + 5)
+    sampling = data[pos + 11:pos + 11 + 3 * comps:3]
+    if not comps or len(sampling) != comps or not all(1 <= s >> 4 <= 4 and 1 <= s & 15 <= 4 for s in sampling):
+        return None
+    if comps == 1:
+        return height, width, 1, 1, comps, pos + 5
+    return height, width, max(s >> 4 for s in sampling), max(s & 15 for s in sampling), comps, pos + 5

@@ -120,7 +120,7 @@ def rows_note(dd: DataDir, manifest: dict) -> str | None:
         datum = read_datum(shard, key, value) if key is not None else None
     except ShardFormatError:
         return None
-    if datum is None or not datum.encoded or has_row_restarts(datum.data, datum.height):
+    if datum is None or not datum.encoded or has_row_restarts(datum.data, manifest["settings"]["size"]):
         return None
     return (f"note: the JPEG records of {dd.root} have no restart marker per MCU row (prepared before "
             "2026-12-04): the torch loader decodes each whole; `alexnet-pipe prepare SRC --overwrite` writes them "

@@ -63,6 +63,17 @@ def test_rejects(data, reason):
         images.decode_rgb(data)
 
 
+@pytest.mark.parametrize("decode", [images.decode_rgb, images.decode_bgr])
+def test_an_error_after_libjpegs_extraneous_bytes_warning_is_a_reject(decode):
+    """The APP0 marker's second byte zeroed: libjpeg warns of extraneous bytes before the next marker, and then
+    fails without its warnings as errors too; that failure is the file's one sentence, not a ValueError."""
+    data = bytearray(jpeg(smooth(64, 64)))
+    assert data[2:4] == b"\xff\xe0"
+    data[3] = 0
+    with pytest.raises(images.Reject, match="damaged JPEG.*extraneous bytes"):
+        decode(bytes(data))
+
+
 def test_dct_reduction_keeps_shorter_side_at_least_min_side():
     data = jpeg(smooth(1536, 2048))
     assert images.decode_rgb(data, 256).shape == (384, 512, 3)  # 1/4; 1/8 would give 192 < 256

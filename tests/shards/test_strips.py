@@ -1,5 +1,6 @@
 """A JPEG record's rows decoded alone (shards.strips): the rows asked for are the whole image's, bit for bit, as
-OpenCV decodes the whole file; anything that is not a strip JPEG decodes whole; damage still says so."""
+OpenCV decodes the whole file; anything that is not a strip JPEG decodes whole; damage in the rows read, and in
+the header, is the damaged record's sentence, never a crash."""
 from __future__ import annotations
 
 import cv2
@@ -82,6 +83,36 @@ def test_a_strip_of_the_middle_rows_decodes_only_their_mcu_rows_and_one_pixel_ro
     assert np.array_equal(rows[96 - 80:160 - 80], _whole(jpeg)[96:160])
 
 
+@pytest.mark.parametrize("case", ["markers-wrap", "one-row-left-out", "fill-byte", "grey-declared-2x2"])
+def test_strips_of_the_cases_generation_seldom_reaches(case):
+    """More than 8 MCU rows in a strip (its markers wrap RST7 -> RST0 twice when renumbered), a window leaving
+    one MCU row out (not worth a strip: whole), a fill byte before a header marker, and a grey JPEG whose frame
+    declares 2x2 sampling (one component: 8 x 8 MCUs all the same)."""
+    picture = _picture(10, 256, 200)
+    sampling = {"markers-wrap": "422", "one-row-left-out": "420", "fill-byte": "420", "grey-declared-2x2": "grey"}
+    jpeg = _jpeg(picture, sampling[case], 90)
+    if case == "fill-byte":
+        jpeg = jpeg[:2] + b"\xff" + jpeg[2:]
+    if case == "grey-declared-2x2":
+        sof = jpeg.index(b"\xff\xc0")
+        jpeg = jpeg[:sof + 11] + b"\x22" + jpeg[sof + 12:]
+    y0, y1, want = {"markers-wrap": (25, 230, (24, 208)),  # 8-row MCUs 3..29 of 32: 26 of them in the strip
+                    "one-row-left-out": (32, 254, (0, 256)),  # MCU row 0 alone is left out: whole
+                    "fill-byte": (100, 150, (96, 64)), "grey-declared-2x2": (100, 150, (96, 56))}[case]
+    rows, top = decode_rgb_rows(jpeg, y0, y1, 256)
+    assert (top, len(rows)) == want
+    assert np.array_equal(rows[y0 - top:y1 - top], _whole(jpeg)[y0:y1])
+
+
+def test_a_scan_of_some_components_only_is_not_cut():
+    """A baseline file of one scan per component: restart markers do not split all its components into rows."""
+    jpeg = bytearray(encode_jpeg(_picture(11, 128, 128), 90, restart_rows=True))
+    assert rows_jpeg(bytes(jpeg), 40, 80, 128) is not None
+    sos = jpeg.index(b"\xff\xda")
+    jpeg[sos + 4] = 1  # the scan header's component count
+    assert rows_jpeg(bytes(jpeg), 40, 80, 128) is None
+
+
 def test_without_the_margin_the_strips_edge_rows_differ_from_the_whole_image():
     """Why rows_jpeg cuts one row wider: 4:2:0's chroma upsampling needs the row beyond each edge."""
     jpeg = encode_jpeg(_picture(2, 256, 256), 90, restart_rows=True)
@@ -120,12 +151,12 @@ def test_a_renumbered_restart_marker_is_damage_named_not_garbage_decoded():
 
 def test_a_chroma_sampled_four_rows_tall_is_not_cut():
     """Upsampling that may reach past one row of context: the frame header's h2v4 is refused, not trusted."""
-    jpeg = bytearray(encode_jpeg(_picture(7, 64, 64), 90, restart_rows=True))
+    jpeg = bytearray(encode_jpeg(_picture(7, 256, 256), 90, restart_rows=True))
     sof = jpeg.index(b"\xff\xc0")
     assert jpeg[sof + 11] == 0x22  # the first component's sampling: h2v2
-    assert rows_jpeg(bytes(jpeg), 20, 40, 64) is not None
-    jpeg[sof + 11] = 0x24
-    assert rows_jpeg(bytes(jpeg), 20, 40, 64) is None
+    assert rows_jpeg(bytes(jpeg), 100, 140, 256) is not None
+    jpeg[sof + 11] = 0x24  # 32-row MCUs: rows 99..141 are in MCU rows 3 and 4 of 8, a strip were it trusted
+    assert rows_jpeg(bytes(jpeg), 100, 140, 256) is None
 
 
 @settings(max_examples=200, deadline=None)
